@@ -1,0 +1,1 @@
+"""Neural building blocks: selective scan, Mamba, BiMamba and S4."""

@@ -1,0 +1,432 @@
+"""Selective scan (the S6 recurrence of Mamba) with interchangeable backends.
+
+The recurrence, per batch ``b``, channel ``d`` and state ``n``::
+
+    delta = softplus(delta + delta_bias)            (each optional)
+    x[t]  = exp(delta[t] * A[d, n]) * x[t-1] + delta[t] * B[n, t] * u[t]
+    y[t]  = sum_n C[n, t] * x[t] + D[d] * u[t]
+    y[t]  = y[t] * silu(z[t])                        (optional)
+
+:func:`selective_scan` has the signature and shapes of mamba-ssm's
+``selective_scan_fn`` and runs on one of four backends:
+
+``"torch"``
+    Pure PyTorch. A custom :class:`torch.autograd.Function` whose backward is a
+    reverse-time scan (no autograd through a Python loop). Works on any device.
+``"cpu_kernel"``
+    A fused C++ kernel for forward and backward (compiled once, cached on
+    disk). It stores only chunk checkpoints of the state, never a
+    ``(batch, dim, L, N)`` tensor. Falls back to ``"torch"`` with one warning
+    when it cannot be compiled.
+``"cuda"``
+    mamba-ssm's fused CUDA kernel, imported lazily. A clear error with an
+    install hint when it is missing.
+``"auto"``
+    ``"cuda"`` for CUDA tensors when mamba-ssm is importable, else the fastest
+    CPU path (``"cpu_kernel"`` when it compiles, else ``"torch"``).
+
+In every CPU backend the state and the arithmetic are float32, whatever the
+input dtype (bf16 / fp16 inputs are upcast and the output is cast back).
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+import threading
+
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+BACKENDS = ("auto", "torch", "cpu_kernel", "cuda")
+CHUNK = 256  # chunk length of the cpu_kernel's state checkpoints
+
+_warned = set()
+_warn_lock = threading.Lock()
+
+
+def _warn_once(key, msg):
+    """Log ``msg`` as a warning the first time ``key`` is seen."""
+    with _warn_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(msg)
+
+
+def cuda_scan_available():
+    """Whether mamba-ssm's CUDA selective scan can be imported.
+
+    Returns
+    -------
+    bool
+        True when ``mamba_ssm.ops.selective_scan_interface`` imports.
+
+    Example
+    -------
+    >>> isinstance(cuda_scan_available(), bool)
+    True
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import (  # noqa: F401
+            selective_scan_fn,
+        )
+    except Exception:  # ImportError, or a broken CUDA extension
+        return False
+    return True
+
+
+def resolve_backend(backend, device):
+    """Resolve a backend name to the one actually used on ``device``.
+
+    Arguments
+    ---------
+    backend : str
+        One of ``"auto"``, ``"torch"``, ``"cpu_kernel"``, ``"cuda"``.
+    device : torch.device or str
+        Device of the tensors to be scanned.
+
+    Returns
+    -------
+    str
+        ``"torch"``, ``"cpu_kernel"`` or ``"cuda"``.
+
+    Example
+    -------
+    >>> resolve_backend("torch", "cpu")
+    'torch'
+    >>> resolve_backend("auto", "cpu") in ("torch", "cpu_kernel")
+    True
+    """
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"Unknown ssm_backend {backend!r}: choose one of {BACKENDS} "
+            "(set it in the YAML as `ssm_backend: auto`)."
+        )
+    device = torch.device(device)
+    if backend == "torch":
+        return "torch"
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise ValueError(
+                "ssm_backend='cuda' needs CUDA tensors, got device "
+                f"{device}. Use ssm_backend='auto' (or 'cpu_kernel') on CPU."
+            )
+        if not cuda_scan_available():
+            raise ImportError(
+                "ssm_backend='cuda' needs mamba-ssm's CUDA kernels, which "
+                "could not be imported. Install them with "
+                "`pip install 'sb_mamba[cuda]'` (mamba-ssm + causal-conv1d "
+                "built for your torch/CUDA), or use ssm_backend='auto'."
+            )
+        return "cuda"
+    if backend == "cpu_kernel":
+        if device.type != "cpu":
+            raise ValueError(
+                "ssm_backend='cpu_kernel' runs on CPU tensors, got device "
+                f"{device}. Use ssm_backend='auto' to pick the right one."
+            )
+        if _cpu_kernel() is None:
+            _warn_once(
+                "cpu_kernel->torch",
+                "ssm_backend='cpu_kernel' is not available (see the message "
+                "above); FALLING BACK to the pure-PyTorch scan, which is "
+                "several times slower.",
+            )
+            return "torch"
+        return "cpu_kernel"
+    # auto
+    if device.type == "cuda":
+        if cuda_scan_available():
+            return "cuda"
+        _warn_once(
+            "auto-cuda->torch",
+            "mamba-ssm's CUDA kernels are not importable: FALLING BACK to the "
+            "pure-PyTorch selective scan on the GPU (slow, memory hungry). "
+            "Install them with `pip install 'sb_mamba[cuda]'`.",
+        )
+        return "torch"
+    if device.type == "cpu" and _cpu_kernel() is not None:
+        return "cpu_kernel"
+    if device.type == "cpu":
+        _warn_once(
+            "auto-cpu->torch",
+            "The sb_mamba C++ CPU scan kernel is not available: FALLING BACK "
+            "to the pure-PyTorch selective scan (several times slower).",
+        )
+    return "torch"
+
+
+def _cpu_kernel():
+    """Return the compiled CPU kernel module, or None."""
+    from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
+
+    return load_cpu_kernel()
+
+
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+    backend="auto",
+):
+    """Selective scan with the interface of mamba-ssm's ``selective_scan_fn``.
+
+    Arguments
+    ---------
+    u : torch.Tensor
+        Input, (batch, dim, L).
+    delta : torch.Tensor
+        Step sizes, (batch, dim, L).
+    A : torch.Tensor
+        State matrix (diagonal), (dim, N), real.
+    B : torch.Tensor
+        Input matrix: (batch, N, L), (batch, G, N, L) with ``dim % G == 0``,
+        or time-invariant (dim, N).
+    C : torch.Tensor
+        Output matrix, same shape options as ``B``.
+    D : torch.Tensor, optional
+        Skip connection, (dim,).
+    z : torch.Tensor, optional
+        Gate, (batch, dim, L); the output is multiplied by ``silu(z)``.
+    delta_bias : torch.Tensor, optional
+        Added to ``delta``, (dim,).
+    delta_softplus : bool
+        Apply softplus to ``delta`` (after the bias).
+    return_last_state : bool
+        Also return the final state, (batch, dim, N) float32 (no gradient).
+    backend : str
+        ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or ``"cuda"``.
+
+    Returns
+    -------
+    out : torch.Tensor
+        (batch, dim, L), with the dtype of ``u``.
+    last_state : torch.Tensor
+        Only when ``return_last_state``.
+
+    Example
+    -------
+    >>> u, delta = torch.randn(2, 8, 50), torch.rand(2, 8, 50)
+    >>> A = -torch.rand(8, 4)
+    >>> B, C = torch.randn(2, 4, 50), torch.randn(2, 4, 50)
+    >>> y = selective_scan(u, delta, A, B, C, backend="torch")
+    >>> y.shape
+    torch.Size([2, 8, 50])
+    """
+    if A.is_complex():
+        raise ValueError(
+            "sb_mamba's selective_scan supports real A only (as Mamba uses); "
+            "got a complex A."
+        )
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(
+            f"u and delta must both be (batch, dim, L); got {tuple(u.shape)} "
+            f"and {tuple(delta.shape)}."
+        )
+    impl = resolve_backend(backend, u.device)
+    if impl == "cuda":
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        return selective_scan_fn(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
+        )
+
+    in_dtype = u.dtype
+    batch, dim, L = u.shape
+    u32 = u.float()
+    delta32 = delta.float()
+    if delta_bias is not None:
+        delta32 = delta32 + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta32 = F.softplus(delta32)
+    Bt = _time_major(B, batch, dim, L, "B")
+    Ct = _time_major(C, batch, dim, L, "C")
+    y, last_state = _ScanCore.apply(u32, delta32, A.float(), Bt, Ct, impl)
+    if D is not None:
+        y = y + D.float()[:, None] * u32
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(in_dtype)
+    return (y, last_state) if return_last_state else y
+
+
+def _time_major(M, batch, dim, L, name):
+    """Bring B or C to the kernels' (batch, G, L, N) float32 layout."""
+    if M.dim() == 2:  # time-invariant (dim, N): one group per channel
+        if M.shape[0] != dim:
+            raise ValueError(f"{name} of shape (dim, N) must have dim={dim}.")
+        return M.float()[None, :, None, :].expand(batch, dim, L, M.shape[1])
+    if M.dim() == 3:
+        M = M.unsqueeze(1)
+    if M.dim() != 4 or M.shape[0] != batch or M.shape[-1] != L:
+        raise ValueError(
+            f"{name} must be (batch, N, L) or (batch, G, N, L) with batch="
+            f"{batch} and L={L}; got {tuple(M.shape)}."
+        )
+    if dim % M.shape[1] != 0:
+        raise ValueError(f"dim={dim} is not divisible by {name}'s G={M.shape[1]}.")
+    return M.float().transpose(-1, -2)
+
+
+class _ScanCore(torch.autograd.Function):
+    """y = C x over the recurrence x = exp(delta A) x + delta B u.
+
+    Inputs are float32: u, delta (b, d, L); A (d, N); Bt, Ct (b, G, L, N).
+    Returns y (b, d, L) and the final state (b, d, N).
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bt, Ct, impl):
+        """Run the scan forward with ``impl`` ('torch' or 'cpu_kernel')."""
+        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
+        Bt, Ct = Bt.contiguous(), Ct.contiguous()
+        ctx.impl = impl
+        if impl == "cpu_kernel":
+            y, ckpt = _cpu_kernel().scan_fwd(u, delta, A, Bt, Ct, CHUNK)
+            ctx.save_for_backward(u, delta, A, Bt, Ct, ckpt)
+            return y, ckpt[:, :, -1]
+        y, xs = _torch_scan_fwd(u, delta, A, Bt, Ct)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, xs)
+        return y, xs[-1]
+
+    @staticmethod
+    def backward(ctx, gy, _g_last):
+        """Reverse-time scan for all input gradients."""
+        u, delta, A, Bt, Ct, saved = ctx.saved_tensors
+        gy = gy.float().contiguous()
+        if ctx.impl == "cpu_kernel":
+            grads = _cpu_kernel().scan_bwd(u, delta, A, Bt, Ct, saved, gy, CHUNK)
+        else:
+            grads = _torch_scan_bwd(u, delta, A, Bt, Ct, saved, gy)
+        return (*grads, None)
+
+
+def _per_channel(Mt, dim):
+    """(b, G, L, N) -> (L, b, dim or 1, N) view/expansion per channel."""
+    M = Mt.permute(2, 0, 1, 3)  # (L, b, G, N)
+    G = M.shape[2]
+    if G == 1 or G == dim:
+        return M
+    return M.repeat_interleave(dim // G, dim=2)
+
+
+def _group_sum(M, G):
+    """(L, b, dim, N) summed over the channels of each group -> (b, G, L, N)."""
+    L, b, dim, N = M.shape
+    return M.reshape(L, b, G, dim // G, N).sum(3).permute(1, 2, 0, 3)
+
+
+def _torch_scan_fwd(u, delta, A, Bt, Ct):
+    """Time-major scan in PyTorch; returns y (b, d, L), states (L, b, d, N)."""
+    b, dim, L = u.shape
+    dT = delta.permute(2, 0, 1).unsqueeze(-1)  # (L, b, d, 1)
+    dA = torch.exp(dT * A)  # (L, b, d, N)
+    dBu = (dT * u.permute(2, 0, 1).unsqueeze(-1)) * _per_channel(Bt, dim)
+    xs = torch.empty_like(dA)
+    x = torch.zeros_like(dA[0])
+    for t in range(L):
+        x = torch.addcmul(dBu[t], dA[t], x, out=xs[t])
+    y = (xs * _per_channel(Ct, dim)).sum(-1)  # (L, b, d)
+    return y.permute(1, 2, 0).contiguous(), xs
+
+
+def _torch_scan_bwd(u, delta, A, Bt, Ct, xs, gy):
+    """Reverse-time scan of the gradients (PyTorch)."""
+    b, dim, L = u.shape
+    G = Bt.shape[1]
+    dT = delta.permute(2, 0, 1).unsqueeze(-1)  # (L, b, d, 1)
+    uT = u.permute(2, 0, 1).unsqueeze(-1)
+    gT = gy.permute(2, 0, 1).unsqueeze(-1)
+    Bc, Cc = _per_channel(Bt, dim), _per_channel(Ct, dim)
+    dA = torch.exp(dT * A)  # (L, b, d, N)
+    gxs = gT * Cc  # direct gradient of each state, then accumulated in place
+    for t in range(L - 2, -1, -1):
+        gxs[t].addcmul_(gxs[t + 1], dA[t + 1])
+    x_prev = torch.cat([torch.zeros_like(xs[:1]), xs[:-1]])
+    g_logdA = gxs * x_prev * dA  # gradient w.r.t. (delta * A)
+    gB_part = gxs * Bc  # (L, b, d, N)
+    ddelta = (g_logdA * A).sum(-1) + gB_part.sum(-1) * uT[..., 0]
+    du = gB_part.sum(-1) * dT[..., 0]
+    dA_grad = (g_logdA * dT).sum((0, 1))
+    dB = _group_sum(gxs * (dT * uT), G)
+    dC = _group_sum(xs * gT, G)
+    return (
+        du.permute(1, 2, 0),
+        ddelta.permute(1, 2, 0),
+        dA_grad,
+        dB,
+        dC,
+    )
+
+
+def selective_scan_ref(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+):
+    """Plain sequential reference of :func:`selective_scan` (autograd loop).
+
+    The textbook recurrence, one time step at a time, in the dtype of the
+    inputs. It is the numerical reference for the tests and the "naive" line
+    of ``benchmarks/bench_scan.py``; it is far too slow to train with.
+
+    Arguments
+    ---------
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
+        As in :func:`selective_scan` (B and C: (batch, N, L) or
+        (batch, G, N, L)).
+
+    Returns
+    -------
+    out : torch.Tensor
+        (batch, dim, L).
+    last_state : torch.Tensor
+        Only when ``return_last_state``.
+
+    Example
+    -------
+    >>> u, delta = torch.randn(1, 3, 10), torch.rand(1, 3, 10)
+    >>> A, B, C = -torch.rand(3, 2), torch.randn(1, 2, 10), torch.randn(1, 2, 10)
+    >>> selective_scan_ref(u, delta, A, B, C).shape
+    torch.Size([1, 3, 10])
+    """
+    batch, dim, L = u.shape
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    rep = dim // B.shape[1]
+    Bd = B.repeat_interleave(rep, dim=1)  # (batch, dim, N, L)
+    Cd = C.repeat_interleave(rep, dim=1)
+    x = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(L):
+        dt = delta[:, :, t, None]  # (batch, dim, 1)
+        x = torch.exp(dt * A) * x + dt * Bd[..., t] * u[:, :, t, None]
+        ys.append((x * Cd[..., t]).sum(-1))
+    out = torch.stack(ys, dim=-1)
+    if D is not None:
+        out = out + D[:, None] * u
+    if z is not None:
+        out = out * F.silu(z)
+    return (out, x) if return_last_state else out

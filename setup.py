@@ -1,0 +1,50 @@
+"""Install script of sb_mamba (``pip install -e .``)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = re.search(
+    r'__version__ = "([^"]+)"', (here / "sb_mamba" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="sb_mamba",
+    version=version,
+    description=(
+        "SpeechBrain recipes and models for state-space (Mamba / S4) speech "
+        "separation: SepMamba, SPMamba and S4M, on CPU and GPU."
+    ),
+    long_description=(here / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["sb_mamba", "sb_mamba.*"]),
+    package_data={"sb_mamba": ["nnet/csrc/*.cpp"]},
+    install_requires=[
+        # torch 2.14.1 + torchaudio 2.11.0 is the tested pair (see README).
+        "torch>=2.1,<2.15",
+        "torchaudio>=2.1",
+        "speechbrain>=1.0.0,<1.2",
+        "hyperpyyaml>=1.2",
+        "pyroomacoustics>=0.7",  # 0.4.x broke WHAMR!-style RIR generation
+        "soundfile>=0.12",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "ninja>=1.11",  # JIT build of the CPU scan kernel
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # Tested pair on CUDA 12.x: mamba-ssm 2.2.4 + causal-conv1d 1.5.0.post8;
+        # the published SepMamba / SPMamba code used mamba-ssm 1.2.0.post1.
+        "cuda": ["mamba-ssm>=1.2.0.post1", "causal-conv1d>=1.2.0"],
+        "dev": ["pytest>=7", "ruff>=0.4"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Multimedia :: Sound/Audio :: Speech",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,150 @@
+"""Mamba, MambaBlock and BiMamba: layout, streaming, causality, learning.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+import math
+
+import pytest
+import torch
+
+from sb_mamba.nnet.mamba import BiMamba, Mamba, MambaBlock
+from tests.unittests.test_scan import CPU_BACKENDS
+
+# mamba_ssm.modules.mamba_simple.Mamba(d_model=64) with its defaults
+# (d_state=16, d_conv=4, expand=2, dt_rank=ceil(64/16)=4, conv_bias=True,
+# bias=False): d_inner = 128, x_proj out = dt_rank + 2*d_state = 36.
+MAMBA_SSM_D64 = {
+    "A_log": (128, 16),
+    "D": (128,),
+    "in_proj.weight": (256, 64),
+    "conv1d.weight": (128, 1, 4),
+    "conv1d.bias": (128,),
+    "x_proj.weight": (36, 128),
+    "dt_proj.weight": (128, 4),
+    "dt_proj.bias": (128,),
+    "out_proj.weight": (64, 128),
+}
+
+
+def test_state_dict_matches_mamba_ssm_layout():
+    sd = Mamba(d_model=64).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == MAMBA_SSM_D64
+    assert sum(v.numel() for v in sd.values()) == 32640
+
+
+def test_block_layout_and_expand():
+    ln = MambaBlock(64).state_dict()
+    assert set(ln) == {"mixer." + k for k in MAMBA_SSM_D64} | {"norm.weight", "norm.bias"}
+    rms = MambaBlock(16, norm="rmsnorm", expand=4).state_dict()
+    assert "norm.bias" not in rms and rms["mixer.in_proj.weight"].shape == (128, 16)
+
+
+def test_state_dict_moves_between_backends():
+    a = Mamba(16, d_state=4, ssm_backend="torch")
+    b = Mamba(16, d_state=4, ssm_backend=CPU_BACKENDS[-1])
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 40, 16)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-5, atol=1e-6)
+
+
+def test_init_follows_mamba_ssm():
+    m = Mamba(32, d_state=8, dt_min=0.001, dt_max=0.1)
+    torch.testing.assert_close(m.A_log.exp(), torch.arange(1.0, 9).repeat(64, 1))
+    assert torch.equal(m.D, torch.ones(64))
+    dt = torch.nn.functional.softplus(m.dt_proj.bias)
+    assert dt.min() >= 0.001 * 0.999 and dt.max() <= 0.1 * 1.001
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_step_equals_full_forward(backend):
+    torch.manual_seed(0)
+    m = Mamba(16, d_state=4, d_conv=4, ssm_backend=backend).eval()
+    x = torch.randn(2, 33, 16)
+    with torch.no_grad():
+        full = m(x)
+        conv, ssm = m.allocate_inference_cache(2)
+        steps = [m.step(x[:, t : t + 1], conv, ssm)[0] for t in range(33)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_mamba_is_causal(backend):
+    torch.manual_seed(0)
+    m = Mamba(16, d_state=4, ssm_backend=backend)
+    x = torch.randn(1, 60, 16)
+    x2 = x.clone()
+    x2[:, 31:] = torch.randn(1, 29, 16)
+    with torch.no_grad():
+        y, y2 = m(x), m(x2)
+    assert torch.equal(y[:, :31], y2[:, :31])
+    assert not torch.allclose(y[:, 31:], y2[:, 31:])
+
+
+def test_bimamba_directions_and_merge():
+    torch.manual_seed(0)
+    bm = BiMamba(16, num_blocks=2, d_state=4, ssm_backend="torch")
+    x = torch.randn(2, 40, 16)
+    manual_f, manual_b = x, x.flip(1)
+    for blk in bm.forward_blocks:
+        manual_f = manual_f + blk.mixer(blk.norm(manual_f))
+    for blk in bm.backward_blocks:
+        manual_b = manual_b + blk.mixer(blk.norm(manual_b))
+    with torch.no_grad():
+        torch.testing.assert_close(bm(x), manual_f + manual_b.flip(1))
+        cat = BiMamba(16, 1, merge="concat", d_state=4, ssm_backend="torch")
+        assert cat(x).shape == (2, 40, 32) and cat.output_size == 32
+    # bidirectional: the first output depends on later inputs
+    x2 = x.clone()
+    x2[:, 3] += torch.randn(2, 16)
+    with torch.no_grad():
+        assert (bm(x)[:, 0] - bm(x2)[:, 0]).abs().max() > 1e-4
+    causal = BiMamba(16, 2, bidirectional=False, d_state=4, ssm_backend="torch")
+    assert causal.backward_blocks is None
+    with torch.no_grad():
+        assert torch.equal(causal(x)[:, :3], causal(x2)[:, :3])
+        assert not torch.equal(causal(x)[:, 3:], causal(x2)[:, 3:])
+
+
+def test_out_proj_rescaled_by_depth():
+    torch.manual_seed(0)
+    shallow = BiMamba(64, num_blocks=1, ssm_backend="torch")
+    deep = BiMamba(64, num_blocks=16, ssm_backend="torch")
+    s = shallow.forward_blocks[0].mixer.out_proj.weight.std()
+    d = deep.forward_blocks[0].mixer.out_proj.weight.std()
+    assert abs(s / d - math.sqrt(16)) < 0.4
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="ssm_backend"):
+        Mamba(8, ssm_backend="gpu")
+    with pytest.raises(ValueError, match="norm"):
+        MambaBlock(8, norm="batchnorm")
+    with pytest.raises(ValueError, match="merge"):
+        BiMamba(8, merge="mean")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_mamba_learns_a_delayed_copy(backend):
+    """Recall the input from 5 steps back: needs the state, not the conv (k=4)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        MambaBlock(16, d_state=8, ssm_backend=backend),
+        MambaBlock(16, d_state=8, ssm_backend=backend),
+    )
+    proj_in, proj_out = torch.nn.Linear(1, 16), torch.nn.Linear(16, 1)
+    params = [*model.parameters(), *proj_in.parameters(), *proj_out.parameters()]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    losses = []
+    for step in range(150):
+        x = torch.randn(8, 64, 1)
+        target = torch.nn.functional.pad(x, (0, 0, 5, 0))[:, :64]
+        loss = torch.nn.functional.mse_loss(proj_out(model(proj_in(x))), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.2 * first, (first, last)
