@@ -1,0 +1,1 @@
+"""Data: audio I/O with clear errors, dataset preparation, dynamic mixing."""

@@ -1,0 +1,161 @@
+"""Audio reading and writing with errors that name the problem and the fix.
+
+All of sb_mamba reads audio through :func:`read_audio` (soundfile; no
+torchcodec needed) so that a missing, empty, corrupt, NaN-holding or
+wrong-rate file fails in one place, in the main process, with one message.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio input (the message says why)."""
+
+
+def audio_info(path):
+    """Sample rate, frames and channels of ``path``, with clear errors.
+
+    Arguments
+    ---------
+    path : str or Path
+        Audio file.
+
+    Returns
+    -------
+    soundfile._SoundFileInfo
+        ``.samplerate``, ``.frames``, ``.channels``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"Audio file not found: {path}. Check the path (and data_folder).")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # libsndfile: unknown format, truncated header, ...
+        raise AudioError(
+            f"Cannot decode {path} as audio ({e}). The file is corrupt or not a "
+            "WAV/FLAC/OGG file: re-create or re-download it."
+        ) from e
+    if info.frames == 0:
+        raise AudioError(f"Audio file {path} is empty (0 samples): re-create it.")
+    return info
+
+
+def resample(wav, orig_sr, new_sr):
+    """Band-limited polyphase resampling along the last axis.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        [..., T] float signal.
+    orig_sr, new_sr : int
+        Rates.
+
+    Returns
+    -------
+    torch.Tensor
+        [..., T * new_sr / orig_sr].
+
+    Example
+    -------
+    >>> resample(torch.randn(2, 16000), 16000, 8000).shape
+    torch.Size([2, 8000])
+    """
+    if orig_sr == new_sr:
+        return wav
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(orig_sr), int(new_sr))
+    out = resample_poly(wav.numpy(), new_sr // g, orig_sr // g, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def read_audio(path, sample_rate=None, resample_to_rate=False, mono=True, start=0, stop=None):
+    """Read an audio file as float32, checking what separation needs.
+
+    Arguments
+    ---------
+    path : str or Path
+        Audio file (anything libsndfile decodes).
+    sample_rate : int, optional
+        The rate the caller needs. When the file differs: resample if
+        ``resample_to_rate`` else raise :class:`AudioError` naming both rates.
+    resample_to_rate : bool
+        Resample instead of failing on a rate mismatch (logged).
+    mono : bool
+        Average the channels of a multi-channel file (logged) -> [T];
+        else return [T, C].
+    start, stop : int
+        Frame range to read (at the file's own rate).
+
+    Returns
+    -------
+    torch.Tensor
+        [T] (mono) or [T, C].
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> write_audio(path, torch.zeros(800) + 0.1, 8000)
+    >>> read_audio(path, 8000).shape
+    torch.Size([800])
+    """
+    info = audio_info(path)
+    try:
+        data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(f"Cannot decode {path} as audio ({e}): the file is corrupt.") from e
+    if not np.isfinite(data).all():
+        raise AudioError(
+            f"{path} contains NaN or infinite samples: the file is corrupt; "
+            "re-create it."
+        )
+    wav = torch.from_numpy(data)  # [T, C]
+    if mono:
+        if info.channels > 1:
+            logger.debug("Downmixed %d channels of %s to mono.", info.channels, path)
+        wav = wav.mean(dim=1)
+    if sample_rate is not None and sr != sample_rate:
+        if not resample_to_rate:
+            raise AudioError(
+                f"{path} is sampled at {sr} Hz but {sample_rate} Hz is expected. "
+                f"Resample the data to {sample_rate} Hz (or use the {sr // 1000} kHz "
+                "version of the dataset / set sample_rate accordingly)."
+            )
+        logger.debug("Resampled %s from %d Hz to %d Hz.", path, sr, sample_rate)
+        wav = resample(wav.T if wav.dim() == 2 else wav, sr, sample_rate)
+        wav = wav.T if not mono else wav
+    return wav
+
+
+def write_audio(path, wav, sample_rate, subtype="FLOAT"):
+    """Write [T] or [T, C] float audio (32-bit float WAV by default).
+
+    Arguments
+    ---------
+    path : str or Path
+        Output file; parent folders are created.
+    wav : torch.Tensor or numpy.ndarray
+        [T] or [T, C].
+    sample_rate : int
+        Rate.
+    subtype : str
+        libsndfile subtype, e.g. ``"FLOAT"`` or ``"PCM_16"``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu().float().numpy()
+    sf.write(str(path), wav, int(sample_rate), subtype=subtype)

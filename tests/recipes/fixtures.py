@@ -1,0 +1,216 @@
+"""Tiny datasets in the real WSJ0-mix, WHAM!, WHAMR!, LibriMix and Echo2Mix layouts.
+
+Built only from the bundled real recordings (``tests/samples/speech_8k``: 4
+LibriSpeech utterances of 4 speakers; ``tests/samples/noise_8k``: 2 noise
+clips), so a fresh clone needs nothing else. Each mixture is ~1 s: every
+source is a crop of a different utterance at a random offset, with a random
+gain; the noise is a random crop of a noise clip at a random SNR in
+[-6, 3] dB. Sums are consistent: ``mix_clean = s1 + s2 (+ s3)``,
+``mix_both = mix_clean + noise``, ``mix_single = s1 + noise`` (before the
+16-bit rounding of each file). Everything is seeded, so two calls give the
+same files. WHAMR! and Echo2Mix reverberation is a synthetic exponentially
+decaying noise RIR (a stand-in; not the WHAMR! room simulation).
+
+Each ``make_<name>(root, ...)`` returns the ``data_folder`` to pass to the
+matching ``sb_mamba.dataio.prepare.prepare_<name>``.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+import functools
+import itertools
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+from sb_mamba.dataio.audio import read_audio, write_audio
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SPEECH_DIR = SAMPLES / "speech_8k"
+NOISE_DIR = SAMPLES / "noise_8k"
+
+
+@functools.lru_cache(maxsize=4)
+def _clips(folder, pattern, sample_rate):
+    """(id, float64 array) for each bundled clip, resampled to ``sample_rate``."""
+    paths = sorted(Path(folder).glob(pattern))
+    assert paths, f"no bundled audio in {folder}"
+    return tuple(
+        (p.stem, read_audio(p, sample_rate, resample_to_rate=True).double().numpy())
+        for p in paths
+    )
+
+
+def _rms(x):
+    return float(np.sqrt(np.mean(x**2)) + 1e-12)
+
+
+def _rir(rng, sample_rate, t60=0.3):
+    """Synthetic RIR: a unit direct path plus exponentially decaying noise."""
+    t = np.arange(int(t60 * sample_rate)) / sample_rate
+    rir = 0.3 * rng.standard_normal(t.size) * 10 ** (-3 * t / t60)  # -60 dB at t60
+    rir[0] = 1.0
+    return rir / np.linalg.norm(rir)
+
+
+def _examples(n, num_spks, sample_rate, seed, seconds=1.0):
+    """``n`` seeded examples with anechoic/reverberant sources and noise.
+
+    Returns
+    -------
+    list of dict
+        ``utts`` (utterance IDs), ``gains`` (dB), ``s`` [num_spks, T],
+        ``s_reverb`` [num_spks, T], ``noise`` [T]; jointly scaled so that no
+        mixture of them peaks above 0.9.
+    """
+    rng = np.random.default_rng(seed)
+    speech = _clips(SPEECH_DIR, "*/*.wav", sample_rate)
+    noises = _clips(NOISE_DIR, "*.wav", sample_rate)
+    T = int(seconds * sample_rate)
+    tuples = list(itertools.permutations(range(len(speech)), num_spks))
+    if n > len(tuples):
+        raise ValueError(f"At most {len(tuples)} distinct {num_spks}-speaker mixtures.")
+    examples = []
+    for k in rng.permutation(len(tuples))[:n]:
+        gains = rng.uniform(-2.5, 2.5, num_spks)
+        srcs = []
+        for i, gain in zip(tuples[k], gains):
+            wav = speech[i][1]
+            off = rng.integers(0, len(wav) - T + 1)
+            seg = wav[off : off + T]
+            srcs.append(seg / _rms(seg) * 0.05 * 10 ** (gain / 20))  # ~ -26 dBFS
+        s = np.stack(srcs)
+        s_reverb = np.stack([fftconvolve(x, _rir(rng, sample_rate))[:T] for x in s])
+        wav = noises[rng.integers(len(noises))][1]
+        off = rng.integers(0, len(wav) - T + 1)
+        noise = wav[off : off + T]
+        noise = noise / _rms(noise) * _rms(s.sum(0)) * 10 ** (-rng.uniform(-6, 3) / 20)
+        peak = max(np.abs(x).max() for x in (s.sum(0) + noise, s_reverb.sum(0) + noise,
+                                              s[0] + noise, s_reverb[0] + noise))
+        scale = min(1.0, 0.9 / peak)
+        examples.append({"utts": [speech[i][0] for i in tuples[k]], "gains": gains,
+                         "s": s * scale, "s_reverb": s_reverb * scale,
+                         "noise": noise * scale})
+    return examples
+
+
+def _write(path, wav, sample_rate):
+    write_audio(path, wav.astype(np.float32), sample_rate, subtype="PCM_16")
+
+
+def _rate_folder(sample_rate):
+    return f"wav{sample_rate // 1000}k"
+
+
+def _wsj_name(ex):
+    """WSJ0-mix style name: ``<utt1>_<gain1>_<utt2>_<gain2>...``."""
+    return "_".join(f"{u}_{g:.5f}" for u, g in zip(ex["utts"], ex["gains"]))
+
+
+def make_wsj0mix(root, num_spks=2, sample_rate=8000, n=(4, 2, 2), mode="min", seed=0):
+    """``root/wsj0-mix/<num_spks>speakers/wav8k/<mode>/{tr,cv,tt}/{mix,s1,s2[,s3]}``.
+
+    Returns the ``<num_spks>speakers`` folder.
+    """
+    data_folder = Path(root) / "wsj0-mix" / f"{num_spks}speakers"
+    base = data_folder / _rate_folder(sample_rate) / mode
+    for j, (split, count) in enumerate(zip(("tr", "cv", "tt"), n)):
+        for ex in _examples(count, num_spks, sample_rate, seed * 10 + j):
+            name = _wsj_name(ex) + ".wav"
+            _write(base / split / "mix" / name, ex["s"].sum(0), sample_rate)
+            for i, src in enumerate(ex["s"], 1):
+                _write(base / split / f"s{i}" / name, src, sample_rate)
+    return data_folder
+
+
+def make_wham(root, num_spks=2, sample_rate=8000, n=(4, 2, 2), mode="min", seed=0):
+    """``root/wham/wav8k/<mode>/{tr,cv,tt}/{mix_both,mix_clean,mix_single,s1,s2,noise}``.
+
+    Returns the ``wham`` folder.
+    """
+    assert num_spks == 2, "WHAM! has 2 speakers"
+    data_folder = Path(root) / "wham"
+    base = data_folder / _rate_folder(sample_rate) / mode
+    for j, (split, count) in enumerate(zip(("tr", "cv", "tt"), n)):
+        for ex in _examples(count, 2, sample_rate, seed * 10 + j):
+            name, d, s, noise = _wsj_name(ex) + ".wav", base / split, ex["s"], ex["noise"]
+            for folder, wav in (("mix_clean", s.sum(0)), ("mix_both", s.sum(0) + noise),
+                                ("mix_single", s[0] + noise), ("s1", s[0]), ("s2", s[1]),
+                                ("noise", noise)):
+                _write(d / folder / name, wav, sample_rate)
+    return data_folder
+
+
+def make_whamr(root, num_spks=2, sample_rate=8000, n=(4, 2, 2), mode="min", seed=0):
+    """``root/whamr/wav8k/<mode>/{tr,cv,tt}/{mix_{both,clean,single}_{anechoic,reverb},
+    s{1,2}_{anechoic,reverb},noise}``.
+
+    The reverberant sources are the anechoic ones convolved with a synthetic
+    RIR (the mixtures of each kind are sums of the matching sources).
+    Returns the ``whamr`` folder.
+    """
+    assert num_spks == 2, "WHAMR! has 2 speakers"
+    data_folder = Path(root) / "whamr"
+    base = data_folder / _rate_folder(sample_rate) / mode
+    for j, (split, count) in enumerate(zip(("tr", "cv", "tt"), n)):
+        for ex in _examples(count, 2, sample_rate, seed * 10 + j):
+            name, d, noise = _wsj_name(ex) + ".wav", base / split, ex["noise"]
+            _write(d / "noise" / name, noise, sample_rate)
+            for kind, s in (("anechoic", ex["s"]), ("reverb", ex["s_reverb"])):
+                for folder, wav in ((f"mix_clean_{kind}", s.sum(0)),
+                                    (f"mix_both_{kind}", s.sum(0) + noise),
+                                    (f"mix_single_{kind}", s[0] + noise),
+                                    (f"s1_{kind}", s[0]), (f"s2_{kind}", s[1])):
+                    _write(d / folder / name, wav, sample_rate)
+    return data_folder
+
+
+def make_librimix(root, num_spks=2, sample_rate=8000, n=(4, 2, 2), mode="min", seed=0,
+                  train_sets=("train-100", "train-360")):
+    """``root/LibriMix/Libri<n>Mix/wav8k/<mode>/<set>/{mix_clean,mix_both,mix_single,s1,s2[,s3],noise}``.
+
+    Sets: each of ``train_sets`` (``n[0]`` mixtures each), ``dev``, ``test``.
+    Names are ``<utt1>_<utt2>[_<utt3>].wav`` as in LibriMix. Returns the
+    ``LibriMix`` root (``<root>/Libri<n>Mix`` works too).
+    """
+    data_folder = Path(root) / "LibriMix"
+    base = data_folder / f"Libri{num_spks}Mix" / _rate_folder(sample_rate) / mode
+    sets = [(s, n[0]) for s in train_sets] + [("dev", n[1]), ("test", n[2])]
+    for j, (subset, count) in enumerate(sets):
+        for ex in _examples(count, num_spks, sample_rate, seed * 10 + j):
+            name, d, s, noise = "_".join(ex["utts"]) + ".wav", base / subset, ex["s"], ex["noise"]
+            for folder, wav in (("mix_clean", s.sum(0)), ("mix_both", s.sum(0) + noise),
+                                ("mix_single", s[0] + noise), ("noise", noise)):
+                _write(d / folder / name, wav, sample_rate)
+            for i, src in enumerate(s, 1):
+                _write(d / f"s{i}" / name, src, sample_rate)
+    return data_folder
+
+
+def make_echo2mix(root, num_spks=2, sample_rate=16000, n=(4, 2, 2), seed=0):
+    """``root/Echo2Mix/{train,val,test}/<record>/<room>/<spks>/{mix,spk1_reverb,spk2_reverb}.wav``.
+
+    16 kHz (the 8 kHz speech is resampled); ``mix = spk1_reverb + spk2_reverb``.
+    Returns the ``Echo2Mix`` folder.
+    """
+    data_folder = Path(root) / "Echo2Mix"
+    for j, (split, count) in enumerate(zip(("train", "val", "test"), n)):
+        for k, ex in enumerate(_examples(count, num_spks, sample_rate, seed * 10 + j)):
+            spks = "_".join(u.split("-")[0] for u in ex["utts"])
+            d = data_folder / split / f"record{k:03d}" / f"room{k % 2}" / spks
+            _write(d / "mix.wav", ex["s_reverb"].sum(0), sample_rate)
+            for i, src in enumerate(ex["s_reverb"], 1):
+                _write(d / f"spk{i}_reverb.wav", src, sample_rate)
+    return data_folder
+
+
+BUILDERS = {
+    "wsj0mix": make_wsj0mix,
+    "wham": make_wham,
+    "whamr": make_whamr,
+    "librimix": make_librimix,
+    "echo2mix": make_echo2mix,
+}
