@@ -36,6 +36,12 @@ setup(
         "ninja>=1.11",  # JIT build of the CPU scan kernel
         "tqdm>=4.60",
     ],
+    entry_points={
+        "console_scripts": [
+            "sb-mamba-separate=sb_mamba.cli:main",
+            "sb-mamba-export=sb_mamba.export:main",
+        ]
+    },
     extras_require={
         # Tested pair on CUDA 12.x: mamba-ssm 2.2.4 + causal-conv1d 1.5.0.post8;
         # the published SepMamba / SPMamba code used mamba-ssm 1.2.0.post1.
