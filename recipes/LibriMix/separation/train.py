@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""LibriMix recipe (Libri2Mix / Libri3Mix): train and evaluate a separator.
+
+    python train.py hparams/spmamba.yaml --data_folder=/path/to/LibriMix
+    python train.py hparams/spmamba.yaml --data_folder=/path/to/LibriMix --use_wham_noise=True
+    torchrun --nproc_per_node=4 train.py hparams/spmamba.yaml --data_folder=...
+
+The data preparation writes the train/dev/test CSV manifests; everything else
+(dynamic mixing, the Separation brain, test_results.csv) is sb_mamba.recipe.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+from sb_mamba.dataio.prepare import prepare_librimix as prepare
+from sb_mamba.recipe import main
+
+if __name__ == "__main__":
+    main(prepare)

@@ -1,0 +1,21 @@
+#!/usr/bin/env python3
+"""WSJ0-2mix / WSJ0-3mix recipe: train and evaluate a separator.
+
+    python train.py hparams/sepmamba.yaml --data_folder=/path/to/wsj0-mix/2speakers \
+        --base_folder_dm=/path/to/wsj0/si_tr_s
+    python train.py hparams/spmamba.yaml --data_folder=/path/to/wsj0-mix/2speakers
+    torchrun --nproc_per_node=4 train.py hparams/spmamba.yaml --data_folder=...
+
+The data preparation writes the tr/cv/tt CSV manifests; everything else
+(dynamic mixing, the Separation brain, test_results.csv) is sb_mamba.recipe.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+from sb_mamba.dataio.prepare import prepare_wsj0mix as prepare
+from sb_mamba.recipe import main
+
+if __name__ == "__main__":
+    main(prepare)
