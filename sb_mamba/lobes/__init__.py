@@ -1,0 +1,1 @@
+"""Separator architectures (SepMamba, ...) built from :mod:`sb_mamba.nnet`."""
