@@ -126,9 +126,12 @@ def test_bad_options():
         BiMamba(8, merge="mean")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_mamba_learns_a_delayed_copy(backend):
-    """Recall the input from 5 steps back: needs the state, not the conv (k=4)."""
+def test_mamba_learns_a_delayed_copy():
+    """Recall the input from 5 steps back: needs the state, not the conv (k=4).
+
+    Run on the fastest CPU backend; the backends' equality is tested above.
+    """
+    backend = CPU_BACKENDS[-1]
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         MambaBlock(16, d_state=8, ssm_backend=backend),
