@@ -20,8 +20,8 @@ Authors
 import csv
 import os
 
-import torch
 import speechbrain as sb
+import torch
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm

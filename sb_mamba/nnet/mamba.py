@@ -155,7 +155,6 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states):
         """Mix along time: [B, L, N] -> [B, L, N]."""
-        L = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2*Di, L]
         x, z = xz.chunk(2, dim=1)  # [B, Di, L] each
         x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
