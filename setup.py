@@ -35,6 +35,8 @@ setup(
         "scipy>=1.10",
         "ninja>=1.11",  # JIT build of the CPU scan kernel
         "tqdm>=4.60",
+        "fast-bss-eval>=0.1.4",  # BSS-eval SDR in test_results.csv
+        "huggingface_hub>=0.20",  # hub models (download / upload)
     ],
     entry_points={
         "console_scripts": [
@@ -46,7 +48,7 @@ setup(
         # Tested pair on CUDA 12.x: mamba-ssm 2.2.4 + causal-conv1d 1.5.0.post8;
         # the published SepMamba / SPMamba code used mamba-ssm 1.2.0.post1.
         "cuda": ["mamba-ssm>=1.2.0.post1", "causal-conv1d>=1.2.0"],
-        "dev": ["pytest>=7", "ruff>=0.4"],
+        "dev": ["pytest>=7", "ruff>=0.4", "mir_eval>=0.7"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
