@@ -193,6 +193,14 @@ def worker(args):
     assert est.shape == (1, T, 2), est.shape
     macs = count_macs(model, torch.randn(1, sr) * 0.1)  # one second of audio
 
+    row = {
+        "model": args.model, "params_M": params / 1e6, "GMACs_per_s": macs / 1e9,
+        "sample_rate": sr, "fwd_s": statistics.median(times), "fwd_peak_MB": max(peak, 0.0),
+        "train_step_s": None,
+    }
+    if args.train_repeats == 0:
+        print(json.dumps(row))
+        return
     model.train()
     targets = torch.randn(1, T, 2) * 0.1
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -204,11 +212,8 @@ def worker(args):
         loss.backward()
         steps.append(time.perf_counter() - t0)
         opt.step()
-    print(json.dumps({
-        "model": args.model, "params_M": params / 1e6, "GMACs_per_s": macs / 1e9,
-        "sample_rate": sr, "fwd_s": statistics.median(times), "fwd_peak_MB": max(peak, 0.0),
-        "train_step_s": statistics.median(steps),
-    }))
+    row["train_step_s"] = statistics.median(steps)
+    print(json.dumps(row))
 
 
 def main():
@@ -218,6 +223,10 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train-repeats", type=int, default=2)
+    p.add_argument(
+        "--no-train", nargs="*", default=[],
+        help="models whose training step is not timed (e.g. too much memory on CPU)",
+    )
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -229,7 +238,8 @@ def main():
     for name in args.models:
         cmd = [sys.executable, __file__, "--worker", "--model", name,
                "--seconds", str(args.seconds), "--threads", str(args.threads),
-               "--repeats", str(args.repeats), "--train-repeats", str(args.train_repeats)]
+               "--repeats", str(args.repeats),
+               "--train-repeats", str(0 if name in args.no_train else args.train_repeats)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             row = {"model": name, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
@@ -247,10 +257,11 @@ def main():
             print(f"| {r['model']} | error: {r['error']} | | | | |")
             continue
         rate = "" if r["sample_rate"] == 8000 else f" ({r['sample_rate'] // 1000} kHz)"
+        step = "not run" if r["train_step_s"] is None else f"{r['train_step_s']:.2f}"
         print(f"| {r['model']}{rate} | {r['params_M']:.2f} | {r['GMACs_per_s']:.2f} | "
-              f"{r['fwd_s']:.2f} | {r['fwd_peak_MB']:.0f} | {r['train_step_s']:.2f} |")
+              f"{r['fwd_s']:.2f} | {r['fwd_peak_MB']:.0f} | {step} |")
     by = {r["model"]: r for r in rows if "error" not in r}
-    if "sepmamba_s" in by and "sepformer" in by:
+    if "sepmamba_s" in by and "sepformer" in by and by["sepformer"]["train_step_s"]:
         s, f = by["sepmamba_s"], by["sepformer"]
         checks = [
             ("forward time", s["fwd_s"] / f["fwd_s"], 0.10),
