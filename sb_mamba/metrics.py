@@ -165,6 +165,8 @@ def sdr(targets, est, filter_length=512):
     """
     import fast_bss_eval
 
-    ref = targets.T.double().cpu()
-    out = est.T.double().cpu()
-    return torch.as_tensor(fast_bss_eval.sdr(ref, out, filter_length=filter_length))
+    # NumPy backend: fast_bss_eval's torch solver was seen to hang in a
+    # process that had changed torch's thread settings.
+    ref = targets.T.double().cpu().numpy()
+    out = est.T.double().cpu().numpy()
+    return torch.from_numpy(fast_bss_eval.sdr(ref, out, filter_length=filter_length))
