@@ -2,10 +2,17 @@
 
 ::
 
+    sb-mamba-separate meeting.wav -o out        # the shipped demo model
     sb-mamba-separate pretrained/sepmamba-librimini-8k recordings/ a.flac -o out
     sb-mamba-separate owner/hub-model meetings/ -o out --device cuda:0 \\
         --chunk-seconds 8 --overlap 0.5 --normalize peak
 
+MODEL (a folder written by ``sb-mamba-export`` or a HuggingFace id) may be
+left out: when the first argument is an audio file or a folder without a
+``hyperparams.yaml``, every argument is an input and the demo model shipped in
+the repository (``pretrained/sepmamba-librimini-8k``) is used.
+Files longer than 30 s are separated in 10 s chunks unless
+``--chunk-seconds`` says otherwise (``--chunk-seconds 0``: one pass).
 Folders are searched recursively for ``--ext`` files; ``DIR/sub/x.flac``
 gives ``OUT/sub/x_s1.wav``, ``OUT/sub/x_s2.wav``, ... (float WAV at the
 model rate). An unreadable file is skipped with a one-line message and the
@@ -102,12 +109,14 @@ def build_parser():
         prog="sb-mamba-separate",
         description="Separate the speakers of audio files with an sb_mamba model.",
     )
-    p.add_argument("model", help="model folder (sb-mamba-export) or HuggingFace id")
-    p.add_argument("inputs", nargs="+", help="audio files and/or folders")
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] FILE_OR_DIR",
+                   help="model folder (sb-mamba-export) or HuggingFace id, optional "
+                        "(default: the shipped demo model), then audio files and/or folders")
     p.add_argument("-o", "--output-dir", required=True, help="output folder")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    p.add_argument("--chunk-seconds", type=float, default=None,
-                   help="separate in chunks of this many seconds (long audio)")
+    p.add_argument("--chunk-seconds", default="auto",
+                   help="chunk length in seconds for long audio; 'auto' (default): "
+                        "one pass up to 30 s, 10 s chunks beyond; 0: always one pass")
     p.add_argument("--overlap", type=float, default=0.5,
                    help="overlap fraction of consecutive chunks")
     p.add_argument("--normalize", choices=["none", "peak", "mixture"], default="none",
@@ -122,9 +131,43 @@ def build_parser():
     return p
 
 
+def split_model(inputs):
+    """``(model, inputs)``: the model argument, or the shipped default model.
+
+    Example
+    -------
+    >>> split_model(["owner/repo", "a.wav"])
+    ('owner/repo', ['a.wav'])
+    """
+    first = Path(inputs[0])
+    is_input = first.is_file() or (first.is_dir() and not (first / "hyperparams.yaml").exists())
+    if len(inputs) > 1 and not is_input:
+        return inputs[0], inputs[1:]
+    from sb_mamba.inference import default_model
+
+    return default_model(), inputs
+
+
+def _chunk_seconds(value):
+    """``--chunk-seconds``: "auto", None (one pass) or seconds."""
+    if value == "auto":
+        return value
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"--chunk-seconds takes 'auto' or a number, not {value!r}.") from None
+    return seconds if seconds > 0 else None
+
+
 def main(argv=None):
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.chunk_seconds = _chunk_seconds(args.chunk_seconds)
+        args.model, args.inputs = split_model(args.inputs)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
     restore = _setup_logging(args.verbose)
     try:
         return _run(args)

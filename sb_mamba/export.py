@@ -218,8 +218,8 @@ def read_test_results(path):
 
 
 def model_card(name, cls, params, sample_rate, num_spks, results, ckpt_note,
-               fp16, license):
-    """Markdown model card with HuggingFace front matter."""
+               fp16, license, notes=""):
+    """Markdown model card with HuggingFace front matter (``notes``: extra markdown)."""
     short = cls.rsplit(".", 1)[-1]
     rows = ["Results not given (pass test_results=...)."]
     if results:
@@ -251,6 +251,7 @@ def model_card(name, cls, params, sample_rate, num_spks, results, ckpt_note,
         "", "Command line: `sb-mamba-separate <model> recordings/ -o separated "
         "--chunk-seconds 8`.", "",
         "`hyperparams_train.yaml` holds the training hyperparameters.", "",
+        *([notes.strip(), ""] if notes and notes.strip() else []),
         "## License", "",
         f"Code: Apache-2.0 (sb_mamba). Weights: {license}. The weights derive "
         "from the training data; check its license too (e.g. LibriSpeech is "
@@ -259,7 +260,7 @@ def model_card(name, cls, params, sample_rate, num_spks, results, ckpt_note,
 
 
 def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False,
-                 test_results=None, model_name=None, license="apache-2.0"):
+                 test_results=None, model_name=None, license="apache-2.0", notes=""):
     """Write a hub-layout model folder from a recipe's output folder.
 
     Arguments
@@ -280,6 +281,8 @@ def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False
         Title of the model card (default: the target folder's name).
     license : str
         License of the weights, for the model card.
+    notes : str
+        Markdown added to the model card (e.g. a ``## Training`` section).
 
     Returns
     -------
@@ -323,7 +326,7 @@ def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False
     note = f"{ckpt.path.name}, validation SI-SNR {ckpt.meta['si-snr']:.2f} dB"
     (target / "README.md").write_text(model_card(
         model_name or target.resolve().name, cls, params, sample_rate, num_spks,
-        results, note, fp16, license))
+        results, note, fp16, license, notes))
     logger.info("Exported %s (%s) to %s.", cls, ckpt.path.name, target)
     return target
 
@@ -368,14 +371,16 @@ def main(argv=None):
     p.add_argument("--test-results", help="test_results.csv (default: OUTPUT's)")
     p.add_argument("--name", help="model card title")
     p.add_argument("--license", default="apache-2.0", help="license of the weights")
+    p.add_argument("--notes", metavar="FILE", help="markdown added to the model card")
     p.add_argument("--upload", metavar="REPO_ID", help="upload to this HF model repo")
     p.add_argument("--token", help="HuggingFace token")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        notes = Path(args.notes).read_text() if args.notes else ""
         target = export_model(args.recipe_output_folder, args.target_dir,
                               args.hparams_file, args.fp16, args.test_results,
-                              args.name, args.license)
+                              args.name, args.license, notes)
         if args.upload:
             upload_to_hub(target, args.upload, token=args.token)
     except (OSError, ValueError) as e:

@@ -30,6 +30,30 @@ logger = get_logger(__name__)
 
 NORMALIZE = ("none", "peak", "mixture")
 PEAK = 0.9  # peak of each source with normalize="peak"
+AUTO_ONE_PASS_SECONDS = 30.0  # chunk_seconds="auto": one pass up to this length
+AUTO_CHUNK_SECONDS = 10.0  # chunk_seconds="auto": chunk length beyond it
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "sepmamba-librimini-8k"
+
+
+def default_model():
+    """The demo model shipped in the repository (``pretrained/sepmamba-librimini-8k``).
+
+    Returns
+    -------
+    str
+        Its folder, for :meth:`MambaSeparator.from_hparams`.
+
+    Example
+    -------
+    >>> Path(default_model()).name
+    'sepmamba-librimini-8k'
+    """
+    if not (DEFAULT_MODEL / "hyperparams.yaml").is_file():
+        raise FileNotFoundError(
+            f"The default model {DEFAULT_MODEL} is missing (it ships with the git "
+            "repository, not with a wheel); pass a model folder or hub id instead."
+        )
+    return str(DEFAULT_MODEL)
 
 
 def _ramps(length, left, right):
@@ -295,16 +319,17 @@ class MambaSeparator(Pretrained):
 
     forward = separate_batch  # [B, T] -> [B, T, S], as SpeechBrain's interfaces
 
-    def separate_signal(self, mix, chunk_seconds=None, overlap=0.5, normalize="none"):
+    def separate_signal(self, mix, chunk_seconds="auto", overlap=0.5, normalize="none"):
         """Separate one mono signal at the model rate, in chunks if asked.
 
         Arguments
         ---------
         mix : torch.Tensor or numpy.ndarray
             [T] or [1, T], at :attr:`sample_rate`.
-        chunk_seconds : float, optional
-            ``None``: one pass. Else the chunk length of
+        chunk_seconds : float, "auto" or None
+            ``None``: one pass. A number: the chunk length of
             :func:`chunked_separate` (bounded memory for long audio).
+            ``"auto"``: one pass up to 30 s, 10 s chunks beyond.
         overlap : float
             Least fraction of each chunk shared with the next, in [0, 1).
         normalize : str
@@ -330,6 +355,9 @@ class MambaSeparator(Pretrained):
         if not mix.abs().max() > 0:
             logger.warning("The mixture is all zeros: returning silent sources.")
             return torch.zeros(1, T, S)
+        if chunk_seconds == "auto":
+            long = T > AUTO_ONE_PASS_SECONDS * self.sample_rate
+            chunk_seconds = AUTO_CHUNK_SECONDS if long else None
         if chunk_seconds is None:
             est = self.separate_batch(mix[None]).cpu()
         else:
@@ -342,7 +370,7 @@ class MambaSeparator(Pretrained):
             est = chunked_separate(self.separate_batch, mix, S, chunk, overlap)[None]
         return normalize_sources(est, mix[None], normalize)
 
-    def separate_file(self, path, savedir=None, chunk_seconds=None, overlap=0.5,
+    def separate_file(self, path, savedir=None, chunk_seconds="auto", overlap=0.5,
                       normalize="none", output_dir=None):
         """Separate an audio file of any rate and number of channels: it is
         averaged to mono and resampled to :attr:`sample_rate` (logged), then

@@ -9,7 +9,8 @@ Recipe YAML keys read here: ``output_folder``, ``save_folder``,
 ``data_folder``, ``skip_prep``, ``prepare_kwargs`` (passed to the
 preparation function), ``num_spks``, ``sample_rate``, ``dynamic_mixing``
 and ``dm_dataset`` (a ``!name:`` of a dataset class, built only when
-``dynamic_mixing`` is true), ``modules``, ``optimizer``, ``checkpointer``,
+``dynamic_mixing`` is true; reverberant dynamic mixing with anechoic or
+early targets refuses ``use_speedperturb`` and ``use_rand_shift``), ``modules``, ``optimizer``, ``checkpointer``,
 ``epoch_counter``, ``dataloader_opts``, optional ``test_only``.
 
 Authors
@@ -26,6 +27,7 @@ from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
 from sb_mamba.dataio.datasets import csv_dataset
+from sb_mamba.dataio.reverb_mixing import check_remix
 from sb_mamba.separation import Separation
 
 logger = get_logger(__name__)
@@ -132,6 +134,7 @@ def run_recipe(prepare, argv=None):
 
     if hparams.get("dynamic_mixing", False):
         train_set = hparams["dm_dataset"]()
+        check_remix(train_set, hparams)
         logger.info("Dynamic mixing: %d mixtures per epoch.", len(train_set))
     else:
         train_set = manifest("train")
@@ -145,7 +148,8 @@ def run_recipe(prepare, argv=None):
         checkpointer=hparams["checkpointer"],
     )
     loader_opts = hparams["dataloader_opts"]
-    if not hparams.get("test_only", False):
+    # SpeechBrain parses --test_only itself (a run option); the YAML key works too
+    if not (hparams.get("test_only", False) or run_opts.get("test_only", False)):
         brain.fit(
             brain.hparams.epoch_counter,
             train_set,

@@ -35,6 +35,13 @@ def test_debug_epoch_writes_results(tmp_path):
     assert (out / "audio_results").is_dir() and any((out / "audio_results").glob("*_s1hat.wav"))
     assert "valid si-snr" in (out / "train_log.txt").read_text()
 
+    # SpeechBrain's own --test_only flag: evaluate the best checkpoint, no training
+    (out / "test_results.csv").unlink()
+    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", "--N_epochs=2",
+                      "--test_only", *TINY)
+    assert "Going into epoch" not in proc.stdout, proc.stdout[-3000:]
+    assert len(read_results(out)) == 3
+
 
 def _ckpt_meta(save):
     metas = []

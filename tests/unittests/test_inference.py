@@ -299,3 +299,31 @@ def test_best_permutation_three_speakers():
     for perm in itertools.permutations(range(3)):
         est = ref[:, list(perm)]
         assert est[:, best_permutation(ref, est)].equal(ref)
+
+
+def test_auto_chunking_only_beyond_30_s(exported, caplog, monkeypatch):
+    _, model, _ = exported
+    calls = []
+    monkeypatch.setattr(model, "separate_batch", lambda x: calls.append(x.shape[1]) or
+                        torch.stack([x, -x], -1))
+    with caplog.at_level("INFO", logger="sb_mamba.inference"):
+        est = model.separate_signal(torch.randn(8000 * 31))  # default "auto"
+    assert est.shape == (1, 8000 * 31, 2)
+    assert "Chunked inference: 10 s chunks" in caplog.text and max(calls) <= 8000 * 10 + 256  # chunk_bounds quantum
+    calls.clear()
+    model.separate_signal(torch.randn(8000 * 29))
+    assert calls == [8000 * 29]  # one pass
+
+
+def test_shipped_demo_model_from_cli(tmp_path, capsys):
+    """The README's command: no MODEL argument -> the shipped demo model."""
+    from sb_mamba.dataio.audio import read_audio
+    from sb_mamba.inference import DEFAULT_MODEL
+
+    mix = DEFAULT_MODEL / "test_mixture.wav"
+    assert cli.main([str(mix), "-o", str(tmp_path)]) == 0
+    outs = [read_audio(tmp_path / f"test_mixture_s{i}.wav", 8000) for i in (1, 2)]
+    wav = read_audio(mix, 8000)
+    assert all(o.shape == wav.shape and torch.isfinite(o).all() for o in outs)
+    assert not torch.allclose(outs[0], outs[1])
+    assert cli.main([str(tmp_path / "nothing_here.wav"), "-o", str(tmp_path)]) == 2
