@@ -42,6 +42,8 @@ setup(
         "console_scripts": [
             "sb-mamba-separate=sb_mamba.cli:main",
             "sb-mamba-export=sb_mamba.export:main",
+            "sb-mamba-make-mixtures=sb_mamba.dataio.make_mixtures:main",
+            "sb-mamba-make-rir-bank=sb_mamba.dataio.reverb:main",
         ]
     },
     extras_require={

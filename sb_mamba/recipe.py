@@ -10,8 +10,9 @@ Recipe YAML keys read here: ``output_folder``, ``save_folder``,
 preparation function), ``num_spks``, ``sample_rate``, ``dynamic_mixing``
 and ``dm_dataset`` (a ``!name:`` of a dataset class, built only when
 ``dynamic_mixing`` is true; reverberant dynamic mixing with anechoic or
-early targets refuses ``use_speedperturb`` and ``use_rand_shift``), ``modules``, ``optimizer``, ``checkpointer``,
-``epoch_counter``, ``dataloader_opts``, optional ``test_only``.
+early targets refuses ``use_speedperturb`` and ``use_rand_shift``),
+``modules``, ``optimizer``, ``checkpointer``, ``epoch_counter``,
+``dataloader_opts``, optional ``test_only``.
 
 Authors
 -------

@@ -19,6 +19,8 @@ from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
 
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile command (sndfile.h)
+
 
 class AudioError(ValueError):
     """A file that cannot be used as audio input (the message says why)."""
@@ -152,10 +154,18 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
     sample_rate : int
         Rate.
     subtype : str
-        libsndfile subtype, e.g. ``"FLOAT"`` or ``"PCM_16"``.
+        libsndfile subtype, e.g. ``"FLOAT"`` or ``"PCM_16"``. Files are
+        byte-identical for identical input (no time-stamped PEAK chunk).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().cpu().float().numpy()
-    sf.write(str(path), wav, int(sample_rate), subtype=subtype)
+    wav = np.asarray(wav)
+    channels = 1 if wav.ndim == 1 else wav.shape[1]
+    with sf.SoundFile(str(path), "w", int(sample_rate), channels, subtype) as f:
+        try:  # no PEAK chunk: it holds a time stamp, so float files would differ run to run
+            sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+        except AttributeError:  # soundfile internals moved: files stay valid
+            pass
+        f.write(wav)

@@ -1,7 +1,11 @@
 """Dynamic mixing: new speaker mixtures drawn on the fly in every epoch, from any
 ``<root>/<speaker>/.../<utt>.{wav,flac}`` tree (raw WSJ0 ``si_tr_s``, LibriSpeech
-``train-clean-100``, ...), resampled once into a cache; fixed valid/test sets are
-exported in the recipes' CSV format.
+``train-clean-100``, ...; see :mod:`sb_mamba.dataio.speakers`), resampled once
+into a cache; fixed valid/test sets are exported in the recipes' CSV format.
+
+An item is drawn (:meth:`DynamicMixingDataset.draw`, a dict of every random
+choice) and then rendered (:meth:`DynamicMixingDataset.render`), so a stored
+draw re-creates its mixture exactly (``sb_mamba.dataio.make_mixtures``).
 
 Authors
 -------
@@ -9,7 +13,6 @@ Authors
 """
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,159 +20,59 @@ import torch
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba.dataio import audio
 from sb_mamba.dataio.audio import AudioError, audio_info, read_audio, write_audio
+from sb_mamba.dataio.speakers import (  # noqa: F401 (public here too)
+    _list_audio,
+    index_speakers,
+    prepare_cache,
+    split_speakers,
+)
 
 logger = get_logger(__name__)
 
 REF_RMS_DB = -25.0  # every source is set to this RMS (dBFS) before its gain
 
 
-def _list_audio(folder, extensions):
-    """All audio files under ``folder``, sorted (links followed, dot-files skipped)."""
-    exts = tuple(e.lower() for e in extensions)
-    return sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(folder, followlinks=True)
-        for f in fs if f.lower().endswith(exts) and not f.startswith(".")
-    )  # fmt: skip
+def file_signals(out, subtype="FLOAT"):
+    """The float32 signals to write for a :meth:`DynamicMixingDataset.render` output.
 
-
-def index_speakers(folder, extensions=(".wav", ".flac"), speaker_level=1, min_speakers=1):
-    """Map each speaker to its audio files.
-
-    Arguments
-    ---------
-    folder : str or Path
-        Root of a ``<speaker>/<utt>.wav`` tree (WSJ0 ``si_tr_s``) or a
-        ``<speaker>/<chapter>/<utt>.flac`` tree (LibriSpeech ``train-clean-100``).
-    extensions : tuple of str
-        File endings to take (case-insensitive).
-    speaker_level : int
-        Path component under ``folder`` naming the speaker (1 = first).
-    min_speakers : int
-        Raise ``ValueError`` if fewer speakers are found.
+    ``"FLOAT"`` keeps them as they are. ``"PCM_16"`` rounds each target,
+    image and the noise to 16 bits and makes the mixture the sum of the
+    rounded images and noise, so ``mix == sum(images) + noise`` still holds
+    exactly in the files.
 
     Returns
     -------
     dict
-        speaker id -> sorted list of file paths (str), in speaker order.
+        ``mix``, ``s1`` ... (targets), ``noise`` (if any) as float32;
+        ``images`` (list) and ``extra`` (kind -> list) on the same grid, as
+        float64 (sum them before casting).
 
     Example
     -------
-    >>> import tempfile; root = tempfile.mkdtemp()
-    >>> for name in ("a/a1", "a/a2", "b/x/b1"): write_audio(f"{root}/{name}.wav", torch.ones(8), 8)
-    >>> index = index_speakers(root)
-    >>> sorted(index), len(index["a"])
-    (['a', 'b'], 2)
+    >>> out = {"mix": np.full(4, 0.3), "images": np.full((2, 4), 0.15),
+    ...        "targets": np.full((2, 4), 0.1), "noise": None}
+    >>> sigs = file_signals(out, "PCM_16")
+    >>> sigs["mix"].shape, sigs["s2"].dtype, bool(sigs["mix"][0] == 2 * sigs["images"][0][0])
+    ((4,), dtype('float32'), True)
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Speaker folder {folder} does not exist: point it at the root "
-                                "of a <speaker>/<utterance> tree (e.g. wsj0/si_tr_s).")  # fmt: skip
-    files, index = _list_audio(folder, extensions), {}
-    for path in files:
-        parts = Path(path).relative_to(folder).parts
-        if len(parts) > speaker_level:
-            index.setdefault(parts[speaker_level - 1], []).append(path)
-    if skipped := len(files) - sum(map(len, index.values())):
-        logger.warning("Skipped %d files outside speaker folders in %s.", skipped, folder)
-    if not index:
-        raise ValueError(f"No {'/'.join(extensions)} files in speaker folders under {folder} "
-                         "(convert WSJ0 .wv1 sphere files to wav with sph2pipe).")  # fmt: skip
-    if len(index) < min_speakers:
-        raise ValueError(f"{folder} holds {len(index)} speakers but {min_speakers} distinct "
-                         "ones are needed: add speakers or lower num_spks.")  # fmt: skip
-    return {spk: sorted(index[spk]) for spk in sorted(index)}
+    if subtype not in ("FLOAT", "PCM_16"):
+        raise ValueError(f"subtype must be 'FLOAT' or 'PCM_16', got {subtype!r}.")
 
+    def q(x):  # float32, then (PCM_16) the 16-bit grid
+        x = np.asarray(x, dtype=np.float32).astype(np.float64)
+        return np.round(x * 32768) / 32768 if subtype == "PCM_16" else x
 
-def split_speakers(index, valid=0.1, test=0.1, seed=1234):
-    """Split speakers at random into disjoint train, valid and test lists.
-
-    Arguments
-    ---------
-    index : dict or list
-        Output of :func:`index_speakers`, or speaker ids.
-    valid, test : int or float
-        Number of held-out speakers, or a fraction when a float.
-    seed : int
-        Seed of the shuffle.
-
-    Returns
-    -------
-    tuple of list
-        ``(train, valid, test)`` speaker ids, each sorted.
-
-    Example
-    -------
-    >>> train, valid, test = split_speakers([f"s{i}" for i in range(10)], 2, 0.2)
-    >>> len(train), len(valid), len(test)
-    (6, 2, 2)
-    """
-    spks = sorted(index)
-    n_valid, n_test = [n if isinstance(n, int) else round(n * len(spks)) for n in (valid, test)]
-    if n_valid + n_test >= len(spks):
-        raise ValueError(f"Cannot hold out {n_valid + n_test} of {len(spks)} speakers.")
-    order = [spks[i] for i in np.random.default_rng(seed).permutation(len(spks))]
-    groups = order[n_valid + n_test :], order[:n_valid], order[n_valid : n_valid + n_test]
-    return tuple(sorted(g) for g in groups)
-
-
-def prepare_cache(files, sample_rate, cache_folder, root=None, subtype="FLOAT"):
-    """Resample files to ``sample_rate`` once, into ``cache_folder``.
-
-    Files already at the rate are used in place; files cached by an earlier run
-    are reused. New files are written to a temporary dot-file and renamed, so a
-    killed run (or DDP ranks writing at once) never leaves a corrupt cache file.
-
-    Arguments
-    ---------
-    files : list
-        Audio files.
-    sample_rate : int
-        Target rate.
-    cache_folder, root : str or Path
-        The tree of ``files`` under ``root`` (default: their common folder) is
-        mirrored here, as .wav.
-    subtype : str
-        ``"FLOAT"`` (32-bit, default) or ``"PCM_16"``.
-
-    Returns
-    -------
-    dict
-        original path (str) -> path to read (str), at ``sample_rate``.
-
-    Example
-    -------
-    >>> import tempfile; root = tempfile.mkdtemp()
-    >>> write_audio(f"{root}/in/a/a1.wav", torch.randn(1600) * 0.1, 16000)
-    >>> cache = prepare_cache([f"{root}/in/a/a1.wav"], 8000, f"{root}/cache")
-    >>> read_audio(cache[f"{root}/in/a/a1.wav"], 8000).shape
-    torch.Size([800])
-    """
-    files = [str(f) for f in files]
-    if root is None and files:
-        root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
-    root, mapping, n_new = Path(root or ".").absolute(), {}, 0
-    for f in tqdm(files, desc=f"Resample cache ({sample_rate} Hz)", unit="file"):
-        rate = audio_info(f).samplerate
-        if rate == sample_rate:
-            mapping[f] = f
-            continue
-        out = Path(cache_folder) / Path(os.path.abspath(f)).relative_to(root).with_suffix(".wav")
-        try:  # a complete file at the rate (a killed run leaves only dot-files)
-            ok = audio_info(out).samplerate == sample_rate
-        except AudioError:
-            ok = False
-        if not ok:
-            tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.wav")
-            write_audio(tmp, audio.resample(read_audio(f), rate, sample_rate), sample_rate, subtype)
-            os.replace(tmp, out)
-            n_new += 1
-        mapping[f] = str(out)
-    n_cached = sum(m != f for f, m in mapping.items())
-    logger.info("Resample cache %s: %d files written, %d reused, %d already at %d Hz.",
-                cache_folder, n_new, n_cached - n_new, len(files) - n_cached, sample_rate)  # fmt: skip
-    return mapping
+    sigs = {f"s{k + 1}": q(t) for k, t in enumerate(out["targets"])}
+    sigs["images"] = [q(x) for x in out["images"]]
+    sigs["extra"] = {kind: [q(x) for x in xs] for kind, xs in out.get("extra", {}).items()}
+    if out["noise"] is not None:
+        sigs["noise"] = q(out["noise"])
+    if subtype == "PCM_16":  # the sum of 16-bit values is exact in 16 bits
+        sigs["mix"] = sum(sigs["images"]) + (sigs["noise"] if out["noise"] is not None else 0)
+    else:
+        sigs["mix"] = q(out["mix"])
+    return {k: v if k in ("images", "extra") else v.astype(np.float32) for k, v in sigs.items()}
 
 
 class DynamicMixingDataset(torch.utils.data.Dataset):
@@ -196,7 +99,11 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     num_spks, epoch_size : int
         Sources per mixture; items per epoch (``len``).
     segment_seconds : float or None
-        Item length; None: the longest drawn utterance (others padded).
+        Item length; None: per ``length_mode``.
+    length_mode : str
+        Without ``segment_seconds``: ``"max"``, the longest drawn utterance
+        (others zero-padded at a random offset), or ``"min"``, the shortest
+        (others cropped at random), as the WSJ0-mix max / min versions.
     gain_db_range, snr_db_range : tuple
         Uniform ranges of each source's gain and of the speech-to-noise ratio, dB.
     noise_folder : str or Path, optional
@@ -234,9 +141,12 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         segment_seconds=4.0, gain_db_range=(-2.5, 2.5), noise_folder=None,
         snr_db_range=(-6.0, 3.0), seed=1234, cache_folder=None, peak=0.9, speakers=None,
         min_seconds=1.0, return_meta=False, extensions=(".wav", ".flac"), speaker_level=1,
+        length_mode="max",
     ):  # fmt: skip
         ok = gain_db_range[0] <= gain_db_range[1] and snr_db_range[0] <= snr_db_range[1]
         ok = ok and (segment_seconds is None or segment_seconds > 0)
+        if length_mode not in ("max", "min"):
+            raise ValueError(f"length_mode must be 'max' or 'min'; got {length_mode!r}.")
         if min(num_spks, epoch_size) < 1 or not ok:
             raise ValueError("num_spks, epoch_size, segment_seconds must be positive and "
                              "gain_db_range, snr_db_range (low, high).")  # fmt: skip
@@ -244,7 +154,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         self.segment = None if segment_seconds is None else round(segment_seconds * sample_rate)
         self.gain_db_range, self.snr_db_range = tuple(gain_db_range), tuple(snr_db_range)
         self.seed, self.epoch, self.peak, self.cache_folder = seed, 0, peak, cache_folder
-        self.return_meta = return_meta
+        self.return_meta, self.length_mode = return_meta, length_mode
         index = index_speakers(speaker_folder, extensions, speaker_level, num_spks)
         if speakers is not None:
             if unknown := sorted({str(s) for s in speakers} - set(index)):
@@ -292,48 +202,111 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         return self._make(int(idx))
 
     def _make(self, idx):
-        """Draw item ``idx`` of the current epoch."""
+        """Draw and render item ``idx`` of the current epoch."""
+        spec = self.draw(idx)
+        out = self.render(spec)
+        sigs = {"mix": out["mix"], **{f"s{k + 1}": s for k, s in enumerate(out["targets"])}}
+        sigs.update({} if out["noise"] is None else {"noise": out["noise"]})
+        item = {"id": spec["id"]}
+        item.update({f"{k}_sig": torch.from_numpy(x.astype(np.float32)) for k, x in sigs.items()})
+        if self.return_meta:
+            item["meta"] = {"speakers": spec["speakers"], "files": spec["files"],
+                            "gains_db": spec["gains_db"], "scale": out["scale"],
+                            "spans": [[s["offset"], s["offset"] + s["length"]]
+                                      for s in spec["sources"]]}  # fmt: skip
+            item["meta"].update({} if spec["noise"] is None else {"snr_db": spec["snr_db"]})
+            item["meta"].update(self._extra_meta(spec, out))
+        return item
+
+    def draw(self, idx):
+        """The random choices of item ``idx`` of the current epoch, as a dict.
+
+        ``id``, ``length`` (samples), ``speakers``, ``files``, ``gains_db``,
+        ``sources`` (per source: ``begin`` in its file, ``length``,
+        ``offset`` in the item), ``noise`` (``file``, ``begin``, ``roll``
+        or None) and ``snr_db``: all :meth:`render` needs, so a stored spec
+        re-creates the item exactly.
+        """
         rng = np.random.default_rng([self.seed, self.epoch, idx])
         spks = [self.speakers[i] for i in rng.choice(len(self.speakers), self.num_spks, False)]
         files = [self.index[s][rng.integers(len(self.index[s]))] for s in spks]
         gains = rng.uniform(*self.gain_db_range, size=self.num_spks)
-        T = self.segment or max(self._frames[f] for f in files)
-        sources, spans = np.zeros((self.num_spks, T)), []
-        for k, f in enumerate(files):
-            n = min(self._frames[f], T)
-            begin, offset = rng.integers(self._frames[f] - n + 1), rng.integers(T - n + 1)
-            wav = read_audio(self._paths[f], start=int(begin), stop=int(begin + n)).double().numpy()
-            rms = max(np.sqrt(np.mean(wav**2)), 1e-8)  # a silent crop stays silent
-            wav = wav * 10 ** ((REF_RMS_DB + gains[k]) / 20) / rms  # [n]
-            sources[k, offset : offset + len(wav)] = wav
-            spans.append([int(offset), int(offset + len(wav))])
-        speech, noise, snr = sources.sum(0), None, None  # [T]
+        frames = [self._frames[f] for f in files]
+        T = self.segment or (min(frames) if self.length_mode == "min" else max(frames))
+        sources = []
+        for L in frames:
+            n = min(L, T)
+            begin, offset = int(rng.integers(L - n + 1)), int(rng.integers(T - n + 1))
+            sources.append({"begin": begin, "length": n, "offset": offset})
+        spec = {"id": f"{idx:06d}_" + "_".join(Path(f).stem for f in files), "length": int(T),
+                "speakers": spks, "files": files, "gains_db": gains.tolist(),
+                "sources": sources, "noise": None, "snr_db": None}  # fmt: skip
         if self.noise_files:  # random file and crop, looped if shorter than T
             f = self.noise_files[rng.integers(len(self.noise_files))]
             L = self._frames[f]
-            if L >= T:
-                begin = rng.integers(L - T + 1)
-                noise = read_audio(self._paths[f], start=int(begin), stop=int(begin + T))
+            begin, roll = (int(rng.integers(L - T + 1)), 0) if L >= T else (0, int(rng.integers(L)))
+            spec["noise"] = {"file": f, "begin": begin, "roll": roll}
+            spec["snr_db"] = float(rng.uniform(*self.snr_db_range))
+        self._draw_extra(rng, spec, idx)
+        return spec
+
+    def _draw_extra(self, rng, spec, idx):
+        """Hook: further random choices, drawn after all of the above."""
+
+    def _extra_meta(self, spec, out):
+        """Hook: further ``meta`` entries."""
+        return {}
+
+    def _read(self, f, start=0, stop=None):
+        return read_audio(self._paths[f], start=start, stop=stop).double().numpy()
+
+    def _images(self, spec, crops):
+        """Sources as heard in the mixture [S, T], the targets [S, T], and a
+        dict of further signals to render (scaled with the others).
+
+        Here sources and targets are the crops, each at ``REF_RMS_DB`` + its
+        gain (RMS over its own samples), placed at their offsets.
+        """
+        sources = np.zeros((self.num_spks, spec["length"]))
+        for k, (wav, src) in enumerate(zip(crops, spec["sources"])):
+            rms = max(np.sqrt(np.mean(wav**2)), 1e-8)  # a silent crop stays silent
+            wav = wav * 10 ** ((REF_RMS_DB + spec["gains_db"][k]) / 20) / rms  # [n]
+            sources[k, src["offset"] : src["offset"] + len(wav)] = wav
+        return sources, sources, {}
+
+    def render(self, spec):
+        """Signals of a :meth:`draw` spec (float64 numpy arrays).
+
+        Returns
+        -------
+        dict
+            ``mix`` [T], ``images`` [S, T] (the sources as summed into the
+            mixture), ``targets`` [S, T], ``noise`` [T] or None, ``extra``
+            (further signals of subclasses) and ``scale`` (the common
+            peak-limiting factor over all of them, already applied).
+        """
+        T = spec["length"]
+        crops = [self._read(f, s["begin"], s["begin"] + s["length"])
+                 for f, s in zip(spec["files"], spec["sources"])]  # fmt: skip
+        images, targets, extra = self._images(spec, crops)
+        speech, noise = images.sum(0), None  # [T]
+        if spec["noise"] is not None:
+            f, nz = spec["noise"]["file"], spec["noise"]
+            if self._frames[f] >= T:
+                noise = self._read(f, nz["begin"], nz["begin"] + T)
             else:
-                noise = read_audio(self._paths[f]).roll(-int(rng.integers(L)))
-            noise = np.resize(noise.double().numpy(), T)
+                noise = np.roll(self._read(f), -nz["roll"])
+            noise = np.resize(noise, T)
             if not np.any(noise):
                 raise AudioError(f"Noise file {f} is silent: remove it from the noise folder.")
-            snr = float(rng.uniform(*self.snr_db_range))
-            noise *= np.sqrt(np.sum(speech**2) / (np.sum(noise**2) * 10 ** (snr / 10)))
+            noise *= np.sqrt(np.sum(speech**2) / (np.sum(noise**2) * 10 ** (spec["snr_db"] / 10)))
         mix = speech if noise is None else speech + noise
-        top = max(np.abs(s).max() for s in [mix, sources] + ([] if noise is None else [noise]))
+        signals = [mix, images, targets, *extra.values()] + [noise] * (noise is not None)
+        top = max(np.abs(x).max() for x in signals)
         scale = self.peak / top if self.peak is not None and top > self.peak else 1.0
-        sigs = {"mix": mix, **{f"s{k + 1}": s for k, s in enumerate(sources)}}
-        sigs.update({} if noise is None else {"noise": noise})
-        item = {"id": f"{idx:06d}_" + "_".join(Path(f).stem for f in files)}
-        item.update({f"{k}_sig": torch.from_numpy((x * scale).astype(np.float32))
-                     for k, x in sigs.items()})  # fmt: skip
-        if self.return_meta:
-            item["meta"] = {"speakers": spks, "files": files, "gains_db": gains.tolist(),
-                            "spans": spans, "scale": float(scale)}  # fmt: skip
-            item["meta"].update({} if snr is None else {"snr_db": snr})
-        return item
+        return {"mix": mix * scale, "images": images * scale, "targets": targets * scale,
+                "noise": None if noise is None else noise * scale, "scale": float(scale),
+                "extra": {k: v * scale for k, v in extra.items()}}
 
     def export(self, folder, n, subtype="FLOAT"):
         """Write ``n`` fixed mixtures (items 0..n-1 of epoch 0) and their CSV.
@@ -375,17 +348,13 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         rows, saved_epoch, self.epoch = [], self.epoch, 0
         try:
             for idx in tqdm(range(n), desc=f"Exporting mixtures to {folder}", unit="mix"):
-                item = self._make(idx)
-                sigs = {k: item[f"{k}_sig"].double() for k in names}
-                if subtype == "PCM_16":  # the sum of 16-bit values is exact in 16 bits
-                    sigs = {k: torch.round(s * 32768) / 32768 for k, s in sigs.items()}
-                    sigs["mix"] = sum(sigs.values())
-                else:
-                    sigs["mix"] = item["mix_sig"]
+                spec = self.draw(idx)
+                sigs = file_signals(self.render(spec), subtype)
+                item = {"id": spec["id"]}
                 row = {"ID": item["id"], "duration": round(len(sigs["mix"]) / self.sample_rate, 5)}
                 for k in ["mix", *names]:
                     path = folder / k / f"{item['id']}.wav"
-                    write_audio(path, sigs[k].float(), self.sample_rate, subtype)
+                    write_audio(path, sigs[k], self.sample_rate, subtype)
                     row[f"{k}_wav"] = str(path)
                 rows.append(row)
         finally:

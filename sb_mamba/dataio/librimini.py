@@ -17,7 +17,7 @@ from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 
-from sb_mamba.dataio.dynamic_mixing import DynamicMixingDataset
+from sb_mamba.dataio.reverb_mixing import ReverbDynamicMixing
 
 logger = get_logger(__name__)
 
@@ -38,7 +38,8 @@ def default_data_folder():
 def prepare_librimini(
     data_folder, save_folder, sample_rate=8000, num_spks=2, skip_prep=False,
     n_valid=50, n_test=100, segment_seconds=4.0, noise_folder=None,
-    snr_db_range=(0.0, 10.0), seed=4321,
+    snr_db_range=(0.0, 10.0), seed=4321, use_reverb=False, rir_bank=None,
+    reverb_target="anechoic",
 ):  # fmt: skip
     """Write ``valid.csv`` and ``test.csv`` of fixed held-out mixtures.
 
@@ -64,6 +65,11 @@ def prepare_librimini(
         Speech-to-noise ratio range, dB.
     seed : int
         Seed of the fixed mixtures.
+    use_reverb, rir_bank, reverb_target
+        Reverberant mixtures (see
+        :class:`~sb_mamba.dataio.reverb_mixing.ReverbDynamicMixing`); the
+        files ``s1``, ``s2`` are then the targets and ``mix`` the sum of
+        the reverberant images (+ noise).
 
     Example
     -------
@@ -93,17 +99,20 @@ def prepare_librimini(
         n_valid=n_valid, n_test=n_test, segment_seconds=segment_seconds,
         noise_folder=str(noise_folder), snr_db_range=list(snr_db_range), seed=seed,
     )  # fmt: skip
+    if use_reverb:  # (absent when off: earlier preparations stay valid)
+        options.update(use_reverb=True, rir_bank=str(rir_bank), reverb_target=reverb_target)
     opt_file = save_folder / "librimini_prep.json"
     if all(c.is_file() for c in csvs) and opt_file.is_file():
         if json.loads(opt_file.read_text()) == options:
             logger.info("LibriMini mixtures already prepared in %s; skipping.", save_folder)
             return
     for split, n, offset in (("valid", n_valid, 1), ("test", n_test, 2)):
-        ds = DynamicMixingDataset(
+        ds = ReverbDynamicMixing(
             data_folder / split, sample_rate=sample_rate, num_spks=num_spks, epoch_size=n,
             segment_seconds=segment_seconds, noise_folder=noise_folder,
             snr_db_range=snr_db_range, seed=seed + offset,
             cache_folder=save_folder / "cache" if sample_rate != 8000 else None,
+            use_reverb=use_reverb, rir_bank=rir_bank, reverb_target=reverb_target,
         )  # fmt: skip
         target = save_folder / "mixtures" / split
         if target.exists():

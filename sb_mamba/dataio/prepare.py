@@ -287,14 +287,16 @@ def prepare_whamr(data_folder, save_folder, sample_rate=8000, mode="min",
         ones add the ``noise_wav`` column from ``noise/``.
     targets : str
         ``"anechoic"`` (``s*_anechoic``: separation + dereverberation) or
-        ``"reverb"`` (``s*_reverb``: separation only), for EVERY split.
+        ``"reverb"`` (``s*_reverb``: separation only), for EVERY split;
+        ``"early"`` (``s*_early``, direct path + early reflections) exists
+        only in data written by ``sb-mamba-make-mixtures --extra-targets early``.
         SpeechBrain's recipe trains on anechoic but, with ``dereverberate=True``,
         validates and tests on reverberant targets; we do not copy that.
     """
     _check_choice("num_spks", num_spks, (2,))
     _check_choice("mix", mix, ("mix_both_reverb", "mix_clean_reverb",
                                "mix_both_anechoic", "mix_clean_anechoic"))
-    _check_choice("targets", targets, ("anechoic", "reverb"))
+    _check_choice("targets", targets, ("anechoic", "reverb", "early"))
     others = {f"s{i}_wav": f"s{i}_{targets}" for i in (1, 2)}
     if mix.startswith("mix_both"):
         others["noise_wav"] = "noise"

@@ -1,0 +1,135 @@
+"""The dataset generator (``sb-mamba-make-mixtures``): layouts, levels, determinism.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import correlate
+
+from sb_mamba.dataio.make_mixtures import main, make_mixtures, regenerate
+from sb_mamba.dataio.prepare import prepare_echo2mix, prepare_whamr
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SPEECH, NOISE, RIRS = SAMPLES / "speech_8k", SAMPLES / "noise_8k", SAMPLES / "rir"
+TINY = dict(n=(2, 1, 1), segment_seconds=0.5, speaker_split=(0, 0), seed=11,
+            room_ranges={"rt60": [0.2, 0.3]})  # fmt: skip
+
+
+def wav_files(folder):
+    """Relative path -> bytes of every dataset .wav (not the cache, not the bank)."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.wav"))
+            if p.relative_to(folder).parts[0] not in ("cache", "rir_bank")}  # fmt: skip
+
+
+def read(path):
+    return sf.read(str(path), dtype="float64")[0]
+
+
+@pytest.fixture(scope="module")
+def whamr(tmp_path_factory):
+    """A tiny WHAMR!-layout dataset (noise, simulated rooms, early targets)."""
+    out = tmp_path_factory.mktemp("gen") / "whamr"
+    make_mixtures(SPEECH, out, "whamr", noise_folder=NOISE, extra_targets=("early",), **TINY)
+    return out
+
+
+def test_whamr_layout_levels_snr_alignment(whamr, tmp_path):
+    with open(whamr / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["split"] for r in rows] == ["tr", "tr", "cv", "tt"]
+    for row in rows:
+        d = whamr / "wav8k" / "min" / row["split"]
+        name = row["ID"] + ".wav"
+        get = {k: read(d / k / name) for k in ("mix_both_reverb", "mix_clean_reverb", "noise",
+                                               "s1_reverb", "s2_reverb", "s1_anechoic",
+                                               "s2_anechoic", "s1_early", "mix_both_anechoic")}
+        assert len(get["mix_both_reverb"]) == 4000
+        # 16-bit files: the mixtures are exact sums of the written parts.
+        assert np.array_equal(get["mix_both_reverb"], get["s1_reverb"] + get["s2_reverb"] + get["noise"])
+        assert np.array_equal(get["mix_both_anechoic"],
+                              get["s1_anechoic"] + get["s2_anechoic"] + get["noise"])
+        snr = 10 * np.log10(np.sum(get["mix_clean_reverb"] ** 2) / np.sum(get["noise"] ** 2))
+        assert abs(snr - float(row["snr_db"])) < 0.1, (snr, row["snr_db"])
+        levels = [10 * np.log10(np.sum(get[f"s{k}_reverb"] ** 2) / int(row[f"s{k}_length"]))
+                  for k in (1, 2)]  # fmt: skip
+        asked = float(row["s1_gain_db"]) - float(row["s2_gain_db"])
+        assert abs((levels[0] - levels[1]) - asked) < 0.1, (levels, asked)
+        for k in (1, 2):  # targets aligned with the reverberant mixture
+            for kind in ("anechoic",) + ("early",) * (k == 1):
+                c = correlate(get["mix_both_reverb"], get[f"s{k}_{kind}"], method="fft")
+                assert abs(int(np.argmax(c)) - (len(c) - 1) // 2) <= 1
+        assert row["s1_rir"] != row["s2_rir"] and row["s1_rir"][:10] == row["s2_rir"][:10]
+    assert len({r["room_id"] for r in rows}) == 4  # one room per mixture
+    csvs = prepare_whamr(whamr, tmp_path / "csv", targets="early")
+    with open(csvs["train"], newline="") as f:
+        train = list(csv.DictReader(f))
+    assert len(train) == 2 and "/s1_early/" in train[0]["s1_wav"]
+
+
+def test_same_seed_same_bytes_any_workers_and_metadata_regenerates(whamr, tmp_path):
+    again = tmp_path / "again"
+    make_mixtures(SPEECH, again, "whamr", noise_folder=NOISE, extra_targets=("early",),
+                  num_workers=2, **TINY)  # fmt: skip
+    a, b = wav_files(whamr), wav_files(again)
+    assert a.keys() == b.keys() and len(a) == 4 * 11  # 11 folders per split
+    assert all(a[k] == b[k] for k in a)
+    assert (whamr / "metadata.csv").read_bytes() == (again / "metadata.csv").read_bytes()
+    for f in (whamr / "rir_bank" / "rirs").iterdir():
+        assert f.read_bytes() == (again / "rir_bank" / "rirs" / f.name).read_bytes()
+    # Regenerate from the metadata alone (no random draw), into a new folder.
+    new = tmp_path / "regen"
+    regenerate(whamr / "metadata.csv", new)
+    c = wav_files(new)
+    assert c.keys() == a.keys() and all(a[k] == c[k] for k in a)
+    assert (new / "metadata.csv").read_bytes() == (whamr / "metadata.csv").read_bytes()
+    # Another seed gives other mixtures.
+    other = tmp_path / "other"
+    make_mixtures(SPEECH, other, "whamr", noise_folder=NOISE, rir_bank=whamr / "rir_bank",
+                  **{**TINY, "seed": 12})  # fmt: skip
+    d = wav_files(other)
+    assert not any(d.get(k) == v for k, v in a.items() if "mix_" in k)
+
+
+def test_echo2mix_layout_from_measured_rirs_via_the_cli(tmp_path):
+    out = tmp_path / "Echo2Mix"
+    main([str(out), "--speech", str(SPEECH), "--rir-bank", str(RIRS), "--layout", "echo2mix",
+          "--n", "2", "1", "1", "--segment-seconds", "0.5", "--held-out", "0", "0",
+          "--subtype", "FLOAT"])  # fmt: skip
+    mixes = sorted(out.rglob("mix.wav"))
+    assert [m.relative_to(out).parts[0] for m in mixes] == ["test", "train", "train", "val"]
+    for mix in mixes:
+        x, sr = sf.read(str(mix), dtype="float64")
+        s1, s2 = read(mix.parent / "spk1_reverb.wav"), read(mix.parent / "spk2_reverb.wav")
+        assert sr == 16000 and len(x) == 8000 and not (mix.parent / "noise.wav").exists()
+        assert np.allclose(x, s1 + s2, atol=1e-6)
+        assert mix.parent.parent.name == "Univ._of_Surrey_Room_A_reverberant_Hummersone_BRIR_set"
+    csvs = prepare_echo2mix(out, tmp_path / "csv")
+    with open(csvs["valid"], newline="") as f:
+        assert len(list(csv.DictReader(f))) == 1
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="speech folder .* does not exist"):
+        make_mixtures(tmp_path / "nope", tmp_path / "out", **TINY)
+    with pytest.raises(FileNotFoundError, match="noise folder .* does not exist"):
+        make_mixtures(SPEECH, tmp_path / "out", noise_folder=tmp_path / "nope", **TINY)
+    with pytest.raises(FileNotFoundError, match="RIR bank folder .* does not exist"):
+        make_mixtures(SPEECH, tmp_path / "out", rir_bank=tmp_path / "nope", **TINY)
+    with pytest.raises(ValueError, match="8000 or 16000"):
+        make_mixtures(SPEECH, tmp_path / "out", sample_rate=22050, **TINY)
+    with pytest.raises(ValueError, match="every split needs 2 speakers"):
+        make_mixtures(SPEECH, tmp_path / "out", **{**TINY, "speaker_split": (1, 1)})
+    with pytest.raises(ValueError, match="layout must be one of"):
+        make_mixtures(SPEECH, tmp_path / "out", layout="wsj0", **TINY)
+    with pytest.raises(FileNotFoundError, match="metadata.csv"):
+        regenerate(tmp_path / "metadata.csv", tmp_path / "out")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "out")])  # --speech is required
