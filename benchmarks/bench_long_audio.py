@@ -11,7 +11,7 @@ equals the input length, and the SI-SNRi against the two streams.
 
 Usage::
 
-    python benchmarks/bench_long_audio.py                      # 10 min, 8 s chunks
+    python benchmarks/bench_long_audio.py                      # 10 min, 10 s chunks
     python benchmarks/bench_long_audio.py --seconds 30 --chunk-seconds 4
     python benchmarks/bench_long_audio.py --model pretrained/sepmamba-librimini-8k
     python benchmarks/bench_long_audio.py --chunk-seconds 0    # one pass (memory!)
@@ -86,8 +86,9 @@ def main(argv=None):
     p.add_argument("--model", default=default,
                    help="model folder or hub id (default: see the module docstring)")
     p.add_argument("--seconds", type=float, default=600.0, help="recording length")
-    p.add_argument("--chunk-seconds", type=float, default=8.0, help="0: one pass")
-    p.add_argument("--overlap", type=float, default=0.5)
+    p.add_argument("--chunk-seconds", type=float, default=10.0,
+                   help="0: one pass (default 10: what chunk_seconds='auto' uses)")
+    p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", help="also write the results to this file")

@@ -117,7 +117,7 @@ def build_parser():
     p.add_argument("--chunk-seconds", default="auto",
                    help="chunk length in seconds for long audio; 'auto' (default): "
                         "one pass up to 30 s, 10 s chunks beyond; 0: always one pass")
-    p.add_argument("--overlap", type=float, default=0.5,
+    p.add_argument("--overlap", type=float, default=0.25,
                    help="overlap fraction of consecutive chunks")
     p.add_argument("--normalize", choices=["none", "peak", "mixture"], default="none",
                    help="output scaling (default: as the model outputs)")

@@ -319,7 +319,7 @@ class MambaSeparator(Pretrained):
 
     forward = separate_batch  # [B, T] -> [B, T, S], as SpeechBrain's interfaces
 
-    def separate_signal(self, mix, chunk_seconds="auto", overlap=0.5, normalize="none"):
+    def separate_signal(self, mix, chunk_seconds="auto", overlap=0.25, normalize="none"):
         """Separate one mono signal at the model rate, in chunks if asked.
 
         Arguments
@@ -370,7 +370,7 @@ class MambaSeparator(Pretrained):
             est = chunked_separate(self.separate_batch, mix, S, chunk, overlap)[None]
         return normalize_sources(est, mix[None], normalize)
 
-    def separate_file(self, path, savedir=None, chunk_seconds="auto", overlap=0.5,
+    def separate_file(self, path, savedir=None, chunk_seconds="auto", overlap=0.25,
                       normalize="none", output_dir=None):
         """Separate an audio file of any rate and number of channels: it is
         averaged to mono and resampled to :attr:`sample_rate` (logged), then
