@@ -215,7 +215,7 @@ def make_mixtures(speech_folder, out_folder, layout="whamr", n=(20000, 5000, 300
                   noise_folder=None, rir_bank=None, sample_rate=None, mode="min",
                   segment_seconds=None, seed=1234, num_workers=1, snr_db_range=(-6.0, 3.0),
                   gain_db_range=(-2.5, 2.5), speaker_split=(0.1, 0.1), room_ranges=None,
-                  early_ms=50.0, extra_targets=(), subtype="PCM_16", calibrate=2):  # fmt: skip
+                  early_ms=50.0, extra_targets=(), subtype="PCM_16", calibrate=4):  # fmt: skip
     """Write a fixed dataset (see the module docstring).
 
     Arguments

@@ -132,7 +132,7 @@ def pool_map(fn, jobs, num_workers, desc, unit, initializer=None, initargs=()):
 
 
 def make_rir_bank(folder, n, sample_rate=8000, seed=1234, num_workers=1, ranges=None,
-                  sources_per_room=2, num_mics=2, calibrate=2):  # fmt: skip
+                  sources_per_room=2, num_mics=2, calibrate=4):  # fmt: skip
     """Simulate ``n`` rooms into ``folder`` (reused if already made alike).
 
     Arguments
@@ -376,7 +376,7 @@ def main(argv=None):
     parser.add_argument("--mics", type=int, default=2, help="mics per room")
     parser.add_argument("--rt60", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="RT60 range, s (default 0.1 1.0, WHAMR!)")
-    parser.add_argument("--calibrate", type=int, default=2, help="RT60 corrections per room")
+    parser.add_argument("--calibrate", type=int, default=4, help="RT60 corrections per room")
     parser.add_argument("--index-measured", metavar="RIR_FOLDER",
                         help="instead of simulating: index this folder of measured .wav RIRs")
     args = parser.parse_args(argv)

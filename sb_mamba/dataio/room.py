@@ -222,7 +222,7 @@ def _highpass(rir, fs, cutoff=10.0):
     return sosfiltfilt(sos, rir, axis=-1)
 
 
-def simulate_room(params, sample_rate=SIM_RATE, calibrate=2, tolerance=0.05):
+def simulate_room(params, sample_rate=SIM_RATE, calibrate=4, tolerance=0.05):
     """Simulate the RIRs of a room from :func:`draw_room`.
 
     Arguments
