@@ -33,6 +33,14 @@ def read(path):
     return sf.read(str(path), dtype="float64")[0]
 
 
+def gcc_phat_lag(x, ref):
+    """Lag of the peak of the phase-transform generalized cross-correlation."""
+    n = 1 << (len(x) + len(ref) - 2).bit_length()
+    r = np.fft.rfft(x, n) * np.conj(np.fft.rfft(ref, n))
+    lag = int(np.argmax(np.fft.irfft(r / np.maximum(np.abs(r), 1e-12), n)))
+    return lag if lag < n // 2 else lag - n
+
+
 @pytest.fixture(scope="module")
 def whamr(tmp_path_factory):
     """A tiny WHAMR!-layout dataset (noise, simulated rooms, early targets)."""
@@ -66,6 +74,7 @@ def test_whamr_layout_levels_snr_alignment(whamr, tmp_path):
             for kind in ("anechoic",) + ("early",) * (k == 1):
                 c = correlate(get["mix_both_reverb"], get[f"s{k}_{kind}"], method="fft")
                 assert abs(int(np.argmax(c)) - (len(c) - 1) // 2) <= 1
+                assert abs(gcc_phat_lag(get["mix_both_reverb"], get[f"s{k}_{kind}"])) <= 1
         assert row["s1_rir"] != row["s2_rir"] and row["s1_rir"][:10] == row["s2_rir"][:10]
     assert len({r["room_id"] for r in rows}) == 4  # one room per mixture
     csvs = prepare_whamr(whamr, tmp_path / "csv", targets="early")
