@@ -7,7 +7,8 @@ settings of SpeechBrain's WSJ0-2mix recipe YAMLs), it reports:
 * parameters;
 * MACs per second of audio, counted with :class:`torch.utils.flop_counter.
   FlopCounterMode` (matmuls and convolutions; MACs = FLOPs / 2) **plus**
-  what that counter cannot see, counted analytically: the selective scan,
+  what that counter cannot see, counted analytically: the selective scan
+  (and, on the fused CPU path, the step-size projection done in its kernel),
   3 MACs per (batch, channel, state, step) (state update ``a*x + b``, input
   term ``delta*B*u``, readout ``C*x``), and the S4 FFT convolutions,
   ``2.5 n log2 n`` real MACs per real FFT of size ``n = 2L`` (three FFTs per
@@ -138,6 +139,20 @@ def count_macs(model, mix):
 
         mamba_mod.selective_scan = counted_scan
         patches.append((mamba_mod, "selective_scan", orig_scan))
+
+        # The fused CPU path: its kernel also does dt_proj's product.
+        import sb_mamba.nnet.fused as fused_mod
+
+        orig_inner = fused_mod.mamba_inner_cpu
+
+        def counted_inner(xz, conv_w, conv_b, x_proj_w, dt_proj_w, *a, **k):
+            b, L = xz.shape[:2]
+            d, r = dt_proj_w.shape
+            extra[0] += 3.0 * b * d * L * a[1].shape[1] + b * L * r * d
+            return orig_inner(xz, conv_w, conv_b, x_proj_w, dt_proj_w, *a, **k)
+
+        fused_mod.mamba_inner_cpu = counted_inner
+        patches.append((fused_mod, "mamba_inner_cpu", orig_inner))
     except ImportError:
         pass
     try:

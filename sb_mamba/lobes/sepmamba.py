@@ -55,7 +55,9 @@ class _DownStage(nn.Module):
     def forward(self, x):
         """[B, C_in, L] -> [B, C_out, (L - K) // S + 1]."""
         x = self.act(self.conv(x))  # [B, C_out, L']
-        return self.mamba(x.transpose(1, 2)).transpose(1, 2)  # [B, C_out, L']
+        # one contiguous copy: the Mamba stacks read x several times
+        x = x.transpose(1, 2).contiguous()  # [B, L', C_out]
+        return self.mamba(x).transpose(1, 2)  # [B, C_out, L']
 
 
 class _UpStage(nn.Module):
@@ -77,8 +79,8 @@ class _UpStage(nn.Module):
         x = self.act(self.convt(x))  # [B, C_out, (L - 1) * S + K]
         x = F.pad(x, (0, skip.shape[-1] - x.shape[-1]))  # [B, C_out, L_skip]
         x = self.fusion(torch.cat([skip, x], dim=1))  # [B, C_out, L_skip]
-        x = self.act(x)
-        return self.mamba(x.transpose(1, 2)).transpose(1, 2)  # [B, C_out, L_skip]
+        x = self.act(x).transpose(1, 2).contiguous()  # [B, L_skip, C_out]
+        return self.mamba(x).transpose(1, 2)  # [B, C_out, L_skip]
 
 
 def min_input_length(kernel_size, stride, num_levels):

@@ -1,6 +1,7 @@
-"""Just-in-time loader for the fused C++ CPU selective-scan kernel.
+"""Just-in-time loader for the fused C++ CPU kernels.
 
-The kernel (``csrc/selective_scan_cpu.cpp``) is compiled on first use with
+The kernels (``csrc/*.cpp``: the selective scan, and the fused inner path of
+a Mamba mixer used by :mod:`sb_mamba.nnet.fused`) are compiled on first use with
 :func:`torch.utils.cpp_extension.load` and cached on disk by torch (under
 ``TORCH_EXTENSIONS_DIR`` when set, else torch's per-user cache folder), so
 only the first process on a machine pays the compilation (~30 s). When the
@@ -21,10 +22,20 @@ from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
 
-_EXT_NAME = "sb_mamba_scan_cpu_v1"
-_SOURCE = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "csrc", "selective_scan_cpu.cpp"
-)
+# Bump the version whenever a source changes: checkouts share torch's cache.
+_EXT_NAME = "sb_mamba_scan_cpu_v7"
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+_SOURCES = [
+    os.path.join(_CSRC, name)
+    for name in (
+        "bindings.cpp",
+        "selective_scan_cpu.cpp",
+        "mamba_conv.cpp",
+        "mamba_scan_fwd.cpp",
+        "mamba_scan_bwd.cpp",
+    )
+]
+_HEADERS = [os.path.join(_CSRC, n) for n in ("kernels.h", "mamba_scan.h", "sb_math.h")]
 # -O3 and OpenMP; FP contraction lets the AVX2/AVX-512 code paths use FMA;
 # -fno-trapping-math lets GCC if-convert (vectorise) the branch-free exp
 # (results, NaN and inf handling are unchanged: it only drops the assumption
@@ -112,7 +123,8 @@ def _compile():
     Returns
     -------
     module
-        The extension module, with ``scan_fwd`` and ``scan_bwd``.
+        The extension module (``scan_fwd``, ``scan_bwd``, ``conv_silu_fwd``,
+        ``conv_silu_bwd``, ``mamba_scan_fwd``, ``mamba_scan_bwd``).
     """
     from torch.utils.cpp_extension import load
 
@@ -122,7 +134,8 @@ def _compile():
     cached = (
         build_dir is not None
         and os.path.exists(library)
-        and os.path.getmtime(library) >= os.path.getmtime(_SOURCE)
+        and os.path.getmtime(library)
+        >= max(os.path.getmtime(f) for f in _SOURCES + _HEADERS)
     )
     if cached:
         logger.debug("loading the sb_mamba CPU scan kernel from %s", build_dir)
@@ -133,7 +146,7 @@ def _compile():
         )
     return load(
         name=_EXT_NAME,
-        sources=[_SOURCE],
+        sources=_SOURCES,
         extra_cflags=_CFLAGS,
         extra_ldflags=_LDFLAGS,
         verbose=False,
@@ -152,7 +165,8 @@ def load_cpu_kernel():
     module or None
         A module exposing ``scan_fwd(u, delta, A, Bt, Ct, chunk) -> (y, ckpt)``
         and ``scan_bwd(u, delta, A, Bt, Ct, ckpt, gy, chunk) ->
-        (du, ddelta, dA, dBt, dCt)``; ``None`` when the kernel is disabled
+        (du, ddelta, dA, dBt, dCt)`` and the fused Mamba kernels (see
+        :mod:`sb_mamba.nnet.fused`); ``None`` when the kernel is disabled
         with ``SB_MAMBA_NO_CPU_KERNEL=1`` or cannot be built (a single
         warning says why), in which case callers use the PyTorch scan.
     """

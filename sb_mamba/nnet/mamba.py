@@ -9,6 +9,12 @@ imported unless the ``cuda`` backend is used.
 Every module here maps ``[B, L, N] -> [B, L, N]`` (BiMamba with
 ``merge="concat"`` maps to ``[B, L, 2N]``, as SPMamba needs).
 
+On CPU with the ``cpu_kernel`` backend (what ``auto`` picks there) and float32
+tensors, the mixer's inner path runs on the fused kernels of
+:mod:`sb_mamba.nnet.fused` (same parameters, same results); everywhere else
+(the ``torch`` and ``cuda`` backends, other dtypes) it is the step-by-step
+PyTorch code below.
+
 Authors
 -------
  * sb_mamba developers
@@ -20,48 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sb_mamba.nnet.fused import fused_path_applies, mamba_mixer_cpu
+from sb_mamba.nnet.mamba_ops import (  # noqa: F401 (public here too)
+    causal_depthwise_conv1d,
+    init_mamba_weights,
+)
 from sb_mamba.nnet.scan import BACKENDS, selective_scan
-
-
-def causal_depthwise_conv1d(x, weight, bias=None):
-    """Causal depthwise convolution, [B, D, L] -> [B, D, L].
-
-    On CUDA this is ``F.conv1d``. On CPU it is a sum of ``K`` shifted
-    products, because PyTorch's CPU backward of a depthwise ``conv1d`` is
-    about 20x slower than that (measured: 10 s against 0.5 s for
-    B=4, D=64, L=16000, K=4, 2 threads).
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        [B, D, L].
-    weight : torch.Tensor
-        [D, 1, K] (``nn.Conv1d(D, D, K, groups=D).weight``).
-    bias : torch.Tensor, optional
-        [D].
-
-    Returns
-    -------
-    torch.Tensor
-        [B, D, L]; output ``t`` sees inputs ``t-K+1 .. t``.
-
-    Example
-    -------
-    >>> x, w = torch.randn(2, 3, 10), torch.randn(3, 1, 4)
-    >>> ref = F.conv1d(x, w, padding=3, groups=3)[..., :10]
-    >>> torch.allclose(causal_depthwise_conv1d(x, w), ref, atol=1e-6)
-    True
-    """
-    D, _, K = weight.shape
-    L = x.shape[-1]
-    if x.is_cuda:
-        return F.conv1d(x, weight, bias, padding=K - 1, groups=D)[..., :L]
-    xp = F.pad(x, (K - 1, 0))  # [B, D, L + K - 1]
-    w = weight[:, 0, :, None]  # [D, K, 1]
-    y = w[:, 0] * xp[..., :L]
-    for k in range(1, K):
-        y = y + w[:, k] * xp[..., k : k + L]
-    return y if bias is None else y + bias[:, None]
 
 
 class Mamba(nn.Module):
@@ -153,8 +123,52 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
-    def forward(self, hidden_states):
-        """Mix along time: [B, L, N] -> [B, L, N]."""
+    def uses_fused_path(self, x):
+        """Whether :meth:`forward` on ``x`` runs the fused CPU kernels.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            The input [B, L, N].
+
+        Returns
+        -------
+        bool
+            True for float32 CPU tensors (and parameters) outside autocast
+            when the backend resolves to ``"cpu_kernel"``.
+
+        Example
+        -------
+        >>> Mamba(8, ssm_backend="torch").uses_fused_path(torch.randn(1, 4, 8))
+        False
+        """
+        return fused_path_applies(self, x)
+
+    def forward(self, hidden_states, reverse=False):
+        """Mix along time: [B, L, N] -> [B, L, N].
+
+        Arguments
+        ---------
+        hidden_states : torch.Tensor
+            [B, L, N].
+        reverse : bool
+            Mix the time-reversed sequence (the output is returned in the
+            original order), as ``m(x.flip(1)).flip(1)`` but without copies
+            on the fused path.
+
+        Returns
+        -------
+        torch.Tensor
+            [B, L, N].
+        """
+        if self.uses_fused_path(hidden_states):
+            return mamba_mixer_cpu(self, hidden_states, reverse)
+        if reverse:
+            return self._forward_ref(hidden_states.flip(1)).flip(1)
+        return self._forward_ref(hidden_states)
+
+    def _forward_ref(self, hidden_states):
+        """The step-by-step PyTorch forward (any device, dtype and backend)."""
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2*Di, L]
         x, z = xz.chunk(2, dim=1)  # [B, Di, L] each
         x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
@@ -259,31 +273,6 @@ class Mamba(nn.Module):
         return out.unsqueeze(1), conv_state, ssm_state
 
 
-def init_mamba_weights(module, n_layer, n_residuals_per_layer=1):
-    """mamba-ssm's ``_init_weights``: zero Linear biases, rescale out_proj.
-
-    Apply with ``model.apply(partial(init_mamba_weights, n_layer=...))`` as
-    mamba-ssm's ``create_block`` users (SepMamba, SPMamba) do.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        Visited module.
-    n_layer : int
-        Number of residual blocks in the stack.
-    n_residuals_per_layer : int
-        Residual branches per block (1 for Mamba).
-    """
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        if not getattr(module.bias, "_no_reinit", False):
-            nn.init.zeros_(module.bias)
-    for name, p in module.named_parameters():
-        if name in ("out_proj.weight", "fc2.weight"):
-            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-            with torch.no_grad():
-                p /= math.sqrt(n_residuals_per_layer * n_layer)
-
-
 class MambaBlock(nn.Module):
     """Pre-norm residual Mamba block, as mamba-ssm's ``Block``.
 
@@ -325,10 +314,12 @@ class MambaBlock(nn.Module):
         self.mixer = Mamba(d_model, **mamba_kwargs)
         self.residual_in_fp32 = residual_in_fp32
 
-    def forward(self, x):
-        """[B, L, N] -> [B, L, N]."""
+    def forward(self, x, reverse=False):
+        """[B, L, N] -> [B, L, N]; ``reverse`` is passed to the mixer."""
         residual = x.float() if self.residual_in_fp32 else x
-        hidden = self.mixer(self.norm(x.to(self.norm.weight.dtype)))  # [B, L, N]
+        hidden = self.mixer(self.norm(x.to(self.norm.weight.dtype)), reverse=reverse)
+        if hidden.dtype == residual.dtype:  # out_proj's fresh output: add in place
+            return hidden.add_(residual).to(x.dtype)
         return (residual + hidden).to(x.dtype)
 
 
@@ -390,17 +381,37 @@ class BiMamba(nn.Module):
         self.output_size = mult * d_model
 
     @staticmethod
-    def _run(blocks, x):
+    def _run(blocks, x, reverse=False):
         for blk in blocks:
-            x = blk(x)
+            x = blk(x, reverse=reverse)
         return x
 
     def forward(self, x):
         """[B, L, N] -> [B, L, N] (sum) or [B, L, 2N] (concat)."""
+        return self._contiguous_grad(self._forward(x))
+
+    @staticmethod
+    def _contiguous_grad(y):
+        """Make the gradient that reaches ``y`` contiguous (one copy).
+
+        A consumer that transposes the [B, L, N] output back to [B, N, L]
+        (as SepMamba's convolutions do) sends back a transposed gradient,
+        through which every elementwise op of the blocks' backward would
+        then have to stride.
+        """
+        if torch.is_grad_enabled() and y.requires_grad:
+            y.register_hook(lambda g: g.contiguous())
+        return y
+
+    def _forward(self, x):
         y = self._run(self.forward_blocks, x)  # [B, L, N]
         if not self.bidirectional:
             return y
-        y_b = self._run(self.backward_blocks, x.flip(1)).flip(1)  # [B, L, N]
+        if self.backward_blocks[0].mixer.uses_fused_path(x):
+            # the fused kernels run backwards in time: no flip copies
+            y_b = self._run(self.backward_blocks, x, reverse=True)  # [B, L, N]
+        else:
+            y_b = self._run(self.backward_blocks, x.flip(1)).flip(1)  # [B, L, N]
         if self.merge == "sum":
             return y + y_b
         return torch.cat([y, y_b], dim=-1)  # [B, L, 2N]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
+from tests.unittests.test_scan import LENGTHS, make_scan_inputs, rand64
 
 kernel = load_cpu_kernel()
 if kernel is None:
@@ -195,3 +196,163 @@ def test_bad_inputs_raise():
 def test_load_is_cached():
     """load_cpu_kernel() returns the same module on every call."""
     assert load_cpu_kernel() is kernel
+
+
+# ---------------------------------------------------------------------------
+# Fused Mamba kernels (time-major layout): conv_silu_* and mamba_scan_*.
+# ---------------------------------------------------------------------------
+
+def reference_conv_silu(x, w, b, reverse):
+    """silu(causal depthwise conv) in float64 with autograd, (B, L, D)."""
+    if reverse:
+        return reference_conv_silu(x.flip(1), w, b, False).flip(1)
+    D, K = w.shape
+    L = x.shape[1]
+    s = torch.nn.functional.conv1d(
+        x.transpose(1, 2), w[:, None], b, padding=K - 1, groups=D
+    )[..., :L]
+    return torch.nn.functional.silu(s).transpose(1, 2)
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+@pytest.mark.parametrize("D, K", [(32, 4), (20, 3)])
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_conv_silu_matches_reference(L, D, K, use_bias, reverse):
+    """Forward (also in place, on a channel slice) and dx, dw, dbias."""
+    gen = torch.Generator().manual_seed(L + D)
+    xz = rand64(2, L, 2 * D, gen=gen).requires_grad_()
+    w = rand64(D, K, gen=gen, scale=0.5).requires_grad_()
+    b = rand64(D, gen=gen).requires_grad_() if use_bias else None
+    gy = rand64(2, L, D, gen=gen)
+    ref = reference_conv_silu(xz[..., :D], w, b, reverse)
+    params = [xz, w] + ([b] if use_bias else [])
+    g_ref = torch.autograd.grad((ref * gy).sum(), params)
+
+    x32 = xz.detach().float()
+    w32 = w.detach().float().contiguous()
+    b32 = b.detach().float() if use_bias else None
+    out = torch.empty(2, L, D)
+    kernel.conv_silu_fwd(x32[..., :D], w32, b32, out, reverse)
+    tol = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    inplace = x32.clone()
+    kernel.conv_silu_fwd(inplace[..., :D], w32, b32, inplace[..., :D], reverse)
+    torch.testing.assert_close(inplace[..., :D], out, rtol=0, atol=0)
+    assert torch.equal(inplace[..., D:], x32[..., D:])  # z untouched
+
+    g = torch.zeros(2, L, 2 * D)
+    g[..., :D] = gy.float()
+    gw, gb = kernel.conv_silu_bwd(x32[..., :D], w32, b32, g[..., :D], reverse)
+    assert torch.all(g[..., D:] == 0)
+    torch.testing.assert_close(g[..., :D].double(), g_ref[0][..., :D], **tol)
+    torch.testing.assert_close(gw.double(), g_ref[1], rtol=1e-4, atol=1e-4)
+    if use_bias:
+        torch.testing.assert_close(gb.double(), g_ref[2], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_conv_silu_continues_from_history(reverse):
+    """Two segments with the K - 1 carried input rows equal one pass."""
+    gen = torch.Generator().manual_seed(0)
+    x = rand64(2, 50, 16, gen=gen).float()
+    w, b = rand64(16, 4, gen=gen).float(), rand64(16, gen=gen).float()
+    full = torch.empty_like(x)
+    kernel.conv_silu_fwd(x, w, b, full, reverse)
+    first, second = (x[:, 20:], x[:, :20]) if reverse else (x[:, :20], x[:, 20:])
+    hist = (first[:, :3].flip(1) if reverse else first[:, -3:]).contiguous()
+    out2 = torch.empty_like(second)
+    kernel.conv_silu_fwd(second, w, b, out2, reverse, hist)
+    torch.testing.assert_close(out2, full[:, :20] if reverse else full[:, 20:])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mamba_scan_in_place_and_in_segments(reverse):
+    """y may overwrite u; a carried state splits the sequence exactly."""
+    xz, xdbl, w_dt, dt_bias, A, D, _ = make_scan_inputs(2, 90, 16, 16, 1)
+    xz, xdbl, w_dt, dt_bias, A, D = [as_f32(t) for t in (xz, xdbl, w_dt, dt_bias, A, D)]
+    u, z = xz[..., :16], xz[..., 16:]
+    full = torch.empty(2, 90, 16)
+    kernel.mamba_scan_fwd(u, z, xdbl, w_dt, dt_bias, A, D, full, reverse, 64, False)
+    inplace = xz.clone()
+    kernel.mamba_scan_fwd(
+        inplace[..., :16], z, xdbl, w_dt, dt_bias, A, D, inplace[..., :16], reverse,
+        64, False,
+    )
+    torch.testing.assert_close(inplace[..., :16], full, rtol=0, atol=0)
+
+    state = torch.zeros(2, 16, 16)
+    parts = [slice(50, 90), slice(0, 50)] if reverse else [slice(0, 50), slice(50, 90)]
+    out = torch.empty(2, 90, 16)
+    for sl in parts:
+        y = torch.empty(2, sl.stop - sl.start, 16)
+        kernel.mamba_scan_fwd(
+            u[:, sl], z[:, sl], xdbl[:, sl].contiguous(), w_dt, dt_bias, A, D, y,
+            reverse, 64, False, state,
+        )
+        out[:, sl] = y
+    torch.testing.assert_close(out, full, rtol=1e-6, atol=1e-6)
+
+
+def test_mamba_scan_nan_propagates():
+    """A NaN input reaches the later outputs of its channel only."""
+    xz, xdbl, w_dt, dt_bias, A, D, _ = make_scan_inputs(1, 20, 16, 4, 1)
+    xz, xdbl, w_dt, dt_bias, A, D = [as_f32(t) for t in (xz, xdbl, w_dt, dt_bias, A, D)]
+    xz[0, 5, 3] = float("nan")
+    y = torch.empty(1, 20, 16)
+    kernel.mamba_scan_fwd(xz[..., :16], xz[..., 16:], xdbl, w_dt, dt_bias, A, D, y, False,
+                          64, False)
+    assert torch.isnan(y[0, 5:, 3]).all()
+    assert not torch.isnan(y[0, :5]).any() and not torch.isnan(y[0, :, 4]).any()
+
+
+def test_mamba_scan_bad_inputs_raise():
+    """Wrong shapes, layouts or chunk give a clear error."""
+    xz, xdbl, w_dt, dt_bias, A, D, _ = make_scan_inputs(1, 8, 16, 4, 1)
+    xz, xdbl, w_dt, dt_bias, A, D = [as_f32(t) for t in (xz, xdbl, w_dt, dt_bias, A, D)]
+    u, z, y = xz[..., :16], xz[..., 16:], torch.empty(1, 8, 16)
+    with pytest.raises(RuntimeError, match="xdbl"):
+        kernel.mamba_scan_fwd(u, z, xdbl[..., :-1], w_dt, dt_bias, A, D, y, False, 4, True)
+    with pytest.raises(RuntimeError, match="contiguous channels"):
+        kernel.mamba_scan_fwd(u.transpose(1, 2).contiguous().transpose(1, 2), z, xdbl,
+                              w_dt, dt_bias, A, D, y, False, 4, True)
+    with pytest.raises(RuntimeError, match="chunk"):
+        kernel.mamba_scan_fwd(u, z, xdbl, w_dt, dt_bias, A, D, y, False, 0, True)
+    ckpt = kernel.mamba_scan_fwd(u, z, xdbl, w_dt, dt_bias, A, D, y, False, 4, True)
+    with pytest.raises(RuntimeError, match="ckpt"):
+        kernel.mamba_scan_bwd(u, z, xdbl, w_dt, dt_bias, A, D, ckpt, y, y.clone(),
+                              y.clone(), torch.empty_like(xdbl), False, 3)
+    with pytest.raises(RuntimeError, match="hist"):
+        kernel.conv_silu_fwd(u, torch.ones(16, 4), None, y, False, torch.zeros(1, 2, 16))
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_fused_kernels_agree_across_thread_counts(B):
+    """Blocks of one batch item split between threads (partial sums of
+    d[dt_low | B | C] and of the conv's weight gradient) give the same result."""
+    xz, xdbl, w_dt, dt_bias, A, D, gy = make_scan_inputs(B, 300, 64, 16, 4)
+    xz, xdbl, w_dt, dt_bias, A, D, gy = [
+        as_f32(t) for t in (xz, xdbl, w_dt, dt_bias, A, D, gy)
+    ]
+    u, z = xz[..., :64], xz[..., 64:]
+    w = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        y = torch.empty(B, 300, 64)
+        ckpt = kernel.mamba_scan_fwd(u, z, xdbl, w_dt, dt_bias, A, D, y, False, 64, True)
+        gu, gz, gx = torch.empty_like(y), torch.empty_like(y), torch.empty_like(xdbl)
+        grads = kernel.mamba_scan_bwd(u, z, xdbl, w_dt, dt_bias, A, D, ckpt, gy, gu, gz,
+                                      gx, False, 64)
+        gw, gb = kernel.conv_silu_bwd(u, w, None, gu, True)
+        return [y, gu, gz, gx, gw, gb, *grads]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(3)
+        three = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(three, one):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -151,3 +151,135 @@ def test_mamba_learns_a_delayed_copy():
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.2 * first, (first, last)
+
+
+# ---------------------------------------------------------------------------
+# The fused CPU path (sb_mamba.nnet.fused) against the PyTorch twin.
+# ---------------------------------------------------------------------------
+
+needs_kernel = pytest.mark.skipif(
+    "cpu_kernel" not in CPU_BACKENDS, reason="SB_MAMBA_NO_CPU_KERNEL=1"
+)
+
+
+def _twins(d_model, d_state, conv_bias=True, bias=False, seed=0):
+    """The same Mamba on the torch backend and on the fused CPU kernels."""
+    torch.manual_seed(seed)
+    ref = Mamba(d_model, d_state=d_state, conv_bias=conv_bias, bias=bias,
+                ssm_backend="torch")
+    with torch.no_grad():  # non-trivial D, biases and A
+        ref.D.normal_()
+        ref.A_log.add_(0.3 * torch.randn_like(ref.A_log))
+        for p in (ref.in_proj.bias, ref.out_proj.bias, ref.conv1d.bias):
+            if p is not None:
+                p.normal_()
+    fused = Mamba(d_model, d_state=d_state, conv_bias=conv_bias, bias=bias,
+                  ssm_backend="cpu_kernel")
+    fused.load_state_dict(ref.state_dict())
+    assert fused.state_dict().keys() == ref.state_dict().keys()
+    return ref, fused
+
+
+def _assert_grads_close(a, b, names):
+    for name, ga, gb in zip(names, a, b):
+        scale = gb.abs().max().item()
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5 * max(scale, 1.0),
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("length", [1, 3, 255, 700])
+@pytest.mark.parametrize("d_model, d_state, conv_bias, bias",
+                         [(16, 16, True, False), (10, 5, False, True)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_mamba_matches_torch_backend(length, d_model, d_state, conv_bias, bias,
+                                           reverse):
+    """Outputs, input gradient and every parameter gradient, both directions."""
+    ref, fused = _twins(d_model, d_state, conv_bias, bias, seed=length)
+    assert fused.uses_fused_path(torch.randn(1, 2, d_model))
+    assert not ref.uses_fused_path(torch.randn(1, 2, d_model))
+    x = torch.randn(2, length, d_model, requires_grad=True)
+    y_ref, y = ref(x, reverse=reverse), fused(x, reverse=reverse)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the segmented inference path
+        torch.testing.assert_close(fused(x, reverse=reverse), y_ref, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(y)
+    names = ["x"] + [n for n, _ in ref.named_parameters()]
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), [x, *ref.parameters()])
+    g = torch.autograd.grad((y * gy).sum(), [x, *fused.parameters()])
+    _assert_grads_close(g, g_ref, names)
+
+
+@needs_kernel
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_inner_function_matches_reference(reverse):
+    """mamba_inner_cpu against mamba_inner_ref: values and all gradients."""
+    from sb_mamba.nnet.fused import mamba_inner_cpu, mamba_inner_ref
+
+    torch.manual_seed(0)
+    Di, R, S, L = 24, 2, 6, 131
+    params = [torch.randn(Di, 1, 4), torch.randn(Di), 0.5 * torch.randn(R + 2 * S, Di),
+              0.5 * torch.randn(Di, R), torch.randn(Di) - 2, 0.3 * torch.randn(Di, S),
+              torch.randn(Di)]
+    params = [p.requires_grad_() for p in params]
+    xz = torch.randn(2, L, 2 * Di, requires_grad=True)
+    y_ref = mamba_inner_ref(xz, *params, reverse=reverse)
+    y = mamba_inner_cpu(xz, *params, reverse=reverse)
+    assert ((y - y_ref).norm() / y_ref.norm()).item() < 1e-5
+    _assert_grads_close([y], [y_ref], ["y"])
+    gy = torch.randn_like(y)
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), [xz, *params])
+    g = torch.autograd.grad((y * gy).sum(), [xz, *params])
+    names = ["xz", "conv_w", "conv_b", "x_proj", "dt_proj_w", "dt_proj_b", "A_log", "D"]
+    _assert_grads_close(g, g_ref, names)
+    with torch.no_grad():
+        xz2 = xz.detach().clone()
+        out = mamba_inner_cpu(xz2, *params, reverse=reverse, inplace=True)
+        assert out.data_ptr() == xz2.data_ptr()  # y overwrote x
+        torch.testing.assert_close(out, y)
+
+
+@needs_kernel
+@pytest.mark.parametrize("segment", [1, 3, 64, 2048])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_segmented_inference_does_not_depend_on_segment(segment, reverse):
+    from sb_mamba.nnet.fused import mamba_mixer_inference_cpu
+
+    _, m = _twins(16, 16, bias=True)
+    x = torch.randn(2, 300, 16)
+    weights = [m.in_proj.weight, m.in_proj.bias, m.conv1d.weight, m.conv1d.bias,
+               m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D,
+               m.out_proj.weight, m.out_proj.bias]
+    with torch.no_grad():
+        whole = mamba_mixer_inference_cpu(x, *weights, reverse=reverse, segment=10**6)
+        parts = mamba_mixer_inference_cpu(x, *weights, reverse=reverse, segment=segment)
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_fused_bimamba_matches_torch_backend():
+    """BiMamba's backward stack runs the kernels in reverse time (no flip)."""
+    torch.manual_seed(0)
+    ref = BiMamba(16, num_blocks=2, d_state=8, ssm_backend="torch")
+    fused = BiMamba(16, num_blocks=2, d_state=8, ssm_backend="cpu_kernel")
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 77, 16, requires_grad=True)
+    y_ref, y = ref(x), fused(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), [x, *ref.parameters()])
+    g = torch.autograd.grad(y.square().sum(), [x, *fused.parameters()])
+    _assert_grads_close(g, g_ref, ["x"] + [n for n, _ in ref.named_parameters()])
+
+
+def test_bfloat16_keeps_the_reference_path():
+    """bf16 never takes the fused float32 kernels; the scan state stays fp32."""
+    m = Mamba(16, d_state=4).to(torch.bfloat16)
+    x = torch.randn(2, 20, 16, dtype=torch.bfloat16)
+    assert not m.uses_fused_path(x)
+    y = m(x, reverse=True)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 20, 16)
+    with torch.no_grad():
+        ref = m.float()(x.float().flip(1)).flip(1)
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 3e-2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not Mamba(16, d_state=4).uses_fused_path(torch.randn(1, 4, 16))

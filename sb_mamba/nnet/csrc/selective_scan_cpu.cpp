@@ -13,7 +13,6 @@
 // -------
 //  * sb_mamba developers
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -23,50 +22,12 @@
 #include <mutex>
 #include <vector>
 
-// Runtime ISA dispatch (GCC ifunc): the hot loops are compiled for AVX-512,
-// AVX2+FMA and baseline x86-64, and the loader picks the best one for the
-// running CPU. This keeps the binary portable (no -march=native).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define SB_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SB_CLONES
-#endif
-#define SB_INLINE inline __attribute__((always_inline))
+#include "kernels.h"
+#include "sb_math.h"
 
 namespace {
 
-SB_INLINE uint32_t f2u(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-SB_INLINE float u2f(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-
-// Branch-free, vectorisable expf (Cephes range reduction + minimax polynomial),
-// relative error ~1e-7 over the normal range. exp(x) = 2^n * exp(r) with
-// n = round(x / ln2), |r| <= ln2 / 2. Results below FLT_MIN flush to 0,
-// overflow gives +inf, and NaN propagates (every comparison with NaN is false).
-SB_INLINE float fast_expf(float x) {
-  const float hi = 88.72283f, lo = -87.33654f;
-  float xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = xc * 1.44269504088896341f + shifter;
-  const float fn = t - shifter;
-  const int32_t n = static_cast<int32_t>(f2u(t) - f2u(shifter));
-  float r = xc - fn * 0.693359375f;   // ln2 split in two for exact reduction
-  r = r - fn * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  // 2^n as two factors so that n = 128 (x close to hi) does not overflow.
-  const int32_t n1 = n >> 1, n2 = n - n1;
-  float res = p * u2f(static_cast<uint32_t>(n1 + 127) << 23)
-                * u2f(static_cast<uint32_t>(n2 + 127) << 23);
-  res = x < lo ? 0.0f : res;
-  res = x > hi ? std::numeric_limits<float>::infinity() : res;
-  return res;
-}
+using sb::fast_expf;
 
 // Forward over steps [l0, l1) of one (batch, channel) pair, continuing from
 // (and updating) its state x[N]. u, dt, y: the pair's (L,) rows; A: its (N,)
@@ -297,16 +258,4 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   }
   auto dA = dA_part.sum(0).to(at::kFloat);
   return {du, ddelta, dA, dBt, dCt};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Fused CPU selective scan (Mamba) with chunked checkpointing.";
-  // The GIL is released while the kernels run (they touch no Python object).
-  using release = py::call_guard<py::gil_scoped_release>;
-  m.def("scan_fwd", &scan_fwd, "Selective scan forward -> (y, ckpt)", py::arg("u"),
-        py::arg("delta"), py::arg("A"), py::arg("Bt"), py::arg("Ct"), py::arg("chunk"),
-        release());
-  m.def("scan_bwd", &scan_bwd, "Selective scan backward -> (du, ddelta, dA, dBt, dCt)",
-        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("Bt"), py::arg("Ct"),
-        py::arg("ckpt"), py::arg("gy"), py::arg("chunk"), release());
 }
