@@ -40,7 +40,11 @@ from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
 from sb_mamba.nnet.scan import resolve_backend, selective_scan
 
 CHUNK = 64  # steps between the scan's state checkpoints (training only)
-SEGMENT = 2048  # time steps per segment of mamba_mixer_inference_cpu
+# Segments of mamba_mixer_inference_cpu: in_proj's output of one segment takes
+# about this many bytes (8192 steps for Di = 128, 2048 for Di = 512): few
+# enough segments that the threads meet at few barriers, small enough that
+# the working memory stays low.
+SEGMENT_BYTES = 8 * 2**20
 
 
 def fused_path_applies(mixer, x):
@@ -268,15 +272,14 @@ def mamba_mixer_inference_cpu(
     out_proj_weight,
     out_proj_bias,
     reverse=False,
-    segment=SEGMENT,
+    segment=None,
 ):
     """A whole Mamba mixer without autograd, [B, L, N] -> [B, L, N].
 
     ``out_proj(mamba_inner_cpu(in_proj(hidden_states)))``, computed over
     segments of ``segment`` time steps that carry the convolution's last
     inputs and the scan's state from one segment to the next: the working
-    memory is a few ``[B, segment, 2Di]`` buffers whatever the length, and a
-    segment's data stays in cache from ``in_proj`` to ``out_proj``.
+    memory is a few ``[B, segment, 2Di]`` buffers whatever the length.
 
     Arguments
     ---------
@@ -290,8 +293,9 @@ def mamba_mixer_inference_cpu(
         [N_out, Di] and [N_out] (or None).
     reverse : bool
         Run on the time-reversed sequence (output in the original order).
-    segment : int
-        Time steps per segment.
+    segment : int, optional
+        Time steps per segment; by default ``SEGMENT_BYTES`` of in_proj's
+        output (at least 256 steps).
 
     Returns
     -------
@@ -333,6 +337,8 @@ def mamba_mixer_inference_cpu(
         out = hidden_states.new_empty(B, L, out_proj_weight.shape[0])
         hist = hidden_states.new_zeros(B, K - 1, Di)  # last inputs of the conv
         state = hidden_states.new_zeros(B, A.shape[1], Di)  # the scan's state
+        if segment is None:
+            segment = max(256, SEGMENT_BYTES // (B * 2 * Di * 4))
         starts = list(range(0, L, segment))
         for t0 in reversed(starts) if reverse else starts:
             t1 = min(L, t0 + segment)
