@@ -22,7 +22,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["sb_mamba", "sb_mamba.*"]),
-    package_data={"sb_mamba": ["nnet/csrc/*.cpp"]},
+    package_data={"sb_mamba": ["nnet/csrc/*.cpp", "nnet/csrc/*.h"]},
     install_requires=[
         # torch 2.14.1 + torchaudio 2.11.0 is the tested pair (see README).
         "torch>=2.1,<2.15",
