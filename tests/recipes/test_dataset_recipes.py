@@ -20,7 +20,6 @@ import importlib.util
 import re
 
 import pytest
-import torch
 
 from sb_mamba.recipe import run_recipe
 from tests.recipes.common import RECIPES, ROOT, read_results
@@ -85,15 +84,6 @@ def dataset_folder(tmp_path_factory):
         return built[name]
 
     return get
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: faster for tiny models on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _csv_rows(path):

@@ -16,7 +16,6 @@ Authors
 import csv
 
 import pytest
-import torch
 
 from sb_mamba.dataio.librimini import prepare_librimini
 from sb_mamba.dataio.make_mixtures import make_mixtures
@@ -44,14 +43,6 @@ def generated(tmp_path_factory):
         return made[layout]
 
     return get
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CASES = [
