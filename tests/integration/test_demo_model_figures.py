@@ -59,8 +59,8 @@ def test_shipped_model_matches_its_test_results(tmp_path):
         ours.append((pit_metric(targets, est, si_snr)[0] - base).item())
         theirs.append(float(published[r["ID"]]["si-snr_i"]))
     diffs = [abs(a - b) for a, b in zip(ours, theirs)]
-    # fp16 storage of the weights moves a figure by a few hundredths of a dB.
-    assert max(diffs) < 0.15, list(zip(ours, theirs))
+    # fp16 storage of the weights moves a figure by a few thousandths of a dB.
+    assert max(diffs) < 0.05, list(zip(ours, theirs))
     # The published average is the mean of the published rows, and positive:
     # over the 100 mixtures the model is better than the mixture itself.
     values = [float(r["si-snr_i"]) for r in published.values()]

@@ -31,7 +31,8 @@ def main(run):
             rows.append((int(epoch.group(1)), float(lr.group(1)), float(sisnri.group(1))))
     out = [
         "## Training", "",
-        "Trained on CPU (one thread of a 2-core machine) with the LibriMini recipe:",
+        "Trained on CPU (a 2-core machine shared with development work) with the LibriMini",
+        "recipe, in several sessions resumed from the last checkpoint:",
         "`cd recipes/LibriMini/separation && bash demo/train_demo.sh` (SepMamba, dim 64,",
         "one Mamba block per direction; dynamic mixing of the 150 bundled LibriSpeech",
         f"train speakers at 8 kHz, batch {hp['batch_size']} x {hp['segment_seconds']} s, "
