@@ -26,12 +26,7 @@ from sb_mamba.metrics import pit_metric, si_snr
 N_CHECKED = 12  # the first test mixtures (all 100 take ~1 min on one core)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_shipped_model_matches_its_test_results(tmp_path):

@@ -18,13 +18,7 @@ MODELS = Path(__file__).parents[2] / "hparams" / "models"
 SMALL = {"in_channels": 32, "out_channels": 16, "num_blocks": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: threads only add overhead (and stall on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def n_params(module):

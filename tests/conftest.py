@@ -1,4 +1,4 @@
-"""Fixtures shared by the recipe tests.
+"""Fixtures shared by all the tests.
 
 Authors
 -------
