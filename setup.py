@@ -47,10 +47,11 @@ setup(
         ]
     },
     extras_require={
-        # Tested pair on CUDA 12.x: mamba-ssm 2.2.4 + causal-conv1d 1.5.0.post8;
-        # the published SepMamba / SPMamba code used mamba-ssm 1.2.0.post1.
+        # No CUDA version pair has been run here yet (no GPU): see README,
+        # "Installing the CUDA kernels", and benchmarks/gpu_check.py. The
+        # published SepMamba / SPMamba code used mamba-ssm 1.2.0.post1.
         "cuda": ["mamba-ssm>=1.2.0.post1", "causal-conv1d>=1.2.0"],
-        "dev": ["pytest>=7", "ruff>=0.4", "mir_eval>=0.7"],
+        "dev": ["pytest>=7", "ruff>=0.4", "mir_eval>=0.7", "matplotlib>=3.5"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

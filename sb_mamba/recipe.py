@@ -12,7 +12,9 @@ and ``dm_dataset`` (a ``!name:`` of a dataset class, built only when
 ``dynamic_mixing`` is true; reverberant dynamic mixing with anechoic or
 early targets refuses ``use_speedperturb`` and ``use_rand_shift``),
 ``modules``, ``optimizer``, ``checkpointer``, ``epoch_counter``,
-``dataloader_opts``, optional ``test_only``.
+``dataloader_opts``, optional ``test_only`` and ``init_from`` (warm start:
+a model folder or ``separator.ckpt`` whose weights initialise the separator
+when the run has no checkpoint yet; a checkpoint, once written, wins).
 
 Authors
 -------
@@ -21,8 +23,10 @@ Authors
 
 import os
 import sys
+from pathlib import Path
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
@@ -141,6 +145,12 @@ def run_recipe(prepare, argv=None):
         train_set = manifest("train")
     valid_set, test_set = manifest("valid"), manifest("test")
 
+    init_from = hparams.get("init_from")
+    if init_from and hparams["checkpointer"].find_checkpoint() is None:
+        warm_start(hparams["modules"]["separator"], init_from)
+    elif init_from:
+        logger.info("init_from=%s ignored: the run resumes from its checkpoint.", init_from)
+
     brain = Separation(
         modules=hparams["modules"],
         opt_class=hparams["optimizer"],
@@ -161,3 +171,71 @@ def run_recipe(prepare, argv=None):
     brain.evaluate(test_set, max_key="si-snr", test_loader_kwargs={"batch_size": 1})
     brain.save_results(test_set)
     return brain
+
+
+def warm_start(separator, source):
+    """Initialise ``separator`` with the weights of a trained model (no code runs).
+
+    Arguments
+    ---------
+    separator : torch.nn.Module
+        The recipe's separator.
+    source : str or Path
+        A model folder holding ``separator.ckpt`` (e.g. an exported model,
+        fp16 weights are cast to the model's dtype) or a checkpoint file.
+        A folder's ``hyperparams.yaml`` (read as data, nothing is built)
+        must describe the same class and layout (e.g. ``stride``): weights
+        of the same shapes trained for another layout are refused.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> net, other = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    >>> path = Path(tempfile.mkdtemp()) / "separator.ckpt"
+    >>> torch.save(other.state_dict(), path)
+    >>> warm_start(net, path.parent)
+    >>> torch.equal(net.weight, other.weight)
+    True
+    """
+    path = Path(source)
+    if path.is_dir():
+        check_same_layout(separator, path / "hyperparams.yaml", source)
+        path = path / "separator.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init_from={source}: no such model folder or checkpoint file; give a "
+            "folder with separator.ckpt (e.g. pretrained/sepmamba-librimini-8k) or null."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        separator.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"init_from={source} does not fit the recipe's separator (set the model "
+            f"keys, e.g. model_dim / model_blocks, to the ones it was trained with): {e}"
+        ) from None
+    logger.info("Warm start: separator initialised from %s.", path)
+
+
+def check_same_layout(separator, hparams_file, source):
+    """Refuse ``init_from`` weights built for another class or layout.
+
+    Compares the separator arguments of a model folder's ``hyperparams.yaml``
+    with the attributes of the same names of the recipe's separator (e.g.
+    SepMamba's ``kernel_size``, ``stride``, ``num_levels``, ``causal``).
+    """
+    if not Path(hparams_file).is_file():
+        return
+    from sb_mamba.export import load_training_tree, separator_spec
+
+    cls, kwargs = separator_spec(load_training_tree(hparams_file))
+    ours = f"{type(separator).__module__}.{type(separator).__name__}"
+    diff = [f"class {cls} (the recipe builds {ours})"] if cls != ours else []
+    diff += [f"{k}={v!r} (the recipe builds {getattr(separator, k)!r})"
+             for k, v in kwargs.items()
+             if k != "ssm_backend" and hasattr(separator, k) and getattr(separator, k) != v]
+    if diff:
+        raise ValueError(
+            f"init_from={source} was trained with " + ", ".join(diff) + ": set the "
+            "recipe's model keys to match it, or start without init_from."
+        )

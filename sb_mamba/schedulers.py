@@ -73,4 +73,46 @@ class WarmupCosine:
 
     @mark_as_loader
     def _load(self, path, end_of_epoch=False):
-        self.n_steps = torch.load(path)["n_steps"]
+        self.n_steps = torch.load(path, weights_only=True)["n_steps"]
+
+
+SCHEDULES = ("warmup_cosine", "plateau")
+
+
+def build_scheduler(kind, lr, warmup_steps=0, total_steps=100000, final_ratio=0.01,
+                    factor=0.5, patience=2, dont_halve_until_epoch=3):
+    """The learning-rate schedule a recipe names with one key (``lr_schedule``).
+
+    Arguments
+    ---------
+    kind : str
+        ``"warmup_cosine"`` (:class:`WarmupCosine`, per optimizer step),
+        ``"plateau"`` (SpeechBrain's ``ReduceLROnPlateau`` on the validation
+        loss, per epoch).
+    lr : float
+        Peak learning rate (``warmup_cosine``).
+    warmup_steps, total_steps, final_ratio
+        See :class:`WarmupCosine`.
+    factor, patience, dont_halve_until_epoch
+        See ``speechbrain.nnet.schedulers.ReduceLROnPlateau``.
+
+    Returns
+    -------
+    WarmupCosine or ReduceLROnPlateau
+        The scheduler.
+
+    Example
+    -------
+    >>> type(build_scheduler("warmup_cosine", 1e-3, 10, 100)).__name__
+    'WarmupCosine'
+    >>> type(build_scheduler("plateau", 1e-3)).__name__
+    'ReduceLROnPlateau'
+    """
+    if kind == "warmup_cosine":
+        return WarmupCosine(lr, warmup_steps, total_steps, final_ratio)
+    if kind == "plateau":
+        from speechbrain.nnet.schedulers import ReduceLROnPlateau
+
+        return ReduceLROnPlateau(factor=factor, patience=patience,
+                                 dont_halve_until_epoch=dont_halve_until_epoch)
+    raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}.")

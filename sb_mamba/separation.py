@@ -19,6 +19,7 @@ Authors
 
 import csv
 import os
+import time
 
 import speechbrain as sb
 import torch
@@ -130,30 +131,44 @@ class Separation(sb.Brain):
             with self.training_ctx:
                 est, targets = self.compute_forward(mix, targets, sb.Stage.TRAIN, noise)
                 loss = self.compute_objectives(est, targets, sb.Stage.TRAIN)  # [B]
+            # before thresholding: NaN > threshold is False, so the filter would
+            # drop a NaN example as "solved" while its NaN still reaches the gradients
+            finite = bool(torch.isfinite(loss).all())
             if getattr(hp, "threshold_byloss", False):
                 loss = loss[loss > hp.threshold]  # drop examples already solved
-            usable = (
-                loss.numel() > 0
-                and bool(torch.isfinite(loss).all())
-                and loss.mean().item() < hp.loss_upper_lim
+            local_ok = (
+                finite and loss.numel() > 0 and loss.mean().item() < hp.loss_upper_lim
             )
-            if usable:
+            # DDP: a rank that skips backward() while the others run it would
+            # hang them in the gradient all-reduce, so all ranks skip together
+            if self._all_ranks_agree(local_ok):
                 loss = loss.mean()
                 self.scaler.scale(loss / self.grad_accumulation_factor).backward()
                 if should_step:
                     self.optimizers_step()
             else:
                 self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
-                if loss.numel() > 0:
+                if loss.numel() > 0 and not local_ok:
                     logger.warning(
                         "Skipped a batch with an unusable loss (%s: non-finite or "
                         "above loss_upper_lim=%s); %d skipped so far.",
                         loss.detach().cpu().tolist(), hp.loss_upper_lim, self.skipped_steps,
                     )
+                elif local_ok:
+                    logger.info("Skipped a step with the other DDP ranks (one had an "
+                                "unusable loss); %d skipped so far.", self.skipped_steps)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = torch.zeros((), device=self.device)
         self.on_fit_batch_end(batch, est, loss, should_step)
         return loss.detach().cpu()
+
+    def _all_ranks_agree(self, usable):
+        """True only if every DDP rank can use its loss (an all-reduce of the flag)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return usable
+        flag = torch.tensor([1.0 if usable else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item() > 0)
 
     def on_fit_batch_start(self, batch, should_step):
         """Set the LR of a per-step scheduler (e.g. warmup + cosine)."""
@@ -206,6 +221,7 @@ class Separation(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         """Reset the SI-SNRi accumulator; tell dynamic mixing the epoch."""
         self._sisnri = []
+        self._cpu_start = time.process_time()
         ds = getattr(self, "_train_dataset", None)
         if stage == sb.Stage.TRAIN and epoch is not None and hasattr(ds, "set_epoch"):
             ds.set_epoch(epoch)
@@ -214,6 +230,9 @@ class Separation(sb.Brain):
         """Log, schedule the LR, and keep the best checkpoint by SI-SNR."""
         stats = {"loss": stage_loss, "si-snr": -stage_loss}
         if stage == sb.Stage.TRAIN:
+            # CPU time of this process in the epoch (all threads; since the
+            # resume if the epoch was resumed): the budget in the learning curve
+            stats["cpu-minutes"] = (time.process_time() - self._cpu_start) / 60
             self.train_stats = stats
             return
         if self._sisnri:

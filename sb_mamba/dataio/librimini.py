@@ -1,7 +1,8 @@
 """LibriMini: the bundled, real 8 kHz speech set for out-of-the-box training.
 
-``recipes/LibriMini/data/{train,valid,test}/<speaker>/<utt>.flac`` holds 190
-LibriSpeech train-clean-100 readers (CC BY 4.0) split by speaker 150/20/20.
+``recipes/LibriMini/data/{train,valid,test}/<speaker>/<utt>.flac`` holds 196
+LibriSpeech readers (CC BY 4.0) split by speaker: 156 train readers (39 minutes,
+full-length utterances), 20 valid and 20 test readers (6 s each).
 Training uses dynamic mixing over the train speakers; validation and test
 use fixed mixtures of the held-out speakers, written once by
 :func:`prepare_librimini` (deterministic for a seed).

@@ -9,11 +9,17 @@ imported unless the ``cuda`` backend is used.
 Every module here maps ``[B, L, N] -> [B, L, N]`` (BiMamba with
 ``merge="concat"`` maps to ``[B, L, 2N]``, as SPMamba needs).
 
-On CPU with the ``cpu_kernel`` backend (what ``auto`` picks there) and float32
-tensors, the mixer's inner path runs on the fused kernels of
-:mod:`sb_mamba.nnet.fused` (same parameters, same results); everywhere else
-(the ``torch`` and ``cuda`` backends, other dtypes) it is the step-by-step
-PyTorch code below.
+Each mixer picks its path from its backend (see :mod:`sb_mamba.nnet.scan`):
+
+* ``cuda`` (what ``auto`` picks for CUDA tensors when mamba-ssm works):
+  exactly what ``mamba_ssm.Mamba`` runs, ``mamba_inner_fn`` on
+  ``in_proj``'s output laid out (B, 2 Di, L), or ``F.conv1d`` +
+  ``selective_scan_fn`` without causal-conv1d; :meth:`Mamba.step` uses
+  ``causal_conv1d_update`` and ``selective_state_update`` where they import;
+* ``cpu_kernel`` (what ``auto`` picks on CPU) with float32 tensors: the fused
+  C++ kernels of :mod:`sb_mamba.nnet.fused` (same parameters, same results);
+* anything else (the ``torch`` backend, other dtypes): the step-by-step
+  PyTorch code below.
 
 Authors
 -------
@@ -31,7 +37,7 @@ from sb_mamba.nnet.mamba_ops import (  # noqa: F401 (public here too)
     causal_depthwise_conv1d,
     init_mamba_weights,
 )
-from sb_mamba.nnet.scan import BACKENDS, selective_scan
+from sb_mamba.nnet.scan import BACKENDS, mamba_ssm_ops, resolve_backend, selective_scan
 
 
 class Mamba(nn.Module):
@@ -161,11 +167,48 @@ class Mamba(nn.Module):
         torch.Tensor
             [B, L, N].
         """
+        if resolve_backend(self.ssm_backend, hidden_states.device) == "cuda":
+            if reverse:
+                return self._forward_cuda(hidden_states.flip(1)).flip(1)
+            return self._forward_cuda(hidden_states)
         if self.uses_fused_path(hidden_states):
             return mamba_mixer_cpu(self, hidden_states, reverse)
         if reverse:
             return self._forward_ref(hidden_states.flip(1)).flip(1)
         return self._forward_ref(hidden_states)
+
+    def _forward_cuda(self, hidden_states):
+        """mamba_ssm.Mamba's forward (no inference cache) on mamba-ssm's functions."""
+        ops = mamba_ssm_ops()
+        batch, seqlen, _ = hidden_states.shape
+        # xz laid out (B, 2 Di, L) with unit stride in time, as mamba-ssm builds it
+        xz = (self.in_proj.weight @ hidden_states.reshape(-1, self.d_model).t())
+        xz = xz.view(-1, batch, seqlen).transpose(0, 1)  # [B, 2*Di, L]
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
+        A = -torch.exp(self.A_log.float())  # [Di, S]
+        if ops["mamba_inner_fn"] is not None and ops["causal_conv1d_fn"] is not None:
+            return ops["mamba_inner_fn"](
+                xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None,
+                None, self.D.float(), delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True,
+            )  # [B, L, N]
+        x, z = xz.chunk(2, dim=1)  # [B, Di, L] each
+        if ops["causal_conv1d_fn"] is not None:
+            x = ops["causal_conv1d_fn"](x=x, weight=self.conv1d.weight.squeeze(1),
+                                        bias=self.conv1d.bias, activation="silu")
+        else:
+            x = F.silu(self.conv1d(x)[..., :seqlen])
+        x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * seqlen, -1))  # [(B L), R + 2S]
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (self.dt_proj.weight @ dt.t()).view(-1, batch, seqlen).transpose(0, 1)
+        B = B.view(batch, seqlen, -1).transpose(1, 2).contiguous()  # [B, S, L]
+        C = C.view(batch, seqlen, -1).transpose(1, 2).contiguous()
+        y = ops["selective_scan_fn"](x, dt, A, B, C, self.D.float(), z=z,
+                                     delta_bias=self.dt_proj.bias.float(),
+                                     delta_softplus=True)  # [B, Di, L]
+        return self.out_proj(y.transpose(1, 2))
 
     def _forward_ref(self, hidden_states):
         """The step-by-step PyTorch forward (any device, dtype and backend)."""
@@ -252,23 +295,35 @@ class Mamba(nn.Module):
             raise ValueError("step() takes one frame: hidden_states [B, 1, N].")
         xz = self.in_proj(hidden_states.squeeze(1))  # [B, 2*Di]
         x, z = xz.chunk(2, dim=-1)  # [B, Di]
-        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-        conv_state[:, :, -1] = x
-        x = (conv_state * self.conv1d.weight.squeeze(1)).sum(-1)  # [B, Di]
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x)
+        cuda = resolve_backend(self.ssm_backend, hidden_states.device) == "cuda"
+        ops = mamba_ssm_ops() if cuda else {}
+        if ops.get("causal_conv1d_update") is not None:
+            x = ops["causal_conv1d_update"](x, conv_state, self.conv1d.weight.squeeze(1),
+                                            self.conv1d.bias, "silu")
+        else:
+            conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+            conv_state[:, :, -1] = x
+            x = (conv_state * self.conv1d.weight.squeeze(1)).sum(-1)  # [B, Di]
+            if self.conv1d.bias is not None:
+                x = x + self.conv1d.bias
+            x = F.silu(x)
         dt, B, C = torch.split(
             self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1
         )
-        dt = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias)
         A = -torch.exp(self.A_log.float())  # [Di, S]
-        dt = dt.float()
-        dA = torch.exp(dt[..., None] * A)  # [B, Di, S]
-        dBu = dt[..., None] * B.float()[:, None, :] * x.float()[..., None]
-        ssm_state.copy_(ssm_state * dA + dBu)
-        y = (ssm_state * C.float()[:, None, :]).sum(-1)  # [B, Di]
-        y = (y + self.D.float() * x.float()) * F.silu(z.float())
+        if ops.get("selective_state_update") is not None:
+            y = ops["selective_state_update"](
+                ssm_state, x, F.linear(dt, self.dt_proj.weight), A, B, C, self.D, z=z,
+                dt_bias=self.dt_proj.bias, dt_softplus=True,
+            )  # [B, Di]
+        else:
+            dt = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias)
+            dt = dt.float()
+            dA = torch.exp(dt[..., None] * A)  # [B, Di, S]
+            dBu = dt[..., None] * B.float()[:, None, :] * x.float()[..., None]
+            ssm_state.copy_(ssm_state * dA + dBu)
+            y = (ssm_state * C.float()[:, None, :]).sum(-1)  # [B, Di]
+            y = (y + self.D.float() * x.float()) * F.silu(z.float())
         out = self.out_proj(y.to(hidden_states.dtype))
         return out.unsqueeze(1), conv_state, ssm_state
 

@@ -203,7 +203,10 @@ class SSMKernelNPLR(_SSMModule):
         self.register("P", torch.view_as_real(P.clone()), lr_A)
         self.register("inv_w_real", self._real_init(w.real, real_tolerance), lr_A)
         self.register("w_imag", w.imag.clone(), lr_A)
-        self.register_buffer("L", torch.tensor(0))  # length C~ is set up for
+        # length the stored C is C~ for (reference S4 checkpoints); 0: C is C itself
+        self.register_buffer("L", torch.tensor(0))
+        self._length = 0
+        self._register_load_state_dict_pre_hook(self._sync_length)
 
     def ssm(self):
         """Complex (w, P, B, C~) tiled to H: (H,N), (R,H,N), (1,H,N), (c,H,N)."""
@@ -221,25 +224,46 @@ class SSMKernelNPLR(_SSMModule):
         eye = torch.eye(2 * self.N, dtype=A.dtype, device=A.device)
         return torch.linalg.solve(eye - half_dt * A, eye + half_dt * A)
 
-    @torch.no_grad()
-    def _setup_C(self, L):
-        """``C <- C (I - A_d^L)`` if unset, else ``C <- C (I + A_d^self.L)``."""
-        double = self.L.item() > 0
-        n = self.L.item() if double else L
-        logger.debug("S4 kernel length %d -> %d", self.L.item(), 2 * n if double else n)
-        C = _conj(torch.view_as_complex(self.C)).cdouble()
-        prod = torch.einsum("chn,hnm->chm", C, torch.linalg.matrix_power(self.discrete_A(), n))
-        self.C.copy_(torch.view_as_real((C + prod if double else C - prod)[..., : self.N]))
-        self.L.fill_(2 * n if double else n)
+    def _sync_length(self, state_dict, prefix, *args):
+        """Load-time hook: mirror the buffer ``L`` as a Python int (no GPU sync later)."""
+        if prefix + "L" in state_dict:
+            self._length = int(state_dict[prefix + "L"])
+
+    def _times_power(self, C, n, sign):
+        """``C (I + sign * A_d^n)`` on the full state, first half kept (A_d^n: no grad)."""
+        with torch.no_grad():
+            power = torch.linalg.matrix_power(self.discrete_A(), n)
+        C = _conj(C).cdouble()
+        prod = torch.einsum("chn,hnm->chm", C, power.to(C.device))
+        return (C + sign * prod)[..., : self.N].to(torch.view_as_complex(self.C).dtype)
+
+    def c_tilde(self, L):
+        """``(C~, n)``: the output matrix of the truncated generating function, length n >= L.
+
+        The parameter ``C`` is the SSM's C while the buffer ``L`` is 0 (sb_mamba
+        models): ``C~ = C (I - A_d^n)`` with ``n = max(L, l_max)``. A checkpoint
+        of the reference S4 code stores ``C~`` itself with its length in ``L``;
+        it is extended by doubling, ``C~_2n = C~_n (I + A_d^n)``, until
+        ``n >= L``. Computed in every forward: the module's parameters and
+        buffers are never written to (DDP ranks stay consistent).
+        """
+        C = torch.view_as_complex(self.C)
+        if self._length == 0:
+            n = max(L, self.l_max or 0)
+            logger.debug("S4 kernel length %d", n)
+            return self._times_power(C, n, -1), n
+        n = self._length
+        while n < L:
+            C = self._times_power(C, n, +1)
+            n *= 2
+        return C, n
 
     def forward(self, L, rate=1.0):
         """Returns the (channels, H, L) kernel at sampling-rate factor ``rate``."""
-        if self.L.item() == 0 and self.l_max:
-            self._setup_C(self.l_max)
-        while round(rate * L) > self.L.item():
-            self._setup_C(round(rate * L))
-        n = round(self.L.item() / rate)
-        w, P, B, C = self.ssm()
+        C_tilde, length = self.c_tilde(round(rate * L))
+        n = round(length / rate)
+        w, P, B, _ = self.ssm()
+        C = C_tilde
         dt = torch.exp(self.log_dt) * rate
         angle = torch.arange(n // 2 + 1, device=w.device, dtype=torch.double) * (-2 * math.pi / n)
         omega = torch.polar(torch.ones_like(angle), angle).to(w.dtype)

@@ -19,11 +19,13 @@ The recurrence, per batch ``b``, channel ``d`` and state ``n``::
     ``(batch, dim, L, N)`` tensor. Falls back to ``"torch"`` with one warning
     when it cannot be compiled.
 ``"cuda"``
-    mamba-ssm's fused CUDA kernel, imported lazily. A clear error with an
-    install hint when it is missing.
+    mamba-ssm's functions (its fused CUDA kernels), imported lazily, whatever
+    the device of the tensors. A clear error with an install hint when
+    mamba-ssm is missing.
 ``"auto"``
-    ``"cuda"`` for CUDA tensors when mamba-ssm is importable, else the fastest
-    CPU path (``"cpu_kernel"`` when it compiles, else ``"torch"``).
+    ``"cuda"`` for CUDA tensors when mamba-ssm imports and its scan runs (tried
+    once on a tiny input), else the fastest CPU path (``"cpu_kernel"`` when it
+    compiles, else ``"torch"``). Resolved once per process.
 
 In every CPU backend the state and the arithmetic are float32, whatever the
 input dtype (bf16 / fp16 inputs are upcast and the output is cast back).
@@ -79,8 +81,97 @@ def cuda_scan_available():
     return True
 
 
+def cuda_scan_works(device="cuda"):
+    """Whether mamba-ssm's selective scan imports *and runs* on ``device``.
+
+    mamba-ssm can import while its compiled kernels are missing or opt-in
+    (recent versions), so ``auto`` runs the scan once on a tiny input before
+    choosing it.
+
+    Returns
+    -------
+    bool
+    """
+    if not cuda_scan_available():
+        return False
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        u = torch.randn(1, 4, 8, device=device)
+        y = selective_scan_fn(u, torch.rand_like(u), -torch.rand(4, 2, device=device),
+                              torch.randn(1, 2, 8, device=device),
+                              torch.randn(1, 2, 8, device=device))
+        return bool(torch.isfinite(y).all())
+    except Exception as e:  # a missing or failing kernel
+        logger.warning("mamba-ssm imports but its selective scan fails on %s: %s",
+                       device, e)
+        return False
+
+
+_resolved = {}  # (backend, device type) -> backend used: resolved once per process
+_resolve_lock = threading.Lock()
+
+
+def reset_backends():
+    """Forget the resolved backends and mamba-ssm's functions (resolve again).
+
+    Example
+    -------
+    >>> reset_backends()
+    """
+    with _resolve_lock:
+        _resolved.clear()
+        _ops.clear()
+
+
+_ops = {}
+OPS = {  # name -> (module, attribute): what mamba_ssm.Mamba runs on a GPU
+    "mamba_inner_fn": ("mamba_ssm.ops.selective_scan_interface", "mamba_inner_fn"),
+    "selective_scan_fn": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
+    "causal_conv1d_fn": ("causal_conv1d", "causal_conv1d_fn"),
+    "causal_conv1d_update": ("causal_conv1d", "causal_conv1d_update"),
+    "selective_state_update": ("mamba_ssm.ops.triton.selective_state_update",
+                               "selective_state_update"),
+}
+
+
+def mamba_ssm_ops():
+    """mamba-ssm's (and causal-conv1d's) functions, None for each missing one.
+
+    Imported once per process (:func:`reset_backends` forgets them). Each
+    missing piece is announced once: without ``causal_conv1d_fn`` the
+    mixer runs ``F.conv1d`` + ``selective_scan_fn`` instead of
+    ``mamba_inner_fn``; without the step functions, :meth:`Mamba.step` runs
+    its PyTorch code.
+
+    Returns
+    -------
+    dict
+        ``{name: function or None}`` for the names of :data:`OPS`.
+    """
+    if _ops:
+        return _ops
+    import importlib
+
+    found = {}
+    for name, (module, attr) in OPS.items():
+        try:
+            found[name] = getattr(importlib.import_module(module), attr)
+        except Exception:  # ImportError, or a broken compiled extension
+            found[name] = None
+            _warn_once(f"ops-{name}", f"{module}.{attr} is not available: sb_mamba's "
+                       "cuda backend runs without it (slower); install "
+                       "`pip install 'sb_mamba[cuda]'` for the fused path.")
+    _ops.update(found)
+    return _ops
+
+
 def resolve_backend(backend, device):
     """Resolve a backend name to the one actually used on ``device``.
+
+    The answer is computed once per process for each ``(backend, device
+    type)`` and cached (:func:`reset_backends` forgets it): ``auto`` imports
+    and probes mamba-ssm at most once, whatever the number of calls.
 
     Arguments
     ---------
@@ -106,15 +197,20 @@ def resolve_backend(backend, device):
             f"Unknown ssm_backend {backend!r}: choose one of {BACKENDS} "
             "(set it in the YAML as `ssm_backend: auto`)."
         )
-    device = torch.device(device)
+    key = (backend, torch.device(device).type)
+    impl = _resolved.get(key)
+    if impl is None:
+        with _resolve_lock:
+            impl = _resolved.get(key) or _resolve(backend, torch.device(device))
+            _resolved[key] = impl
+    return impl
+
+
+def _resolve(backend, device):
+    """The uncached resolution of :func:`resolve_backend`."""
     if backend == "torch":
         return "torch"
-    if backend == "cuda":
-        if device.type != "cuda":
-            raise ValueError(
-                "ssm_backend='cuda' needs CUDA tensors, got device "
-                f"{device}. Use ssm_backend='auto' (or 'cpu_kernel') on CPU."
-            )
+    if backend == "cuda":  # explicit: mamba-ssm's functions, whatever the device
         if not cuda_scan_available():
             raise ImportError(
                 "ssm_backend='cuda' needs mamba-ssm's CUDA kernels, which "
@@ -140,13 +236,13 @@ def resolve_backend(backend, device):
         return "cpu_kernel"
     # auto
     if device.type == "cuda":
-        if cuda_scan_available():
+        if cuda_scan_works(device):
             return "cuda"
         _warn_once(
             "auto-cuda->torch",
-            "mamba-ssm's CUDA kernels are not importable: FALLING BACK to the "
-            "pure-PyTorch selective scan on the GPU (slow, memory hungry). "
-            "Install them with `pip install 'sb_mamba[cuda]'`.",
+            "mamba-ssm's CUDA kernels are not importable or do not run: FALLING "
+            "BACK to the pure-PyTorch selective scan on the GPU (slow, memory "
+            "hungry). Install them with `pip install 'sb_mamba[cuda]'`.",
         )
         return "torch"
     if device.type == "cpu" and _cpu_kernel() is not None:

@@ -107,6 +107,14 @@ def _rel(a, b):
     return ((a.double() - b).abs().max() / b.abs().max()).item()
 
 
+def _frozen(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _unchanged(module, before):
+    return all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+
 @pytest.mark.parametrize("L0", [32, 37])
 @pytest.mark.parametrize("rank", [1, 2])
 @pytest.mark.parametrize("dtype,tol", [(torch.double, 1e-8), (torch.float, 1e-4)])
@@ -114,24 +122,47 @@ def test_nplr_kernel_matches_dense_unroll(rank, dtype, tol, L0):
     kernel = _perturbed_kernel("nplr", rank=rank, dtype=dtype)
     k = kernel.kernel
     C0 = torch.view_as_complex(k.C.detach().clone())
+    before = _frozen(kernel)
     out = kernel(L=L0)
-    assert out.shape == (2, 3, L0) and k.L.item() == L0
+    assert out.shape == (2, 3, L0)
     assert _rel(out.detach(), dense_nplr_kernel(k, C0, L0)) < tol
-    # Longer input: C~ is extended by doubling (L0 -> 2 L0 -> 4 L0).
-    out = kernel(L=100)
-    assert k.L.item() == 4 * L0
-    assert _rel(out.detach(), dense_nplr_kernel(k, C0, 100)) < tol
-    # Shorter input: the internal kernel is truncated.
-    assert _rel(kernel(L=20).detach(), dense_nplr_kernel(k, C0, 20)) < tol
+    assert _rel(kernel(L=100).detach(), dense_nplr_kernel(k, C0, 100)) < tol  # longer
+    assert _rel(kernel(L=20).detach(), dense_nplr_kernel(k, C0, 20)) < tol  # shorter
+    # forward never writes to the parameters or buffers (C stays C, L stays 0)
+    assert _unchanged(kernel, before) and k.L.item() == 0
 
 
 def test_nplr_kernel_l_max():
     kernel = _perturbed_kernel("nplr", l_max=16)
     k = kernel.kernel
     C0 = torch.view_as_complex(k.C.detach().clone())
+    before = _frozen(kernel)
     assert _rel(kernel(L=16).detach(), dense_nplr_kernel(k, C0, 16)) < 1e-8
+    assert _rel(kernel(L=10).detach(), dense_nplr_kernel(k, C0, 10)) < 1e-8
     assert _rel(kernel(L=50).detach(), dense_nplr_kernel(k, C0, 50)) < 1e-8
-    assert k.L.item() == 64
+    assert _unchanged(kernel, before)
+
+
+def test_nplr_kernel_from_a_reference_checkpoint():
+    """A reference-S4 state (C~ for length 16 in C, 16 in L) gives the SSM's kernel."""
+    kernel = _perturbed_kernel("nplr")
+    k = kernel.kernel
+    C0 = torch.view_as_complex(k.C.detach().clone())
+    state = kernel.state_dict()
+    C_tilde, n = k.c_tilde(16)  # what the reference code writes into C after a forward
+    assert n == 16
+    state["kernel.C"], state["kernel.L"] = torch.view_as_real(C_tilde.detach()), torch.tensor(16)
+    kernel.load_state_dict(state)
+    before = _frozen(kernel)
+    assert _rel(kernel(L=16).detach(), dense_nplr_kernel(k, C0, 16)) < 1e-8
+    assert _rel(kernel(L=50).detach(), dense_nplr_kernel(k, C0, 50)) < 1e-8  # 16 -> 32 -> 64
+    assert _unchanged(kernel, before) and k.L.item() == 16
+
+
+def test_kernel_gradient_reaches_C():
+    kernel = _perturbed_kernel("nplr")
+    kernel(L=30).sum().backward()
+    assert kernel.kernel.C.grad is not None and kernel.kernel.C.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("measure", ["diag-lin", "diag-inv"])
@@ -205,8 +236,8 @@ def test_layer_lengths_and_layouts():
     layer = S4(8, d_state=16, bidirectional=True)
     u = torch.randn(2, 8, 37)
     y37 = layer(u)[0]
-    assert layer(torch.randn(1, 8, 100))[0].shape == (1, 8, 100)  # kernel 37 -> 148
-    assert layer.kernel.kernel.L.item() == 148
+    assert layer(torch.randn(1, 8, 100))[0].shape == (1, 8, 100)
+    assert layer.kernel.kernel.L.item() == 0  # nothing written by forward
     assert torch.allclose(layer(u)[0], y37, atol=1e-4)  # same kernel, re-derived
     # (B, L, H) layout with the same weights gives the same result.
     flat = S4(8, d_state=16, bidirectional=True, transposed=False)

@@ -1,50 +1,130 @@
 #!/usr/bin/env python3
-"""Model-card section for the demo model: command, budget and validation curve.
+"""Learning curve and model-card section of the demo model.
 
-    python demo/training_notes.py RUN_FOLDER > notes.md
+    python demo/training_notes.py RUN_FOLDER OUT_FOLDER
 
-Reads ``RUN_FOLDER/train_log.txt`` (one line per epoch) and
-``RUN_FOLDER/hyperparams.yaml`` (epoch size and batch size).
+Reads ``RUN_FOLDER/train_log.txt`` (one line per epoch, with the epoch's
+training CPU minutes), ``RUN_FOLDER/hyperparams.yaml`` (epoch and batch
+size) and, if present, ``RUN_FOLDER/history.csv``: the learning curve of the
+model the run was warm-started from (``demo/train_demo.sh`` copies the
+shipped model's ``learning_curve.csv`` there on the first start). Writes to
+``OUT_FOLDER``:
+
+* ``learning_curve.csv``: history + this run, one row per epoch, with
+  cumulative optimizer steps and CPU-hours;
+* ``learning_curve.png``: validation SI-SNRi against steps and CPU-hours;
+* ``notes.md``: the model card's training section.
 
 Authors
 -------
  * sb_mamba developers
 """
 
+import csv
 import re
 import sys
 from pathlib import Path
 
 import yaml
 
+FIELDS = ["run", "epoch", "steps", "cpu_hours", "cpu_estimated", "lr", "batch_size",
+          "segment_seconds", "valid_si_snri"]
 
-def main(run):
-    run = Path(run)
+
+def run_rows(run, history):
+    """This run's epochs as curve rows, continuing ``history``'s counters."""
     hp = yaml.safe_load(re.sub(r"!\S+", "", (run / "hyperparams.yaml").read_text()))
     steps_per_epoch = -(-int(hp["epoch_size"]) // int(hp["batch_size"]))
+    steps = int(history[-1]["steps"]) if history else 0
+    hours = float(history[-1]["cpu_hours"]) if history else 0.0
+    label = "run %d" % (len({r["run"] for r in history}) + 1)
     rows = []
     for line in (run / "train_log.txt").read_text().splitlines():
         epoch = re.search(r"epoch: (\d+)", line)
         sisnri = re.search(r"valid si-snri: ([-+.\de]+)", line)
-        lr = re.search(r"lr: ([-+.\de]+)", line)
-        if epoch and sisnri:
-            rows.append((int(epoch.group(1)), float(lr.group(1)), float(sisnri.group(1))))
+        if not (epoch and sisnri):
+            continue
+        cpu = re.search(r"train cpu-minutes: ([-+.\de]+)", line)
+        steps += steps_per_epoch
+        hours += float(cpu.group(1)) / 60 if cpu else 0.0
+        rows.append(dict(
+            run=label, epoch=int(epoch.group(1)), steps=steps, cpu_hours=round(hours, 6),
+            cpu_estimated=0 if cpu else 1, lr=float(re.search(r"lr: ([-+.\de]+)", line).group(1)),
+            batch_size=hp["batch_size"], segment_seconds=hp["segment_seconds"],
+            valid_si_snri=float(sisnri.group(1)),
+        ))
+    return rows
+
+
+def plot(rows, png):
+    """Validation SI-SNRi against optimizer steps and against CPU-hours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for run in dict.fromkeys(r["run"] for r in rows):
+        part = [r for r in rows if r["run"] == run]
+        y = [float(r["valid_si_snri"]) for r in part]
+        axes[0].plot([int(r["steps"]) for r in part], y, marker=".", label=run)
+        axes[1].plot([float(r["cpu_hours"]) for r in part], y, marker=".", label=run)
+    axes[0].set_xlabel("optimizer steps")
+    axes[1].set_xlabel("CPU-hours (process CPU time; run 1 estimated)")
+    axes[0].set_ylabel("valid SI-SNRi (dB), held-out speakers")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("sepmamba-librimini-8k: learning curve")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def notes(rows, hp_text):
+    hp = yaml.safe_load(re.sub(r"!\S+", "", hp_text))
+    last = rows[-1]
     out = [
         "## Training", "",
+        "![learning curve](learning_curve.png)", "",
         "Trained on CPU (a 2-core machine shared with development work) with the LibriMini",
-        "recipe, in several sessions resumed from the last checkpoint:",
-        "`cd recipes/LibriMini/separation && bash demo/train_demo.sh` (SepMamba, dim 64,",
-        "one Mamba block per direction; dynamic mixing of the 150 bundled LibriSpeech",
-        f"train speakers at 8 kHz, batch {hp['batch_size']} x {hp['segment_seconds']} s, "
-        f"{steps_per_epoch} steps per epoch).",
-        f"Epochs so far: {len(rows)} ({len(rows) * steps_per_epoch} optimizer steps).",
+        "recipe, in several sessions, each resumed from the last checkpoint (a new machine",
+        "warm-starts from these weights):", "",
+        "```bash",
+        "cd recipes/LibriMini/separation",
+        "bash demo/train_demo.sh RUN_FOLDER     # resumable; kill it any time",
+        "bash demo/export_demo.sh RUN_FOLDER    # test + export the best checkpoint here",
+        "```", "",
+        f"SepMamba dim {hp['model_dim']}, {hp['model_blocks']} Mamba block(s) per direction; "
+        f"dynamic mixing of the bundled LibriMini train speakers at 8 kHz; now batch "
+        f"{hp['batch_size']} x {hp['segment_seconds']} s, lr {hp['lr']} "
+        f"({hp.get('lr_schedule', 'plateau')}).",
+        f"So far: {last['steps']} optimizer steps, {float(last['cpu_hours']):.1f} CPU-hours "
+        "(process CPU time of training; the first run's are estimated from its wall time).",
         "Validation: 50 fixed 4 s mixtures of 20 held-out speakers; test: 100 mixtures of",
-        "20 other held-out speakers. `train_log.txt` is the full log.", "",
-        "| epoch | steps | lr | valid SI-SNRi (dB) |", "|---|---|---|---|",
+        "20 other held-out speakers. `learning_curve.csv` and `train_log.txt` hold the",
+        "full record.", "",
+        "| run | epoch | steps | CPU-hours | lr | valid SI-SNRi (dB) |", "|---|---|---|---|---|---|",
     ]
-    out += [f"| {e} | {e * steps_per_epoch} | {lr:.2e} | {v:.2f} |" for e, lr, v in rows]
-    print("\n".join(out))
+    out += [f"| {r['run']} | {r['epoch']} | {r['steps']} | {float(r['cpu_hours']):.2f} | "
+            f"{float(r['lr']):.2e} | {float(r['valid_si_snri']):.2f} |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def main(run, out):
+    run, out = Path(run), Path(out)
+    history = []
+    if (run / "history.csv").is_file():
+        with open(run / "history.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+    rows = history + run_rows(run, history)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "learning_curve.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out / "learning_curve.png")
+    (out / "notes.md").write_text(notes(rows, (run / "hyperparams.yaml").read_text()))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

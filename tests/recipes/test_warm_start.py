@@ -1,0 +1,116 @@
+"""LibriMini warm start (``init_from``) and the demo model's learning-curve notes.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+import csv
+import importlib.util
+import shutil
+
+import torch
+
+from sb_mamba.export import inference_yaml
+from sb_mamba.lobes.sepmamba import SepMamba
+from tests.recipes.common import RECIPES, run_recipe
+
+TINY = [
+    "--model_dim=8", "--epoch_size=4", "--batch_size=2", "--segment_seconds=0.5",
+    "--prepare_kwargs={n_valid: 2, n_test: 2, segment_seconds: 1.0}",
+    "--n_audio_to_save=0", "--N_epochs=1",
+]
+DEMO = RECIPES / "LibriMini" / "separation" / "demo"
+
+
+def tiny_model_folder(folder, seed, stride=4):
+    """An exported-style model folder of the SepMamba the recipe builds with TINY."""
+    torch.manual_seed(seed)
+    kwargs = dict(num_spks=2, dim=8, num_blocks=1, stride=stride)
+    model = SepMamba(**kwargs)
+    folder.mkdir(parents=True)
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, folder / "separator.ckpt")
+    (folder / "hyperparams.yaml").write_text(
+        inference_yaml("sb_mamba.lobes.sepmamba.SepMamba", kwargs, 8000, 2))
+    return model.state_dict()
+
+
+def saved_separator(out):
+    ckpts = sorted((out / "save").glob("CKPT+*/separator.ckpt"))
+    assert ckpts, list((out / "save").iterdir())
+    return torch.load(ckpts[-1], weights_only=True)
+
+
+def test_init_from_warm_starts_then_checkpoint_wins(tmp_path):
+    init = tiny_model_folder(tmp_path / "model_a", seed=1)
+    tiny_model_folder(tmp_path / "model_b", seed=2)
+    out = tmp_path / "run"
+    # lr 0 (cosine: no lr floor): training leaves the weights as initialised
+    zero_lr = ["--lr=0.0", "--lr_schedule=warmup_cosine"]
+    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *zero_lr,
+                      f"--init_from={tmp_path / 'model_a'}", *TINY)
+    assert "Warm start: separator initialised from" in proc.stdout
+    saved = saved_separator(out)
+    for k, v in init.items():  # fp16-stored weights, loaded into the fp32 model
+        assert torch.allclose(saved[k], v.half().float()), k
+
+    # the run now has a checkpoint: another init_from is ignored, the run resumes
+    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *zero_lr,
+                      f"--init_from={tmp_path / 'model_b'}", *TINY[:-1], "--N_epochs=2")
+    assert "ignored: the run resumes from its checkpoint" in proc.stdout
+    assert torch.equal(saved_separator(out)["decoder.weight"], saved["decoder.weight"])
+
+
+def test_init_from_errors_are_clear(tmp_path):
+    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'a'}",
+                      f"--init_from={tmp_path / 'missing'}", *TINY, check=False, timeout=300)
+    assert proc.returncode == 2
+    assert "no such model folder or checkpoint file" in proc.stdout
+    assert "Traceback" not in proc.stdout
+
+    tiny_model_folder(tmp_path / "model", seed=1)  # dim 8: the default dim 32 does not fit
+    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'b'}",
+                      f"--init_from={tmp_path / 'model'}", *TINY[1:], check=False, timeout=300)
+    assert proc.returncode == 2
+    assert "does not fit the recipe's separator" in proc.stdout and "model_dim" in proc.stdout
+
+    # same shapes, other layout: weights trained with stride 2 are refused
+    tiny_model_folder(tmp_path / "stride2", seed=1, stride=2)
+    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'c'}",
+                      f"--init_from={tmp_path / 'stride2'}", *TINY, "--model_stride=4",
+                      check=False, timeout=300)
+    assert proc.returncode == 2
+    assert "was trained with stride=2 (the recipe builds 4)" in proc.stdout
+
+
+def test_demo_learning_curve_continues_the_history(tmp_path):
+    out = tmp_path / "run"
+    run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *TINY[:-1],
+               "--N_epochs=2", "--lr_schedule=warmup_cosine", "--warmup_steps=1")
+    log = (out / "train_log.txt").read_text()
+    assert log.count("train cpu-minutes") == 2, log
+    history = tmp_path / "history.csv"
+    with open(history, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "epoch", "steps", "cpu_hours", "cpu_estimated", "lr",
+                    "batch_size", "segment_seconds", "valid_si_snri"])
+        w.writerow(["run 1", 1, 100, 1.5, 1, 0.001, 4, 1.0, 2.5])
+    shutil.copy(history, out / "history.csv")
+    spec = importlib.util.spec_from_file_location("training_notes", DEMO / "training_notes.py")
+    notes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(notes)
+    notes.main(out, tmp_path / "notes")
+
+    with open(tmp_path / "notes" / "learning_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["run 1", "run 2", "run 2"]
+    assert [int(r["steps"]) for r in rows] == [100, 102, 104]  # 4 mixtures / batch 2 per epoch
+    assert float(rows[1]["cpu_hours"]) > 1.5 and float(rows[2]["cpu_hours"]) > float(rows[1]["cpu_hours"])
+    assert rows[2]["cpu_estimated"] == "0"
+    png = tmp_path / "notes" / "learning_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[0] > 100  # decodes
+    text = (tmp_path / "notes" / "notes.md").read_text()
+    assert "learning_curve.png" in text and "| run 2 | 2 | 104 |" in text
