@@ -262,24 +262,6 @@ def cpu_ticks():
     return ticks
 
 
-def descendants(pid):
-    """pid and all its descendants (from /proc)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        out.add(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
 def prepare_data(yaml_file, folder):
     """The recipe's fixed valid/test mixtures (its ``prepare_kwargs``), once."""
     from sb_mamba.dataio.librimini import prepare_librimini
@@ -390,7 +372,7 @@ def main():
     while any(pr.poll() is None for pr in procs):
         loads.append([round((time.time() - t_start) / 60, 2), os.getloadavg()[0]])
         time.sleep(30)
-    ours = descendants(os.getpid()) | {os.getpid()}
+    ours = {os.getpid()} | {pr.pid for pr in procs}  # the workers spawn no children
     after = cpu_ticks()
     hz = os.sysconf("SC_CLK_TCK")
     others = {}

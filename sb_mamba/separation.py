@@ -148,7 +148,7 @@ class Separation(sb.Brain):
                     self.optimizers_step()
             else:
                 self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
-                if loss.numel() > 0 and not local_ok:
+                if not local_ok and (not finite or loss.numel() > 0):
                     logger.warning(
                         "Skipped a batch with an unusable loss (%s: non-finite or "
                         "above loss_upper_lim=%s); %d skipped so far.",
