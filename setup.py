@@ -21,8 +21,22 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["sb_mamba", "sb_mamba.*"]),
-    package_data={"sb_mamba": ["nnet/csrc/*.cpp", "nnet/csrc/*.h"]},
+    # hparams/ and pretrained/ stay at the top of the repository (where users
+    # look for them) and ship inside the package as sb_mamba.hparams and
+    # sb_mamba.pretrained, read through importlib.resources
+    # (sb_mamba.resources), so a wheel has the model fragments and the demo.
+    packages=find_packages(include=["sb_mamba", "sb_mamba.*"])
+    + ["sb_mamba.hparams", "sb_mamba.pretrained"],
+    package_dir={
+        "sb_mamba.hparams": "hparams",
+        "sb_mamba.pretrained": "pretrained",
+    },
+    package_data={
+        "sb_mamba": ["nnet/csrc/*.cpp", "nnet/csrc/*.h"],
+        "sb_mamba.hparams": ["*.md", "models/*.yaml"],
+        "sb_mamba.pretrained": ["*.md", "*/*.yaml", "*/*.ckpt", "*/*.md", "*/*.csv",
+                                "*/*.png", "*/*.flac", "*/*.wav", "*/LICENSE*"],
+    },
     install_requires=[
         # torch 2.14.1 + torchaudio 2.11.0 is the tested pair (see README).
         "torch>=2.1,<2.15",
@@ -41,7 +55,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sb-mamba-separate=sb_mamba.cli:main",
-            "sb-mamba-export=sb_mamba.export:main",
+            "sb-mamba-export=sb_mamba.inference.export:main",
             "sb-mamba-make-mixtures=sb_mamba.dataio.make_mixtures:main",
             "sb-mamba-make-rir-bank=sb_mamba.dataio.reverb:main",
         ]

@@ -47,7 +47,7 @@ def speech_streams(seconds, sample_rate=8000):
     """Two [T] speech streams from disjoint LibriMini test speakers, looped."""
     import torch
 
-    from sb_mamba.dataio.audio import read_audio
+    from sb_mamba.audio import read_audio
 
     speakers = sorted(p for p in SPEECH.iterdir() if p.is_dir())
     if len(speakers) < 2:
@@ -96,7 +96,7 @@ def main(argv=None):
 
     import torch
 
-    from sb_mamba.dataio.audio import write_audio
+    from sb_mamba.audio import write_audio
     from sb_mamba.metrics import pit_metric, si_snr
 
     if args.threads:

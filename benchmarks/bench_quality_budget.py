@@ -15,7 +15,7 @@ All runs go side by side, one process and one thread each, so they see the
 same machine; the load average is sampled during the runs, and every other
 process that used CPU meanwhile is listed in the output.
 
-Schedules: a per-step scheduler (e.g. ``sb_mamba.schedulers.WarmupCosine``)
+Schedules: a per-step scheduler (e.g. ``sb_mamba.training.schedulers.WarmupCosine``)
 is stretched to the budget (its ``total_steps`` is set from the step rate of
 the first 20 steps); SpeechBrain's ``ReduceLROnPlateau`` is stepped at each
 epoch end on the epoch's mean training loss (no validation inside the
@@ -113,7 +113,7 @@ def si_snri_of(model, pairs, sample_rate):
     """Mean SI-SNRi (best permutation) of ``model`` on (mix, [sources]) paths."""
     import torch
 
-    from sb_mamba.dataio.audio import read_audio
+    from sb_mamba.audio import read_audio
     from sb_mamba.metrics import pit_metric, sdr
 
     vals, sdri = [], []
@@ -164,7 +164,7 @@ def worker(spec):
     torch.set_num_threads(spec["threads"])
     import speechbrain as sb
 
-    from sb_mamba.separation import Separation
+    from sb_mamba.training.brain import Separation
 
     out = Path(spec["folder"])
     out.mkdir(parents=True, exist_ok=True)

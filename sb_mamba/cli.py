@@ -143,9 +143,9 @@ def split_model(inputs):
     is_input = first.is_file() or (first.is_dir() and not (first / "hyperparams.yaml").exists())
     if len(inputs) > 1 and not is_input:
         return inputs[0], inputs[1:]
-    from sb_mamba.inference import default_model
+    from sb_mamba.resources import pretrained_path
 
-    return default_model(), inputs
+    return pretrained_path(), inputs
 
 
 def _chunk_seconds(value):
@@ -176,8 +176,8 @@ def main(argv=None):
 
 
 def _run(args):
-    from sb_mamba.dataio.audio import AudioError
-    from sb_mamba.inference import MambaSeparator, source_paths
+    from sb_mamba.audio import AudioError
+    from sb_mamba.inference.separator import MambaSeparator, source_paths
 
     exts = {e.strip().lower().lstrip(".") for e in args.ext.split(",") if e.strip()}
     files, missing = find_inputs(args.inputs, exts)

@@ -4,7 +4,7 @@ The CSVs written by :mod:`sb_mamba.dataio.prepare` (and by dynamic mixing's
 ``export``) have the columns ``ID, duration, mix_wav, s1_wav ... s{S}_wav``
 and optionally ``noise_wav``. :func:`csv_dataset` turns one into a
 ``DynamicItemDataset`` yielding ``id``, ``mix_sig``, ``s1_sig`` ... and
-``noise_sig``, the keys :class:`sb_mamba.separation.Separation` reads.
+``noise_sig``, the keys :class:`sb_mamba.training.brain.Separation` reads.
 
 Authors
 -------
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import speechbrain as sb
 
-from sb_mamba.dataio.audio import read_audio
+from sb_mamba.audio import read_audio
 
 
 def csv_dataset(csv_path, num_spks, sample_rate, use_noise=None):
@@ -40,7 +40,7 @@ def csv_dataset(csv_path, num_spks, sample_rate, use_noise=None):
     Example
     -------
     >>> import tempfile, os, torch
-    >>> from sb_mamba.dataio.audio import write_audio
+    >>> from sb_mamba.audio import write_audio
     >>> d = tempfile.mkdtemp()
     >>> for k in ("mix", "s1", "s2"):
     ...     write_audio(os.path.join(d, k + ".wav"), torch.rand(800) - 0.5, 8000)

@@ -20,7 +20,7 @@ import torch
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba.dataio.audio import AudioError, audio_info, read_audio, write_audio
+from sb_mamba.audio import AudioError, audio_info, read_audio, write_audio
 from sb_mamba.dataio.speakers import (  # noqa: F401 (public here too)
     _list_audio,
     index_speakers,

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from speechbrain.utils.logger import get_logger
 
-from sb_mamba.dataio.audio import write_audio
+from sb_mamba.audio import write_audio
 from sb_mamba.dataio.dynamic_mixing import file_signals
 from sb_mamba.dataio.reverb import make_rir_bank, pool_map
 from sb_mamba.dataio.reverb_mixing import TARGETS, ReverbDynamicMixing

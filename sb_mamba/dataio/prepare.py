@@ -22,7 +22,7 @@ from pathlib import Path
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba.dataio.audio import AudioError, audio_info
+from sb_mamba.audio import AudioError, audio_info
 
 logger = get_logger(__name__)
 
@@ -222,7 +222,7 @@ def prepare_wsj0mix(data_folder, save_folder, sample_rate=8000, mode="min",
     Example
     -------
     >>> import tempfile, torch
-    >>> from sb_mamba.dataio.audio import write_audio
+    >>> from sb_mamba.audio import write_audio
     >>> root = tempfile.mkdtemp()
     >>> for split in ("tr", "cv", "tt"):
     ...     for sub in ("mix", "s1", "s2"):

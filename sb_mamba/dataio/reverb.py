@@ -41,7 +41,7 @@ from scipy.signal import resample_poly
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba.dataio.audio import AudioError, audio_info, write_audio
+from sb_mamba.audio import AudioError, audio_info, write_audio
 from sb_mamba.dataio.room import (  # noqa: F401 (re-exported)
     SIM_RATE,
     WHAMR_RANGES,

@@ -82,7 +82,7 @@ class ReverbDynamicMixing(DynamicMixingDataset):
     Example
     -------
     >>> import tempfile, torch
-    >>> from sb_mamba.dataio.audio import write_audio
+    >>> from sb_mamba.audio import write_audio
     >>> root = tempfile.mkdtemp()
     >>> for spk in "ab": write_audio(f"{root}/{spk}/u.wav", torch.randn(12000) / 9, 8000)
     >>> ds = ReverbDynamicMixing(root, epoch_size=2, segment_seconds=1.0,

@@ -16,8 +16,8 @@ import torch  # noqa: F401 (used by the doctests)
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba.dataio import audio
-from sb_mamba.dataio.audio import AudioError, audio_info, read_audio, write_audio  # noqa: F401
+from sb_mamba import audio
+from sb_mamba.audio import AudioError, audio_info, read_audio, write_audio  # noqa: F401
 
 logger = get_logger(__name__)
 

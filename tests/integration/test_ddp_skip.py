@@ -39,7 +39,7 @@ def _worker(rank, world, port, out):
 
     from sb_mamba.lobes.sepmamba import SepMamba
     from sb_mamba.metrics import pit_si_snr_loss
-    from sb_mamba.separation import Separation
+    from sb_mamba.training.brain import Separation
 
     torch.manual_seed(0)  # the same initial weights on both ranks
     model = SepMamba(num_spks=2, dim=8, num_blocks=1, d_state=4)

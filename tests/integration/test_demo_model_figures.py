@@ -14,14 +14,16 @@ Authors
 """
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
 
-from sb_mamba.dataio.audio import read_audio
+from sb_mamba.audio import read_audio
 from sb_mamba.dataio.librimini import DEFAULT_DATA, prepare_librimini
-from sb_mamba.inference import DEFAULT_MODEL, MambaSeparator
+from sb_mamba.inference import MambaSeparator
 from sb_mamba.metrics import pit_metric, si_snr
+from sb_mamba.resources import pretrained_path
 
 N_CHECKED = 12  # the first test mixtures (all 100 take ~1 min on one core)
 
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def test_shipped_model_matches_its_test_results(tmp_path):
     published = {}
-    with open(DEFAULT_MODEL / "test_results.csv") as f:
+    with open(Path(pretrained_path()) / "test_results.csv") as f:
         for row in csv.DictReader(f):
             published[row["snt_id"]] = row
     avg = published.pop("avg")
@@ -43,7 +45,7 @@ def test_shipped_model_matches_its_test_results(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["ID"] for r in rows] == list(published)[:N_CHECKED], "mixtures differ"
 
-    model = MambaSeparator.from_hparams(source=str(DEFAULT_MODEL), savedir=str(DEFAULT_MODEL))
+    model = MambaSeparator.from_hparams(source=pretrained_path(), savedir=pretrained_path())
     ours, theirs = [], []
     for r in rows:
         mix = read_audio(r["mix_wav"], 8000)

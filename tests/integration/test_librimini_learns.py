@@ -26,9 +26,9 @@ import re
 
 import torch
 
-from sb_mamba.dataio.audio import read_audio
+from sb_mamba.audio import read_audio
 from sb_mamba.metrics import pit_metric
-from sb_mamba.recipe import load_recipe_hparams
+from sb_mamba.training.recipe import load_recipe_hparams
 from tests.recipes.common import RECIPES, run_recipe
 
 RISE_DB = 2.0  # over the untrained model (the bar)

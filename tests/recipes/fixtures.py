@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import fftconvolve
 
-from sb_mamba.dataio.audio import read_audio, write_audio
+from sb_mamba.audio import read_audio, write_audio
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SPEECH_DIR = SAMPLES / "speech_8k"

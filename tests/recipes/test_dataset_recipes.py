@@ -5,7 +5,7 @@ YAML, a tiny dataset in the real folder layout (``tests/recipes/fixtures.py``,
 built once per session) goes through the recipe's own data preparation (the
 ``prepare`` of its ``train.py``), one training epoch of a shrunken model,
 validation, test and ``test_results.csv``. The recipes run in this process
-(:func:`sb_mamba.recipe.run_recipe` with the command-line arguments a user
+(:func:`sb_mamba.training.recipe.run_recipe` with the command-line arguments a user
 would give ``train.py``), which saves the interpreter and import start-up of
 a subprocess per run; ``tests/recipes/test_librimini.py`` covers the
 ``python train.py`` and torchrun entry points themselves.
@@ -21,7 +21,7 @@ import re
 
 import pytest
 
-from sb_mamba.recipe import run_recipe
+from sb_mamba.training.recipe import run_recipe
 from tests.recipes.common import RECIPES, ROOT, read_results
 from tests.recipes.fixtures import BUILDERS
 

@@ -19,7 +19,7 @@ import pytest
 
 from sb_mamba.dataio.librimini import prepare_librimini
 from sb_mamba.dataio.make_mixtures import make_mixtures
-from sb_mamba.recipe import run_recipe
+from sb_mamba.training.recipe import run_recipe
 from tests.recipes.common import RECIPES, ROOT, read_results
 from tests.recipes.test_dataset_recipes import COMMON, SHRINK, _load_prepare
 

@@ -11,7 +11,7 @@ import shutil
 
 import torch
 
-from sb_mamba.export import inference_yaml
+from sb_mamba.inference.export import inference_yaml
 from sb_mamba.lobes.sepmamba import SepMamba
 from tests.recipes.common import RECIPES, run_recipe
 

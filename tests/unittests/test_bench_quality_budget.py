@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sb_mamba.dataio.audio import write_audio
+from sb_mamba.audio import write_audio
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_quality_budget.py"
 spec = importlib.util.spec_from_file_location("bench_quality_budget", SCRIPT)
@@ -55,7 +55,7 @@ def test_eval_dir_scores_a_mix_s1_s2_folder_at_any_rate(tmp_path):
         return ref[:, : mix.shape[1]]
 
     def bench_read(p):
-        from sb_mamba.dataio.audio import read_audio
+        from sb_mamba.audio import read_audio
 
         return read_audio(p, 8000, resample_to_rate=True)
 

@@ -15,8 +15,8 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from sb_mamba.dataio import audio
-from sb_mamba.dataio.audio import AudioError, read_audio, write_audio
+from sb_mamba import audio
+from sb_mamba.audio import AudioError, read_audio, write_audio
 from sb_mamba.dataio.dynamic_mixing import (
     DynamicMixingDataset,
     index_speakers,

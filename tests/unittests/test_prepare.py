@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sb_mamba.dataio.audio import AudioError
+from sb_mamba.audio import AudioError
 from sb_mamba.dataio.prepare import (
     PREPARERS,
     prepare_echo2mix,

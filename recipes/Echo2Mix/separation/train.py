@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=4 train.py hparams/spmamba.yaml --data_folder=...
 
 The data preparation writes the train/val/test CSV manifests; everything else
-(the Separation brain, test_results.csv) is sb_mamba.recipe.
+(the Separation brain, test_results.csv) is sb_mamba.training.recipe.
 
 Authors
 -------
@@ -13,7 +13,7 @@ Authors
 """
 
 from sb_mamba.dataio.prepare import prepare_echo2mix as prepare
-from sb_mamba.recipe import main
+from sb_mamba.training.recipe import main
 
 if __name__ == "__main__":
     main(prepare)

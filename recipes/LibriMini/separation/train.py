@@ -13,7 +13,7 @@ Authors
 """
 
 from sb_mamba.dataio.librimini import prepare_librimini
-from sb_mamba.recipe import main
+from sb_mamba.training.recipe import main
 
 if __name__ == "__main__":
     main(prepare_librimini)

@@ -6,7 +6,7 @@
     torchrun --nproc_per_node=4 train.py hparams/spmamba.yaml --data_folder=...
 
 The data preparation writes the train/dev/test CSV manifests; everything else
-(dynamic mixing, the Separation brain, test_results.csv) is sb_mamba.recipe.
+(dynamic mixing, the Separation brain, test_results.csv) is sb_mamba.training.recipe.
 
 Authors
 -------
@@ -14,7 +14,7 @@ Authors
 """
 
 from sb_mamba.dataio.prepare import prepare_librimix as prepare
-from sb_mamba.recipe import main
+from sb_mamba.training.recipe import main
 
 if __name__ == "__main__":
     main(prepare)

@@ -7,7 +7,7 @@
 
 ``prepare_kwargs.dataset`` in the YAML (``wham`` or ``whamr``) picks the data
 preparation; the other ``prepare_kwargs`` go to it. Everything else (dynamic
-mixing, the Separation brain, test_results.csv) is sb_mamba.recipe.
+mixing, the Separation brain, test_results.csv) is sb_mamba.training.recipe.
 
 Authors
 -------
@@ -15,7 +15,7 @@ Authors
 """
 
 from sb_mamba.dataio.prepare import prepare_wham, prepare_whamr
-from sb_mamba.recipe import main
+from sb_mamba.training.recipe import main
 
 PREPARERS = {"wham": prepare_wham, "whamr": prepare_whamr}
 

@@ -7,7 +7,7 @@
     torchrun --nproc_per_node=4 train.py hparams/spmamba.yaml --data_folder=...
 
 The data preparation writes the tr/cv/tt CSV manifests; everything else
-(dynamic mixing, the Separation brain, test_results.csv) is sb_mamba.recipe.
+(dynamic mixing, the Separation brain, test_results.csv) is sb_mamba.training.recipe.
 
 Authors
 -------
@@ -15,7 +15,7 @@ Authors
 """
 
 from sb_mamba.dataio.prepare import prepare_wsj0mix as prepare
-from sb_mamba.recipe import main
+from sb_mamba.training.recipe import main
 
 if __name__ == "__main__":
     main(prepare)

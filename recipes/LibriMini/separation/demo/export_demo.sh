@@ -13,7 +13,7 @@ EVAL="$RUN/eval"
 TARGET=../../../pretrained/sepmamba-librimini-8k
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-BEST=$(python -c "import sys; from sb_mamba.export import find_best_checkpoint as f; print(f(sys.argv[1]).path)" "$RUN/save")
+BEST=$(python -c "import sys; from sb_mamba.inference.export import find_best_checkpoint as f; print(f(sys.argv[1]).path)" "$RUN/save")
 rm -rf "$EVAL" && mkdir -p "$EVAL/save"
 cp -r "$BEST" "$EVAL/save/"
 python train.py hparams/sepmamba.yaml --output_folder="$EVAL" \

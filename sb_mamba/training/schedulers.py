@@ -20,7 +20,7 @@ class WarmupCosine:
     """Linear warmup to ``lr``, then cosine decay to ``final_ratio * lr``.
 
     Called once per optimizer step (``per_step = True`` tells the
-    :class:`sb_mamba.separation.Separation` brain so). Its step counter is
+    :class:`sb_mamba.training.brain.Separation` brain so). Its step counter is
     checkpointed, so a resumed run continues the schedule.
 
     Arguments

@@ -2,7 +2,7 @@
 
 A recipe's ``train.py`` names its data preparation and calls
 :func:`run_recipe`; everything else (DDP set-up, experiment folder, datasets,
-dynamic mixing, the :class:`~sb_mamba.separation.Separation` brain, test
+dynamic mixing, the :class:`~sb_mamba.training.brain.Separation` brain, test
 results) is shared here, so recipes stay a few dozen lines.
 
 Recipe YAML keys read here: ``output_folder``, ``save_folder``,
@@ -33,7 +33,7 @@ from speechbrain.utils.logger import get_logger
 
 from sb_mamba.dataio.datasets import csv_dataset
 from sb_mamba.dataio.reverb_mixing import check_remix
-from sb_mamba.separation import Separation
+from sb_mamba.training.brain import Separation
 
 logger = get_logger(__name__)
 
@@ -226,7 +226,7 @@ def check_same_layout(separator, hparams_file, source):
     """
     if not Path(hparams_file).is_file():
         return
-    from sb_mamba.export import load_training_tree, separator_spec
+    from sb_mamba.inference.export import load_training_tree, separator_spec
 
     cls, kwargs = separator_spec(load_training_tree(hparams_file))
     ours = f"{type(separator).__module__}.{type(separator).__name__}"

@@ -183,7 +183,7 @@ def inference_yaml(cls, kwargs, sample_rate, num_spks, origin=""):
         f"# Model: {cls.rsplit('.', 1)[-1]} ({cls}), {num_spks} speakers, "
         f"{sample_rate} Hz",
         "# Inference hyperparameters of sb_mamba.inference.MambaSeparator,",
-        "# written by sb_mamba.export",
+        "# written by sb_mamba.inference.export",
         *([f"# from {origin}"] if origin else []),
         "#   pip install sb_mamba",
         "#   MambaSeparator.from_hparams(source=<this folder or hub id>, savedir=...)",

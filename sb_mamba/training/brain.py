@@ -27,7 +27,7 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba.dataio.audio import write_audio
+from sb_mamba.audio import write_audio
 from sb_mamba.metrics import pit_metric, pit_si_snr_loss, sdr, si_snr
 
 logger = get_logger(__name__)

@@ -3,7 +3,7 @@
 :class:`MambaSeparator` is a SpeechBrain :class:`~speechbrain.inference.
 interfaces.Pretrained` over any sb_mamba separator (``forward(mix [B, T])
 -> [B, T, num_spks]``), loaded from a hub-layout folder or HuggingFace repo
-written by :func:`sb_mamba.export.export_model`. Files are always downmixed
+written by :func:`sb_mamba.inference.export.export_model`. Files are always downmixed
 to mono and resampled to the model rate (logged). Long inputs go in chunks
 (:func:`chunked_separate`): overlap-add with weights summing to one, each
 chunk's speakers matched to the previous chunk's by SI-SNR on the overlap.
@@ -13,8 +13,6 @@ Authors
  * sb_mamba developers
 """
 
-import itertools
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -23,8 +21,8 @@ import torch
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.logger import get_logger
 
-from sb_mamba.dataio.audio import AudioError, audio_info, read_audio, write_audio
-from sb_mamba.metrics import si_snr
+from sb_mamba.audio import AudioError, audio_info, read_audio, write_audio
+from sb_mamba.inference.chunking import chunked_separate
 
 logger = get_logger(__name__)
 
@@ -32,162 +30,6 @@ NORMALIZE = ("none", "peak", "mixture")
 PEAK = 0.9  # peak of each source with normalize="peak"
 AUTO_ONE_PASS_SECONDS = 30.0  # chunk_seconds="auto": one pass up to this length
 AUTO_CHUNK_SECONDS = 10.0  # chunk_seconds="auto": chunk length beyond it
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "sepmamba-librimini-8k"
-
-
-def default_model():
-    """The demo model shipped in the repository (``pretrained/sepmamba-librimini-8k``).
-
-    Returns
-    -------
-    str
-        Its folder, for :meth:`MambaSeparator.from_hparams`.
-
-    Example
-    -------
-    >>> Path(default_model()).name
-    'sepmamba-librimini-8k'
-    """
-    if not (DEFAULT_MODEL / "hyperparams.yaml").is_file():
-        raise FileNotFoundError(
-            f"The default model {DEFAULT_MODEL} is missing (it ships with the git "
-            "repository, not with a wheel); pass a model folder or hub id instead."
-        )
-    return str(DEFAULT_MODEL)
-
-
-def _ramps(length, left, right):
-    """Chunk window: ``sin^2`` rise over the ``left`` samples shared with the
-    previous chunk, ``cos^2`` fall over the ``right`` ones shared with the next
-    (complementary: two overlapping chunks sum to one; a Hann window for
-    ``overlap=0.5``), flat elsewhere; never zero."""
-    def rise(n):  # sin^2 from ~0 to ~1; its mirror image is the cos^2 fall
-        return torch.sin(0.5 * math.pi * (torch.arange(n) + 0.5) / n) ** 2
-
-    w = torch.ones(length)
-    w[:left] *= rise(left) if left else 1
-    w[length - right :] *= rise(right).flip(0) if right else 1
-    return w
-
-
-def chunk_bounds(length, chunk, overlap=0.5, quantum=256):
-    """``(start, end)`` of the chunks covering ``length`` samples.
-
-    Strided models (SepMamba: stride 8 overall; STFT hops) change their
-    output when the input moves by a fraction of their stride, so chunks start
-    on a grid of ``q`` samples (``quantum`` halved until it is at most the hop
-    ``chunk * (1 - overlap)``, which is rounded down to a multiple of ``q``).
-    The last chunk starts on the grid at or before ``length - chunk`` and
-    runs to the end (< ``q`` samples longer): nothing is zero-padded.
-
-    Arguments
-    ---------
-    length, chunk : int
-        Signal and chunk length, in samples.
-    overlap : float
-        Least fraction of a chunk shared with the next one, in [0, 1).
-    quantum : int
-        Largest grid step of the chunk starts (a power of two).
-
-    Returns
-    -------
-    list of (int, int)
-
-    Example
-    -------
-    >>> chunk_bounds(11, 4, 0.5)
-    [(0, 4), (2, 6), (4, 8), (6, 11)]
-    >>> chunk_bounds(20000, 4000, 0.5)[:2]
-    [(0, 4000), (1792, 5792)]
-    """
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-    if length <= chunk:
-        return [(0, length)]
-    q = quantum
-    while q > 1 and q > chunk * (1 - overlap):
-        q //= 2
-    hop = max(q, int(chunk * (1 - overlap)) // q * q)
-    starts = list(range(0, length - chunk, hop))
-    last = (length - chunk) // q * q
-    if starts[-1] == last:
-        starts.pop()
-    return [(s, s + chunk) for s in starts] + [(last, length)]
-
-
-def best_permutation(ref, est):
-    """``perm`` such that ``est[:, perm]`` best matches ``ref`` (both [T, S])
-    in mean SI-SNR, over all ``S!`` permutations.
-
-    Example
-    -------
-    >>> ref = torch.randn(400, 3)
-    >>> best_permutation(ref, 2 * ref[:, [2, 0, 1]])
-    [1, 2, 0]
-    """
-    S = ref.shape[1]
-    pair = si_snr(est.T.unsqueeze(0), ref.T.unsqueeze(1))  # [S_ref, S_est]
-    perms = list(itertools.permutations(range(S)))
-    scores = torch.stack([pair[range(S), p].sum() for p in perms])
-    return list(perms[int(scores.argmax())])
-
-
-def chunked_separate(separate, mix, num_spks, chunk, overlap=0.5):
-    """Separate a long mixture chunk by chunk with aligned overlap-add.
-
-    Chunks come from :func:`chunk_bounds`. Each chunk's sources are first
-    permuted to best match the previous chunk's output on their overlap
-    (mean SI-SNR over all ``num_spks!`` permutations), then weighted by
-    :func:`_ramps` (raised-cosine ramps spanning exactly the overlaps; the
-    outer edges of the first and last chunks are not tapered) and added; the
-    sum is divided by the summed weights, so the weights are one at every
-    sample. One chunk runs at a time: memory is one chunk of activations
-    plus the [T, num_spks] output.
-
-    Arguments
-    ---------
-    separate : callable
-        ``separate(x [1, L]) -> [1, L, num_spks]``.
-    mix : torch.Tensor
-        [T] mixture.
-    num_spks, chunk : int
-        Number of sources; chunk length in samples.
-    overlap : float
-        Least fraction of a chunk shared with the next one, in [0, 1).
-
-    Returns
-    -------
-    torch.Tensor
-        [T, num_spks] on the CPU.
-
-    Example
-    -------
-    >>> mix = torch.randn(1001)
-    >>> est = chunked_separate(lambda x: torch.stack([x, -x], -1), mix, 2, 300)
-    >>> torch.allclose(est[:, 0], mix, atol=1e-6)
-    True
-    >>> est.shape
-    torch.Size([1001, 2])
-    """
-    T = mix.shape[-1]
-    bounds = chunk_bounds(T, chunk, overlap)
-    if len(bounds) == 1:
-        return separate(mix[None])[0].detach().float().cpu()
-    if overlap == 0:
-        logger.warning("overlap=0: chunks can hardly be aligned, speakers may swap.")
-    out, wsum = torch.zeros(T, num_spks), torch.zeros(T)
-    prev = None
-    for k, (a, b) in enumerate(bounds):
-        est = separate(mix[None, a:b])[0].detach().float().cpu()  # [L, S]
-        left = max(0, bounds[k - 1][1] - a) if k > 0 else 0
-        right = max(0, b - bounds[k + 1][0]) if k + 1 < len(bounds) else 0
-        if prev is not None and left > 0:
-            est = est[:, best_permutation(prev[a - bounds[k - 1][0] :], est[:left])]
-        w = _ramps(b - a, left, right)
-        out[a:b] += est * w[:, None]
-        wsum[a:b] += w
-        prev = est
-    return out / wsum[:, None]
 
 
 def normalize_sources(est, mix, mode="none"):

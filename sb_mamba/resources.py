@@ -1,0 +1,86 @@
+"""Files that ship inside the package: model fragments and the demo model.
+
+``hparams/`` and ``pretrained/`` sit at the top of the repository and are
+installed as the packages ``sb_mamba.hparams`` and ``sb_mamba.pretrained``
+(``setup.py`` maps them), so the same names work from a clone installed with
+``pip install -e .`` and from a wheel. Nothing here looks outside the
+installed package.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+import importlib.resources
+from pathlib import Path
+
+DEMO_MODEL = "sepmamba-librimini-8k"
+
+
+def _package_root(package):
+    try:
+        return Path(str(importlib.resources.files(package)))
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            f"{package} is not installed: install sb_mamba with `pip install .` "
+            "(or `pip install -e .` in a clone) so that its model fragments and "
+            "demo model come with it."
+        ) from None
+
+
+def _find(package, name, what):
+    root = _package_root(package)
+    path = root / name
+    if not path.exists():
+        found = sorted(
+            str(p.relative_to(root)) for p in root.rglob("*")
+            if p.suffix in (".yaml", "") and p.name != "__pycache__"
+            and "__pycache__" not in p.parts
+        )
+        raise FileNotFoundError(
+            f"No {what} {name!r} in {root}; available: {', '.join(found) or 'none'}."
+        )
+    return str(path)
+
+
+def hparams_path(name):
+    """Path of a shipped hyperparameter fragment, e.g. ``"models/sepmamba_s.yaml"``.
+
+    Arguments
+    ---------
+    name : str
+        Relative to ``hparams/``.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> Path(hparams_path("models/sepmamba_s.yaml")).name
+    'sepmamba_s.yaml'
+    """
+    return _find("sb_mamba.hparams", name, "model fragment")
+
+
+def pretrained_path(name=DEMO_MODEL):
+    """Folder of a shipped model (hub layout), for ``MambaSeparator.from_hparams``.
+
+    Arguments
+    ---------
+    name : str
+        Folder name under ``pretrained/``; the demo model by default.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> Path(pretrained_path()).name
+    'sepmamba-librimini-8k'
+    """
+    path = _find("sb_mamba.pretrained", name, "shipped model")
+    if not (Path(path) / "hyperparams.yaml").is_file():
+        raise FileNotFoundError(f"The shipped model {path} has no hyperparams.yaml.")
+    return path
