@@ -54,10 +54,12 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "sb-mamba-separate=sb_mamba.cli:main",
-            "sb-mamba-export=sb_mamba.inference.export:main",
-            "sb-mamba-make-mixtures=sb_mamba.dataio.make_mixtures:main",
-            "sb-mamba-make-rir-bank=sb_mamba.dataio.reverb:main",
+            "sb-mamba=sb_mamba.cli:main",
+            # the names before the one sb-mamba command: aliases for one release
+            "sb-mamba-separate=sb_mamba.cli:separate_main",
+            "sb-mamba-export=sb_mamba.cli:export_main",
+            "sb-mamba-make-mixtures=sb_mamba.cli:make_mixtures_main",
+            "sb-mamba-make-rir-bank=sb_mamba.cli:make_rir_bank_main",
         ]
     },
     extras_require={

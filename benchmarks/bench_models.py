@@ -128,22 +128,22 @@ def count_macs(model, mix):
     extra = [0.0]
     patches = []
     try:
-        import sb_mamba.nnet.mamba as mamba_mod
+        import sb_mamba.nnet.fused as fused_mod  # mamba_inner_ref's scan
 
-        orig_scan = mamba_mod.selective_scan
+        orig_scan = fused_mod.selective_scan
 
         def counted_scan(u, delta, A, *a, **k):
             b, d, L = u.shape
             extra[0] += 3.0 * b * d * L * A.shape[1]
             return orig_scan(u, delta, A, *a, **k)
 
-        mamba_mod.selective_scan = counted_scan
-        patches.append((mamba_mod, "selective_scan", orig_scan))
+        fused_mod.selective_scan = counted_scan
+        patches.append((fused_mod, "selective_scan", orig_scan))
 
         # The fused CPU path: its kernel also does dt_proj's product.
-        import sb_mamba.nnet.fused as fused_mod
+        import sb_mamba.nnet.mamba as mamba_mod  # Mamba calls mamba_inner_cpu
 
-        orig_inner = fused_mod.mamba_inner_cpu
+        orig_inner = mamba_mod.mamba_inner_cpu
 
         def counted_inner(xz, conv_w, conv_b, x_proj_w, dt_proj_w, *a, **k):
             b, L = xz.shape[:2]
@@ -151,8 +151,8 @@ def count_macs(model, mix):
             extra[0] += 3.0 * b * d * L * a[1].shape[1] + b * L * r * d
             return orig_inner(xz, conv_w, conv_b, x_proj_w, dt_proj_w, *a, **k)
 
-        fused_mod.mamba_inner_cpu = counted_inner
-        patches.append((fused_mod, "mamba_inner_cpu", orig_inner))
+        mamba_mod.mamba_inner_cpu = counted_inner
+        patches.append((mamba_mod, "mamba_inner_cpu", orig_inner))
     except ImportError:
         pass
     try:

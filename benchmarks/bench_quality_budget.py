@@ -52,6 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "recipes" / "LibriMini" / "separation"
 DEFAULT_YAML = RECIPE_DIR / "hparams" / "sepmamba.yaml"
+LIBRIMINI_DATA = ROOT / "recipes" / "LibriMini" / "data"
 PEER = "convtasnet"
 PEER_OVERRIDES = "{segment_seconds: 2.0, batch_size: 4, lr: 0.001, lr_schedule: plateau}"  # the issue's peer
 SCHED_PROBE_STEPS = 20
@@ -90,8 +91,9 @@ def load_hparams(yaml_file, overrides, output_folder):
     """The recipe's hparams with ``overrides`` (a YAML mapping, flow or block)."""
     import io
 
-    from hyperpyyaml import load_hyperpyyaml
     from ruamel.yaml import YAML
+
+    from sb_mamba.training.recipe import load_hparams as load_recipe
 
     rt = YAML()  # round trip: keeps !ref / !new: tags of the overrides
     merged = rt.load(overrides or "{}") or {}
@@ -101,10 +103,9 @@ def load_hparams(yaml_file, overrides, output_folder):
     text = io.StringIO()
     rt.dump(merged, text)
     cwd = os.getcwd()
-    os.chdir(Path(yaml_file).parent.parent)  # recipe YAMLs !include relative to it
-    try:
-        with open(yaml_file) as f:
-            return load_hyperpyyaml(f, text.getvalue())
+    os.chdir(Path(yaml_file).parent.parent)  # relative paths of the YAML start there
+    try:  # the bundled speech, as the LibriMini train.py passes it
+        return load_recipe(yaml_file, text.getvalue(), {"data_folder": str(LIBRIMINI_DATA)})
     finally:
         os.chdir(cwd)
 
@@ -264,7 +265,7 @@ def cpu_ticks():
 
 def prepare_data(yaml_file, folder):
     """The recipe's fixed valid/test mixtures (its ``prepare_kwargs``), once."""
-    from sb_mamba.dataio.librimini import prepare_librimini
+    from sb_mamba.dataio.generate import prepare_librimini
 
     hp = load_hparams(yaml_file, "", folder)
     prepare_librimini(hp["data_folder"], folder, sample_rate=hp["sample_rate"],

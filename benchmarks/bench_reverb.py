@@ -6,7 +6,7 @@ through a ``torch.utils.data.DataLoader`` with batch size 1, in steady state,
 i.e. timed from the first batch to the last so that worker start-up is
 excluded):
 
-* **simulate per mixture**: :class:`~sb_mamba.dataio.reverb_mixing.
+* **simulate per mixture**: :class:`~sb_mamba.dataio.mixing.
   ReverbDynamicMixing` without a bank (a room drawn and simulated, with its
   RT60 calibration, for every mixture);
 * **from a bank**: the same with a precomputed RIR bank (FFT convolution
@@ -28,7 +28,7 @@ table: figures taken while another process keeps a core busy are marked.
 
 Usage::
 
-    python benchmarks/bench_reverb.py --json bench_reverb.json
+    python benchmarks/bench_reverb.py [--json benchmarks/results/bench_reverb.json]
     python benchmarks/bench_reverb.py --bank-rooms 100 --bank-items 400
 
 Authors
@@ -103,11 +103,12 @@ def main():
                    help="DataLoader workers to time (0: in the main process)")
     p.add_argument("--train-seconds", type=float, default=4.0, help="SepMamba-S step crop (s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the train step")
-    p.add_argument("--json", default="bench_reverb.json", help="write the results here")
+    p.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_reverb.json"),
+                   help="write the results here")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from sb_mamba.dataio.reverb import make_rir_bank
-    from sb_mamba.dataio.reverb_mixing import ReverbDynamicMixing
+    from sb_mamba.dataio.mixing import ReverbDynamicMixing
+    from sb_mamba.dataio.rir_bank import make_rir_bank
 
     load0 = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="bench_reverb_")

@@ -3,7 +3,7 @@
 For every sequence length, it times the forward pass (no grad) and the
 forward+backward pass of
 
-* ``naive``: :func:`sb_mamba.nnet.scan.selective_scan_ref`, a per-step
+* ``naive``: :func:`sb_mamba.nnet.scan_torch.selective_scan_ref`, a per-step
   PyTorch loop differentiated by autograd,
 * every available backend of :func:`sb_mamba.nnet.scan.selective_scan`
   (``torch``, ``cpu_kernel``; ``cuda`` on a GPU with mamba-ssm),
@@ -44,7 +44,8 @@ def worker(args):
     """Run one measurement and print it as JSON."""
     import torch
 
-    from sb_mamba.nnet.scan import resolve_backend, selective_scan, selective_scan_ref
+    from sb_mamba.nnet.scan import resolve_backend, selective_scan
+    from sb_mamba.nnet.scan_torch import selective_scan_ref
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

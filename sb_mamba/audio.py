@@ -17,12 +17,14 @@ import soundfile as sf
 import torch
 from speechbrain.utils.logger import get_logger
 
+from sb_mamba.errors import UserError
+
 logger = get_logger(__name__)
 
 _SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile command (sndfile.h)
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """A file that cannot be used as audio input (the message says why)."""
 
 

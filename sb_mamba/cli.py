@@ -1,17 +1,29 @@
-"""``sb-mamba-separate``: separate every audio file of folders or file lists.
+"""``sb-mamba``: the one command line of sb_mamba.
 
 ::
 
-    sb-mamba-separate meeting.wav -o out        # the shipped demo model
-    sb-mamba-separate pretrained/sepmamba-librimini-8k recordings/ a.flac -o out
-    sb-mamba-separate owner/hub-model meetings/ -o out --device cuda:0 \\
-        --chunk-seconds 8 --overlap 0.5 --normalize peak
+    sb-mamba separate meeting.wav -o out        # the shipped demo model
+    sb-mamba separate MODEL recordings/ a.flac -o out --device cuda:0
+    sb-mamba export results/sepmamba/1234 my-model [--upload owner/name]
+    sb-mamba make-mixtures OUT --speech SPEECH --layout whamr --noise NOISE
+    sb-mamba make-rir-bank BANK --rooms 1000 --workers 8
 
-MODEL (a folder written by ``sb-mamba-export`` or a HuggingFace id) may be
-left out: when the first argument is an audio file or a folder without a
-``hyperparams.yaml``, every argument is an input and the demo model shipped in
-the repository (``pretrained/sepmamba-librimini-8k``) is used.
-Files longer than 30 s are separated in 10 s chunks unless
+The old names ``sb-mamba-separate``, ``sb-mamba-export``,
+``sb-mamba-make-mixtures`` and ``sb-mamba-make-rir-bank`` stay as aliases of
+the subcommands for one release.
+
+Error policy (every subcommand, and the recipes' ``train.py``): a user error
+(a missing file, a bad argument, a dataset folder in the wrong layout: a
+:class:`~sb_mamba.errors.UserError` or ``FileNotFoundError``) prints one
+line ``sb-mamba <command>: error: ...`` naming the problem and the fix, with
+no traceback, and exits 2; anything else is a bug and keeps its traceback
+(``SB_MAMBA_TRACEBACK=1`` shows it for user errors too).
+
+``separate``: MODEL (a folder written by ``sb-mamba export`` or a
+HuggingFace id) may be left out: when the first argument is an audio file or
+a folder without a ``hyperparams.yaml``, every argument is an input and the
+demo model shipped with the package (``pretrained/sepmamba-librimini-8k``)
+is used. Files longer than 30 s are separated in 10 s chunks unless
 ``--chunk-seconds`` says otherwise (``--chunk-seconds 0``: one pass).
 Folders are searched recursively for ``--ext`` files; ``DIR/sub/x.flac``
 gives ``OUT/sub/x_s1.wav``, ``OUT/sub/x_s2.wav``, ... (float WAV at the
@@ -26,12 +38,16 @@ Authors
 """
 
 import argparse
+import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
+
+from sb_mamba.errors import USER_ERROR, UserError, user_message
 
 logger = get_logger(__name__)
 
@@ -103,14 +119,10 @@ def find_inputs(paths, exts):
     return found, missing
 
 
-def build_parser():
-    """The argument parser of ``sb-mamba-separate``."""
-    p = argparse.ArgumentParser(
-        prog="sb-mamba-separate",
-        description="Separate the speakers of audio files with an sb_mamba model.",
-    )
+def add_arguments(p):
+    """The arguments of ``sb-mamba separate``."""
     p.add_argument("inputs", nargs="+", metavar="[MODEL] FILE_OR_DIR",
-                   help="model folder (sb-mamba-export) or HuggingFace id, optional "
+                   help="model folder (sb-mamba export) or HuggingFace id, optional "
                         "(default: the shipped demo model), then audio files and/or folders")
     p.add_argument("-o", "--output-dir", required=True, help="output folder")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, mps")
@@ -128,7 +140,6 @@ def build_parser():
                    help="where a hub model is stored (default: HF cache)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log what is done to each file (resampling, chunks)")
-    return p
 
 
 def split_model(inputs):
@@ -141,6 +152,7 @@ def split_model(inputs):
     """
     first = Path(inputs[0])
     is_input = first.is_file() or (first.is_dir() and not (first / "hyperparams.yaml").exists())
+    is_input = is_input or first.suffix.lower().lstrip(".") in DEFAULT_EXT.split(",")
     if len(inputs) > 1 and not is_input:
         return inputs[0], inputs[1:]
     from sb_mamba.resources import pretrained_path
@@ -155,46 +167,40 @@ def _chunk_seconds(value):
     try:
         seconds = float(value)
     except ValueError:
-        raise ValueError(f"--chunk-seconds takes 'auto' or a number, not {value!r}.") from None
+        raise UserError(f"--chunk-seconds takes 'auto' or a number, not {value!r}.") from None
     return seconds if seconds > 0 else None
 
 
-def main(argv=None):
-    """Run the command line; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        args.chunk_seconds = _chunk_seconds(args.chunk_seconds)
-        args.model, args.inputs = split_model(args.inputs)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+def run(args):
+    """``sb-mamba separate``: separate every input file; returns the exit status."""
+    args.chunk_seconds = _chunk_seconds(args.chunk_seconds)
+    args.model, args.inputs = split_model(args.inputs)
     restore = _setup_logging(args.verbose)
     try:
-        return _run(args)
+        return _separate(args)
     finally:
         restore()
 
 
-def _run(args):
-    from sb_mamba.audio import AudioError
+def _separate(args):
     from sb_mamba.inference.separator import MambaSeparator, source_paths
 
     exts = {e.strip().lower().lstrip(".") for e in args.ext.split(",") if e.strip()}
     files, missing = find_inputs(args.inputs, exts)
+    if missing and not files:
+        raise FileNotFoundError(2, "No such file or folder", missing[0])
+    if not files:
+        raise UserError(f"No audio files ({','.join(sorted(exts))}) found in "
+                        f"{' '.join(args.inputs)}; pick other inputs or --ext.")
     for arg in missing:
         logger.error("Skipped %s: no such file or folder.", arg)
-    if not files:
-        logger.error("No audio files (%s) found in %s.", ",".join(sorted(exts)),
-                     " ".join(args.inputs))
-        return 2
     try:
         model = MambaSeparator.from_hparams(
             source=args.model, savedir=args.savedir, run_opts={"device": args.device}
         )
-    except Exception as e:
-        logger.error("Cannot load the model %s: %s: %s", args.model,
-                     type(e).__name__, e)
-        return 2
+    except Exception as e:  # a folder, a hub id or a URL: many ways to fail
+        raise UserError(f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
+                        "give a folder written by `sb-mamba export` or a hub id.") from e
     out = Path(args.output_dir)
     done, skipped, failed, seen = 0, 0, len(missing), set()
     for path, rel in tqdm(files, desc="separating", unit="file", dynamic_ncols=True):
@@ -213,13 +219,91 @@ def _run(args):
                                 overlap=args.overlap, normalize=args.normalize,
                                 output_dir=out / rel.parent)
             done += 1
-        except (AudioError, ValueError, RuntimeError, MemoryError) as e:
+        except (UserError, ValueError, RuntimeError, MemoryError) as e:
             logger.error("Skipped %s: %s", path, e)
             failed += 1
     logger.info("Done: %d separated, %d skipped (outputs exist), %d failed -> %s",
                 done, skipped, failed, out)
     return 1 if failed else 0
 
+
+# ------------------------------------------------------------ dispatch
+# name -> (module with add_arguments(parser) and run(args) -> int, summary)
+COMMANDS = {
+    "separate": ("sb_mamba.cli", "separate the speakers of audio files"),
+    "export": ("sb_mamba.inference.export",
+               "export a trained recipe to a model folder (hub layout)"),
+    "make-mixtures": ("sb_mamba.dataio.generate",
+                      "generate a WHAMR!- or Echo2Mix-style dataset from speech"),
+    "make-rir-bank": ("sb_mamba.dataio.rir_bank",
+                      "simulate or index room impulse responses"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line and exit status 2."""
+
+    def error(self, message):
+        self.exit(USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(command=None):
+    """The ``sb-mamba`` parser; only ``command``'s module is imported.
+
+    Arguments
+    ---------
+    command : str, optional
+        The subcommand to add the arguments of (all are listed either way).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+
+    Example
+    -------
+    >>> build_parser("separate").parse_args(["separate", "a.wav", "-o", "out"]).inputs
+    ['a.wav']
+    """
+    parser = _Parser(prog="sb-mamba", description="sb_mamba: state-space speech "
+                     "separation (SepMamba, SPMamba, S4M) for SpeechBrain.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (module, summary) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if name == command:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(run=mod.run)
+    return parser
+
+
+def main(argv=None):
+    """``sb-mamba COMMAND ...``; returns the exit status (see the error policy)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)
+    try:
+        return args.run(args)
+    except Exception as e:
+        message = user_message(e)
+        if message is None or os.environ.get("SB_MAMBA_TRACEBACK") == "1":
+            raise
+        print(f"sb-mamba {args.command}: error: {message}", file=sys.stderr)
+        return USER_ERROR
+
+
+def _alias(command):
+    def entry(argv=None):
+        return main([command, *(sys.argv[1:] if argv is None else argv)])
+
+    entry.__doc__ = f"``sb-mamba-{command}``: alias of ``sb-mamba {command}``."
+    return entry
+
+
+separate_main = _alias("separate")
+export_main = _alias("export")
+make_mixtures_main = _alias("make-mixtures")
+make_rir_bank_main = _alias("make-rir-bank")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,6 +40,8 @@ import math
 import numpy as np
 from scipy.signal import butter, fftconvolve, resample_poly, sosfiltfilt
 
+from sb_mamba.errors import UserError
+
 SPEED_OF_SOUND = 343.0  # m/s
 SIM_RATE = 16000  # Hz; rooms are simulated at this rate, then resampled
 RIR_TAIL = 1.2  # full RIRs are kept for RIR_TAIL * RT60 after the direct path
@@ -70,13 +72,13 @@ def room_ranges(overrides=None):
     ranges = dict(WHAMR_RANGES)
     for key, value in (overrides or {}).items():
         if key not in ranges:
-            raise ValueError(f"Unknown room range {key!r}; valid names: {sorted(ranges)}.")
+            raise UserError(f"Unknown room range {key!r}; valid names: {sorted(ranges)}.")
         low, high = (float(v) for v in value)
         if low > high:
-            raise ValueError(f"Room range {key} must be [low, high]; got {list(value)}.")
+            raise UserError(f"Room range {key} must be [low, high]; got {list(value)}.")
         ranges[key] = (low, high)
     if ranges["rt60"][0] <= 0:
-        raise ValueError(f"RT60 must be positive; got the range {ranges['rt60']}.")
+        raise UserError(f"RT60 must be positive; got the range {ranges['rt60']}.")
     return ranges
 
 
@@ -122,8 +124,8 @@ def draw_room(rng, ranges=None, num_sources=2, num_mics=2):
             if np.all(pos >= margin) and np.all(pos <= dims - margin):
                 break
         else:
-            raise ValueError(f"Cannot place a source {r['source_distance']} m from the "
-                             f"mics in a {dims.round(2)} m room: widen the ranges.")  # fmt: skip
+            raise UserError(f"Cannot place a source {r['source_distance']} m from the "
+                            f"mics in a {dims.round(2)} m room: widen the ranges.")  # fmt: skip
         sources.append(pos)
     return {"room": dims.tolist(), "rt60": rt60, "mics": mics.tolist(),
             "sources": np.array(sources).tolist()}  # fmt: skip

@@ -12,18 +12,38 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch  # noqa: F401 (used by the doctests)
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba import audio
-from sb_mamba.audio import AudioError, audio_info, read_audio, write_audio  # noqa: F401
+from sb_mamba import audio  # audio.resample: looked up at call time (tests patch it)
+from sb_mamba.audio import AudioError, audio_info, read_audio, write_audio
+from sb_mamba.errors import UserError
 
 logger = get_logger(__name__)
 
 
-def _list_audio(folder, extensions):
-    """All audio files under ``folder``, sorted (links followed, dot-files skipped)."""
+def list_audio(folder, extensions=(".wav", ".flac")):
+    """All audio files under ``folder``, sorted (links followed, dot-files skipped).
+
+    Arguments
+    ---------
+    folder : str or Path
+        Searched recursively.
+    extensions : tuple of str
+        File endings to take (case-insensitive).
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> root = tempfile.mkdtemp()
+    >>> for name in ("b/x.WAV", "a/y.wav", "a/.z.wav"): write_audio(f"{root}/{name}", torch.ones(8), 8)
+    >>> [os.path.relpath(f, root) for f in list_audio(root)]
+    ['a/y.wav', 'b/x.WAV']
+    """
     exts = tuple(e.lower() for e in extensions)
     return sorted(
         os.path.join(d, f) for d, _, fs in os.walk(folder, followlinks=True)
@@ -44,7 +64,7 @@ def index_speakers(folder, extensions=(".wav", ".flac"), speaker_level=1, min_sp
     speaker_level : int
         Path component under ``folder`` naming the speaker (1 = first).
     min_speakers : int
-        Raise ``ValueError`` if fewer speakers are found.
+        Raise ``UserError`` if fewer speakers are found.
 
     Returns
     -------
@@ -53,7 +73,8 @@ def index_speakers(folder, extensions=(".wav", ".flac"), speaker_level=1, min_sp
 
     Example
     -------
-    >>> import tempfile; root = tempfile.mkdtemp()
+    >>> import tempfile, torch
+    >>> root = tempfile.mkdtemp()
     >>> for name in ("a/a1", "a/a2", "b/x/b1"): write_audio(f"{root}/{name}.wav", torch.ones(8), 8)
     >>> index = index_speakers(root)
     >>> sorted(index), len(index["a"])
@@ -63,7 +84,7 @@ def index_speakers(folder, extensions=(".wav", ".flac"), speaker_level=1, min_sp
     if not folder.is_dir():
         raise FileNotFoundError(f"Speaker folder {folder} does not exist: point it at the root "
                                 "of a <speaker>/<utterance> tree (e.g. wsj0/si_tr_s).")  # fmt: skip
-    files, index = _list_audio(folder, extensions), {}
+    files, index = list_audio(folder, extensions), {}
     for path in files:
         parts = Path(path).relative_to(folder).parts
         if len(parts) > speaker_level:
@@ -71,10 +92,10 @@ def index_speakers(folder, extensions=(".wav", ".flac"), speaker_level=1, min_sp
     if skipped := len(files) - sum(map(len, index.values())):
         logger.warning("Skipped %d files outside speaker folders in %s.", skipped, folder)
     if not index:
-        raise ValueError(f"No {'/'.join(extensions)} files in speaker folders under {folder} "
+        raise UserError(f"No {'/'.join(extensions)} files in speaker folders under {folder} "
                          "(convert WSJ0 .wv1 sphere files to wav with sph2pipe).")  # fmt: skip
     if len(index) < min_speakers:
-        raise ValueError(f"{folder} holds {len(index)} speakers but {min_speakers} distinct "
+        raise UserError(f"{folder} holds {len(index)} speakers but {min_speakers} distinct "
                          "ones are needed: add speakers or lower num_spks.")  # fmt: skip
     return {spk: sorted(index[spk]) for spk in sorted(index)}
 
@@ -105,7 +126,8 @@ def split_speakers(index, valid=0.1, test=0.1, seed=1234):
     spks = sorted(index)
     n_valid, n_test = [n if isinstance(n, int) else round(n * len(spks)) for n in (valid, test)]
     if n_valid + n_test >= len(spks):
-        raise ValueError(f"Cannot hold out {n_valid + n_test} of {len(spks)} speakers.")
+        raise UserError(f"Cannot hold out {n_valid + n_test} of {len(spks)} speakers: hold "
+                        "out fewer valid/test speakers.")
     order = [spks[i] for i in np.random.default_rng(seed).permutation(len(spks))]
     groups = order[n_valid + n_test :], order[:n_valid], order[n_valid : n_valid + n_test]
     return tuple(sorted(g) for g in groups)
@@ -137,7 +159,8 @@ def prepare_cache(files, sample_rate, cache_folder, root=None, subtype="FLOAT"):
 
     Example
     -------
-    >>> import tempfile; root = tempfile.mkdtemp()
+    >>> import tempfile, torch
+    >>> root = tempfile.mkdtemp()
     >>> write_audio(f"{root}/in/a/a1.wav", torch.randn(1600) * 0.1, 16000)
     >>> cache = prepare_cache([f"{root}/in/a/a1.wav"], 8000, f"{root}/cache")
     >>> read_audio(cache[f"{root}/in/a/a1.wav"], 8000).shape

@@ -16,38 +16,38 @@ The target folder is what :class:`sb_mamba.inference.MambaSeparator` loads::
 How the inference YAML is made: the training YAML (by default the copy that
 SpeechBrain wrote into the output folder, with every ``!ref`` and
 ``!include:`` resolved; a raw recipe YAML works too) is parsed as a YAML
-tree **without building anything**. Its ``modules: separator:`` node gives the
-class (``!new:sb_mamba....``) and the constructor arguments as the training
-run used them; these are written out as literal values (``ssm_backend`` is
-set to ``auto`` so that a GPU-trained model runs on CPU). The result is then
-checked by building the separator from the new YAML and loading the
-checkpoint into it with ``strict=True``, so a folder that would not load is
-never written.
+tree **without building anything** (:mod:`sb_mamba.modelspec`). Its
+``modules: separator:`` node names the class, which must resolve to one of
+sb_mamba's separators, and the arguments the run gave it. The separator is
+built from them directly (no YAML code), the checkpoint is loaded with
+``strict=True``, and the inference YAML is written from what the model says
+about itself (``get_model_args()``: every constructor argument, defaults
+included; ``ssm_backend`` is set to ``auto`` so that a GPU-trained model runs
+on CPU). That YAML is loaded back and must take the checkpoint too, so a
+folder that would not load is never written.
 
 Authors
 -------
  * sb_mamba developers
 """
 
-import argparse
 import csv
 import io
 import json
 import logging
 import math
 import shutil
-import sys
 from pathlib import Path
 
-import ruamel.yaml
 import torch
-from hyperpyyaml import load_hyperpyyaml, resolve_references
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.logger import get_logger
 
+from sb_mamba.modelspec import build_separator, load_training_tree, separator_spec
+
 logger = get_logger(__name__)
 
-ALLOWED_PREFIXES = ("sb_mamba.", "torch.")
 PAPERS = {
     "SepMamba": "Avenstrup et al., SepMamba, ICASSP 2025, https://arxiv.org/abs/2410.20997",
     "SPMamba": "Li et al., SPMamba, ICME 2025, https://arxiv.org/abs/2404.02063",
@@ -99,75 +99,6 @@ def _yaml_value(v):
     raise TypeError(type(v))
 
 
-def _tag(node):
-    tag = getattr(node, "tag", None)
-    return getattr(tag, "value", None) or ""
-
-
-def _plain(node, where):
-    """A ruamel node as plain Python; tagged (built) values are refused."""
-    if _tag(node):
-        raise ValueError(
-            f"{where} is '{_tag(node)}': the exporter writes constructor "
-            "arguments as plain values; nested objects are not supported."
-        )
-    if isinstance(node, dict):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v, where) for v in node]
-    if type(node).__name__ == "ScalarBoolean":  # ruamel's anchored booleans
-        return bool(node)
-    for t in (bool, int, float, str):
-        if isinstance(node, t):
-            return t(node)
-    if node is None:
-        return None
-    raise ValueError(f"{where}: unsupported value {node!r}.")
-
-
-def load_training_tree(hparams_file):
-    """The training YAML as a ruamel tree, references resolved, nothing built.
-
-    Top-level ``!PLACEHOLDER`` keys (a raw recipe YAML) are filled with a
-    dummy string first.
-    """
-    yaml = ruamel.yaml.YAML()
-    with open(hparams_file, encoding="utf-8") as f:
-        raw = yaml.load(f)
-    holders = {k: "unset" for k, v in raw.items() if _tag(v) == "!PLACEHOLDER"}
-    with open(hparams_file, encoding="utf-8") as f:
-        return yaml.load(resolve_references(f, holders))
-
-
-def separator_spec(tree):
-    """Class path and constructor arguments of ``modules: separator:``.
-
-    Returns
-    -------
-    cls : str
-        e.g. ``"sb_mamba.lobes.sepmamba.SepMamba"``.
-    kwargs : dict
-        Plain values.
-    """
-    node = (tree.get("modules") or {}).get("separator")
-    if node is None:
-        raise ValueError("The training YAML has no `modules: separator:` entry.")
-    tag = _tag(node)
-    if not tag.startswith("!new:"):
-        raise ValueError(f"modules.separator must be a !new: object, got '{tag}'.")
-    cls = tag[len("!new:"):]
-    if not cls.startswith(ALLOWED_PREFIXES):
-        raise ValueError(f"{cls} is not an sb_mamba or torch class.")
-    if not isinstance(node, dict):
-        raise ValueError("modules.separator must take keyword arguments.")
-    kwargs = {str(k): _plain(v, f"separator.{k}") for k, v in node.items()}
-    if kwargs.get("ssm_backend", "auto") != "auto":
-        logger.info("ssm_backend %s -> auto in the inference YAML.",
-                    kwargs["ssm_backend"])
-        kwargs["ssm_backend"] = "auto"
-    return cls, kwargs
-
-
 def inference_yaml(cls, kwargs, sample_rate, num_spks, origin=""):
     """Text of the inference ``hyperparams.yaml``.
 
@@ -192,7 +123,7 @@ def inference_yaml(cls, kwargs, sample_rate, num_spks, origin=""):
         f"sample_rate: {int(sample_rate)} # Hz; inputs are resampled to this rate",
         f"num_spks: {int(num_spks)} # number of output sources",
         "",
-        "# The separator as trained (arguments read from the training YAML)",
+        "# The separator as trained (every constructor argument, as the model reports it)",
         f"separator: !new:{cls}",
         *(f"    {k}: {_yaml_value(v)}" for k, v in kwargs.items()),
         "",
@@ -295,6 +226,9 @@ def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False
         raise FileNotFoundError(f"{hparams_file} (training hyperparameters) not found.")
     tree = load_training_tree(hparams_file)
     cls, kwargs = separator_spec(tree)
+    args = build_separator(cls, kwargs).get_model_args()  # self-described
+    if "ssm_backend" in args:
+        args["ssm_backend"] = "auto"
     sample_rate = int(tree.get("sample_rate", kwargs.get("sample_rate", 8000)))
     num_spks = int(tree.get("num_spks", kwargs.get("num_spks", 2)))
     save = out / "save" if (out / "save").is_dir() else out
@@ -302,8 +236,8 @@ def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False
     if "separator" not in ckpt.paramfiles:
         raise FileNotFoundError(f"{ckpt.path} has no separator.ckpt.")
     origin = f"{hparams_file.name} and {ckpt.path.name}"  # no local paths
-    text = inference_yaml(cls, kwargs, sample_rate, num_spks, origin)
-    state = torch.load(ckpt.paramfiles["separator"], map_location="cpu")
+    text = inference_yaml(cls, args, sample_rate, num_spks, origin)
+    state = torch.load(ckpt.paramfiles["separator"], map_location="cpu", weights_only=True)
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     model = load_hyperpyyaml(io.StringIO(text))["separator"]
@@ -360,9 +294,8 @@ def upload_to_hub(target_dir, repo_id, token=None, private=False):
                              repo_type="model", commit_message="Upload sb_mamba model")
 
 
-def main(argv=None):
-    """``sb-mamba-export OUTPUT_FOLDER TARGET [--fp16] [--upload REPO]``."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(p):
+    """The arguments of ``sb-mamba export``."""
     p.add_argument("recipe_output_folder")
     p.add_argument("target_dir")
     p.add_argument("--hparams-file",
@@ -374,20 +307,18 @@ def main(argv=None):
     p.add_argument("--notes", metavar="FILE", help="markdown added to the model card")
     p.add_argument("--upload", metavar="REPO_ID", help="upload to this HF model repo")
     p.add_argument("--token", help="HuggingFace token")
-    args = p.parse_args(argv)
+
+
+def run(args):
+    """``sb-mamba export OUTPUT_FOLDER TARGET [--fp16] [--upload REPO]``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        notes = Path(args.notes).read_text() if args.notes else ""
-        target = export_model(args.recipe_output_folder, args.target_dir,
-                              args.hparams_file, args.fp16, args.test_results,
-                              args.name, args.license, notes)
-        if args.upload:
-            upload_to_hub(target, args.upload, token=args.token)
-    except (OSError, ValueError) as e:
-        logger.error("%s: %s", type(e).__name__, e)
-        return 1
+    if args.notes and not Path(args.notes).is_file():
+        raise FileNotFoundError(2, "No such notes file", args.notes)
+    notes = Path(args.notes).read_text() if args.notes else ""
+    target = export_model(args.recipe_output_folder, args.target_dir,
+                          hparams_file=args.hparams_file, fp16=args.fp16,
+                          test_results=args.test_results, model_name=args.name,
+                          license=args.license, notes=notes)
+    if args.upload:
+        upload_to_hub(target, args.upload, token=args.token)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sb_mamba.nnet.s4 import S4, fft_conv
+from sb_mamba.lobes.base import ModelArgsMixin
+from sb_mamba.nnet.s4 import S4
 
 
 class GlobLN(nn.Module):
@@ -77,52 +78,22 @@ class _ResidualBlock(nn.Module):
         self.layer = layer
 
     def forward(self, x, kernels=None):
-        """[B, C, L] -> [B, C, L]; ``kernels``: S4 kernel cache (see :func:`s4_apply`)."""
+        """[B, C, L] -> [B, C, L].
+
+        ``kernels``: a dict of S4 kernels keyed by ``(id(layer), L)``, filled
+        here and reused by later calls at the same length (see
+        :meth:`sb_mamba.nnet.s4.S4.ssm_kernel`); None: no caching.
+        """
         z = self.norm(x.transpose(1, 2)).transpose(1, 2)  # [B, C, L]
-        if isinstance(self.layer, S4):
-            return x + s4_apply(self.layer, z, kernels)
-        return x + self.layer(z)
-
-
-def s4_apply(layer, u, kernels=None):
-    """``layer(u)[0]`` for a transposed :class:`S4`, reusing cached SSM kernels.
-
-    The kernel depends only on the parameters and the length, so a block
-    applied ``num_blocks`` times with shared weights needs it once per
-    length: computed once, it also keeps one autograd graph instead of
-    ``num_blocks`` (the Cauchy kernel stores ``channels x H x N/2 x L``
-    complex values). Gradients are unchanged.
-
-    Arguments
-    ---------
-    layer : S4
-        With ``transposed=True`` and ``l_max=None``.
-    u : torch.Tensor
-        [B, H, L].
-    kernels : dict, optional
-        Cache keyed by ``(id(layer), L)``; None: no caching.
-
-    Returns
-    -------
-    torch.Tensor
-        [B, H, L].
-
-    Example
-    -------
-    >>> layer, cache = S4(8, d_state=16, bidirectional=True), {}
-    >>> u = torch.randn(2, 8, 30)
-    >>> torch.allclose(s4_apply(layer, u, cache), layer(u)[0], atol=1e-6)
-    True
-    >>> s4_apply(layer, u, cache).shape, len(cache)
-    (torch.Size([2, 8, 30]), 1)
-    """
-    if kernels is None or layer.L is not None or not layer.transposed:
-        return layer(u)[0]
-    key = (id(layer), u.shape[-1])
-    if key not in kernels:
-        kernels[key] = layer.kernel(L=u.shape[-1])  # [channels, H, L]
-    y = fft_conv(u, kernels[key], layer.D, layer.bidirectional).flatten(1, 2)  # [B, C*H, L]
-    return layer.output_linear(layer.dropout(layer.activation(y)))  # [B, H, L]
+        if not isinstance(self.layer, S4):
+            return x + self.layer(z)
+        kernel = None
+        if kernels is not None:
+            key = (id(self.layer), z.shape[-1])
+            if key not in kernels:
+                kernels[key] = self.layer.ssm_kernel(z.shape[-1])  # [channels, C, L]
+            kernel = kernels[key]
+        return x + self.layer(z, kernel=kernel)[0]
 
 
 def _s4_block(dim, d_state):
@@ -218,7 +189,7 @@ class S4MBlock(nn.Module):
         self.res_conv = nn.Conv1d(C, out_channels, 1)
 
     def forward(self, x, kernels=None):
-        """[B, out_channels, L] -> [B, out_channels, L]; ``kernels``: see :func:`s4_apply`."""
+        """[B, out_channels, L] -> [B, out_channels, L]; ``kernels``: S4 kernel cache."""
         scales = [self.spp_dw[0](self.proj_1x1(x))]  # [B, C, L]
         for conv in self.spp_dw[1:]:
             scales.append(conv(scales[-1]))  # [B, C, ceil(L / 2^k)]
@@ -235,7 +206,7 @@ class S4MBlock(nn.Module):
         return self.res_conv(expanded) + x  # [B, out_channels, L]
 
 
-class S4M(nn.Module):
+class S4M(ModelArgsMixin, nn.Module):
     """S4M time-domain masking separator, ``[B, T] -> [B, T, num_spks]``.
 
     Learned encoder ``Conv1d(1 -> N, K, stride K/4, pad K/2, no bias)`` with
@@ -287,6 +258,8 @@ class S4M(nn.Module):
     Example
     -------
     >>> model = S4M(out_channels=16, in_channels=32, num_blocks=2)
+    >>> model.get_model_args()["sample_rate"]  # all constructor arguments, plain values
+    8000
     >>> model(torch.randn(3, 1001)).shape
     torch.Size([3, 1001, 2])
     """

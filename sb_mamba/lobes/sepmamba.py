@@ -5,7 +5,7 @@ Mamba", ICASSP 2025, https://arxiv.org/abs/2410.20997. The layer order and
 the bias / activation details follow the released code
 (``itsmeeandrew/SepMamba``, ``src/models/SepMamba.py`` and
 ``SepMambaCausal.py``); this is an independent re-implementation on
-:class:`sb_mamba.nnet.mamba.BiMamba`, which runs on CPU, MPS and CUDA.
+:class:`sb_mamba.nnet.bimamba.BiMamba`, which runs on CPU, MPS and CUDA.
 
 Where the sources disagree:
 
@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sb_mamba.nnet.mamba import BiMamba
+from sb_mamba.lobes.base import ModelArgsMixin
+from sb_mamba.nnet.bimamba import BiMamba
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "mish": nn.Mish, "prelu": nn.PReLU}
 
@@ -127,12 +128,8 @@ def causal_lookahead(kernel_size, stride, num_levels):
 
     Arguments
     ---------
-    kernel_size : int
-        Kernel of the strided convolutions.
-    stride : int
-        Their stride.
-    num_levels : int
-        Number of down stages.
+    kernel_size, stride, num_levels : int
+        The U-Net's layout, as in :func:`min_input_length`.
 
     Returns
     -------
@@ -157,7 +154,7 @@ def causal_lookahead(kernel_size, stride, num_levels):
     return max(last_seen(1, t // S) - t for t in range(S**L))
 
 
-class SepMamba(nn.Module):
+class SepMamba(ModelArgsMixin, nn.Module):
     """SepMamba separator: mixture waveform in, source waveforms out.
 
     Down stage ``i`` (``i = 0 .. num_levels-1``, ``dim * 2**i`` channels):
@@ -213,6 +210,11 @@ class SepMamba(nn.Module):
     Example
     -------
     >>> model = SepMamba(num_spks=2, dim=8, num_blocks=1, d_state=4)
+    >>> args = model.get_model_args()  # all constructor arguments, plain values
+    >>> args["dim"], args["kernel_size"]
+    (8, 16)
+    >>> SepMamba(**args).load_state_dict(model.state_dict())
+    <All keys matched successfully>
     >>> est = model(torch.randn(3, 1001))
     >>> est.shape
     torch.Size([3, 1001, 2])

@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sb_mamba.nnet.mamba import BiMamba
+from sb_mamba.lobes.base import ModelArgsMixin
+from sb_mamba.nnet.bimamba import BiMamba
 
 
 def stft_analysis(wav, n_fft, hop_length):
@@ -281,7 +282,7 @@ class SPMambaBlock(nn.Module):
         return x + self.attn_concat_proj(att)  # [B, C, T, F]
 
 
-class SPMamba(nn.Module):
+class SPMamba(ModelArgsMixin, nn.Module):
     """SPMamba speech separator: mixture [B, T] -> sources [B, T, num_spks].
 
     Original config names: ``n_srcs`` -> ``num_spks``, ``stride`` ->
@@ -318,8 +319,6 @@ class SPMamba(nn.Module):
         Mamba convolution kernel.
     expand : int
         Mamba inner-width factor.
-    sample_rate : int
-        Sample rate the model is meant for (stored, not used).
     ssm_backend : str
         Selective-scan backend: ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or
         ``"cuda"``.
@@ -327,6 +326,8 @@ class SPMamba(nn.Module):
     Example
     -------
     >>> model = SPMamba(num_spks=2, emb_dim=4, num_layers=1, d_state=4)
+    >>> model.get_model_args()["n_fft"]  # all constructor arguments, plain values
+    256
     >>> model(torch.randn(2, 4001)).shape
     torch.Size([2, 4001, 2])
     """
@@ -334,11 +335,11 @@ class SPMamba(nn.Module):
     def __init__(
         self, num_spks=2, n_fft=256, hop_length=64, num_layers=6, emb_dim=16,
         emb_ks=8, emb_hs=1, attn_heads=4, attn_approx_qk_dim=512, eps=1e-5,
-        d_state=16, d_conv=4, expand=4, sample_rate=8000, ssm_backend="auto",
+        d_state=16, d_conv=4, expand=4, ssm_backend="auto",
     ):
         super().__init__()
         self.num_spks, self.n_fft, self.hop_length = num_spks, n_fft, hop_length
-        self.num_layers, self.sample_rate = num_layers, sample_rate
+        self.num_layers = num_layers
         num_freqs = n_fft // 2 + 1
 
         self.conv = nn.Sequential(

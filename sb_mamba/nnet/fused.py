@@ -1,10 +1,9 @@
-"""Fused CPU inner path of a Mamba mixer (between in_proj and out_proj).
+"""Ops of a Mamba mixer's inner path (between in_proj and out_proj), on tensors.
 
-mamba-ssm's ``mamba_inner_fn`` fuses, on CUDA, everything a Mamba mixer does
-between its input and output projections. :func:`mamba_inner_cpu` does the
-same on CPU with the C++ kernels of :mod:`sb_mamba.nnet._cpu_kernel`, in the
-time-major ``[B, L, channels]`` layout that ``nn.Linear`` produces, so no
-transpose or flip is ever copied::
+Every function here takes tensors (the mixer's weights and its inputs) and
+never a module: :class:`~sb_mamba.nnet.mamba.Mamba` chooses the path and
+passes its parameters. The inner path, in the time-major ``[B, L, channels]``
+layout that ``nn.Linear`` produces::
 
     x, z  = xz.chunk(2, dim=-1)                      # in_proj's output
     xc    = silu(causal_depthwise_conv(x) + conv_bias)
@@ -12,20 +11,23 @@ transpose or flip is ever copied::
     delta = softplus(dt_low @ dt_proj_weight.T + dt_proj_bias)
     y     = (selective_scan(xc, delta, -exp(A_log), B, C) + D * xc) * silu(z)
 
-Two kernels do the work: the convolution + SiLU, and the step-size
-projection + softplus + scan + skip + gate (one pass over time per block of
-16 channels). Only ``x_proj`` stays a matrix product in between. The
-backward kernels recompute the cheap parts (activations, step sizes, the
-scan's states from chunk checkpoints) instead of storing them. Without
-autograd nothing is stored for a backward pass, and with ``inplace=True``
-the results overwrite ``xz``. :func:`mamba_mixer_inference_cpu` runs a whole
-mixer without autograd over segments of time (the working memory no longer
-grows with the length), and :func:`mamba_mixer_cpu` is what
-:class:`~sb_mamba.nnet.mamba.Mamba` calls on this path.
+* :func:`mamba_inner_ref`: those lines in PyTorch, with the scan on any
+  backend of :func:`~sb_mamba.nnet.scan.selective_scan` (any device, dtype);
+* :func:`mamba_inner_cpu`: the same on the fused C++ kernels of
+  :mod:`sb_mamba.nnet._cpu_kernel` (float32 CPU tensors). Two kernels do the
+  work: the convolution + SiLU, and the step-size projection + softplus +
+  scan + skip + gate (one pass over time per block of 16 channels); only
+  ``x_proj`` stays a matrix product in between, and no transpose or flip is
+  ever copied. The backward kernels recompute the cheap parts (activations,
+  step sizes, the scan's states from checkpoints) instead of storing them;
+  without autograd nothing is stored and ``inplace=True`` overwrites ``xz``;
+* :func:`mamba_mixer_inference_cpu`: a whole mixer (with both projections) on
+  the kernels without autograd, over segments of time, so that the working
+  memory no longer grows with the length.
 
-``reverse=True`` computes the mixer on the time-reversed sequence and
-returns the result in the original order (what BiMamba's backward stack
-does), by running the convolution and the scan backwards in time.
+``reverse=True`` computes the mixer on the time-reversed sequence and returns
+the result in the original order (what BiMamba's backward stack does); the
+kernels run the convolution and the scan backwards in time.
 
 Authors
 -------
@@ -37,9 +39,11 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
-from sb_mamba.nnet.scan import resolve_backend, selective_scan
+from sb_mamba.nnet.scan import selective_scan
 
-CHUNK = 64  # steps between the scan's state checkpoints (training only)
+# Time steps between the fused scan's state checkpoints, which the training
+# forward of mamba_inner_cpu stores for its backward pass.
+FUSED_CHECKPOINT_STEPS = 64
 # Segments of mamba_mixer_inference_cpu: in_proj's output of one segment takes
 # about this many bytes (8192 steps for Di = 128, 2048 for Di = 512): few
 # enough segments that the threads meet at few barriers, small enough that
@@ -47,101 +51,52 @@ CHUNK = 64  # steps between the scan's state checkpoints (training only)
 SEGMENT_BYTES = 8 * 2**20
 
 
-def fused_path_applies(mixer, x):
-    """Whether a Mamba mixer runs on the fused kernels for the input ``x``.
+def causal_depthwise_conv1d(x, weight, bias=None):
+    """Causal depthwise convolution, [B, D, L] -> [B, D, L].
+
+    On CUDA this is ``F.conv1d``. On CPU it is a sum of ``K`` shifted
+    products, because PyTorch's CPU backward of a depthwise ``conv1d`` is
+    about 20x slower than that (measured: 10 s against 0.5 s for
+    B=4, D=64, L=16000, K=4, 2 threads).
 
     Arguments
     ---------
-    mixer : sb_mamba.nnet.mamba.Mamba
-        The mixer (its ``ssm_backend`` and parameters are looked at).
     x : torch.Tensor
-        Its input [B, L, N].
-
-    Returns
-    -------
-    bool
-        True for float32 CPU tensors and parameters outside autocast, when
-        the backend resolves to ``"cpu_kernel"``.
-
-    Example
-    -------
-    >>> from sb_mamba.nnet.mamba import Mamba
-    >>> fused_path_applies(Mamba(8, ssm_backend="torch"), torch.randn(1, 4, 8))
-    False
-    """
-    if x.device.type != "cpu" or x.dtype != torch.float32 or _cpu_autocast_enabled():
-        return False
-    if any(p.dtype != torch.float32 for p in mixer.parameters()):
-        return False
-    return resolve_backend(mixer.ssm_backend, x.device) == "cpu_kernel"
-
-
-def mamba_mixer_cpu(mixer, hidden_states, reverse=False):
-    """A Mamba mixer's forward on the fused kernels, [B, L, N] -> [B, L, N].
-
-    With autograd (an input or a parameter requires grad):
-    ``out_proj(mamba_inner_cpu(in_proj(x)))``; without:
-    :func:`mamba_mixer_inference_cpu`.
-
-    Arguments
-    ---------
-    mixer : sb_mamba.nnet.mamba.Mamba
-        The mixer whose parameters are used.
-    hidden_states : torch.Tensor
-        [B, L, N].
-    reverse : bool
-        Run on the time-reversed sequence (output in the original order).
+        [B, D, L].
+    weight : torch.Tensor
+        [D, 1, K] (``nn.Conv1d(D, D, K, groups=D).weight``).
+    bias : torch.Tensor, optional
+        [D].
 
     Returns
     -------
     torch.Tensor
-        [B, L, N].
+        [B, D, L]; output ``t`` sees inputs ``t-K+1 .. t``.
 
     Example
     -------
-    >>> from sb_mamba.nnet.mamba import Mamba
-    >>> mamba_mixer_cpu(Mamba(8, d_state=4), torch.randn(2, 9, 8)).shape
-    torch.Size([2, 9, 8])
+    >>> x, w = torch.randn(2, 3, 10), torch.randn(3, 1, 4)
+    >>> ref = F.conv1d(x, w, padding=3, groups=3)[..., :10]
+    >>> torch.allclose(causal_depthwise_conv1d(x, w), ref, atol=1e-6)
+    True
+    >>> causal_depthwise_conv1d(x, w, torch.zeros(3)).shape
+    torch.Size([2, 3, 10])
     """
-    m = mixer
-    inner = (m.conv1d.weight, m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight,
-             m.dt_proj.bias, m.A_log, m.D)
-    if torch.is_grad_enabled() and (
-        hidden_states.requires_grad or any(p.requires_grad for p in m.parameters())
-    ):
-        xz = m.in_proj(hidden_states)  # [B, L, 2 * Di]
-        y = mamba_inner_cpu(xz, *inner, reverse=reverse, inplace=True)  # [B, L, Di]
-        return m.out_proj(y)
-    return mamba_mixer_inference_cpu(
-        hidden_states, m.in_proj.weight, m.in_proj.bias, *inner, m.out_proj.weight,
-        m.out_proj.bias, reverse=reverse,
-    )
+    D, _, K = weight.shape
+    L = x.shape[-1]
+    if x.is_cuda:
+        return F.conv1d(x, weight, bias, padding=K - 1, groups=D)[..., :L]
+    xp = F.pad(x, (K - 1, 0))  # [B, D, L + K - 1]
+    w = weight[:, 0, :, None]  # [D, K, 1]
+    y = w[:, 0] * xp[..., :L]
+    for k in range(1, K):
+        y = y + w[:, k] * xp[..., k : k + L]
+    return y if bias is None else y + bias[:, None]
 
 
-def _cpu_autocast_enabled():
-    """Whether CPU autocast is on (with the torch >= 2.1 APIs)."""
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-def mamba_inner_cpu(
-    xz,
-    conv_weight,
-    conv_bias,
-    x_proj_weight,
-    dt_proj_weight,
-    dt_proj_bias,
-    A_log,
-    D,
-    reverse=False,
-    inplace=False,
-):
-    """Mamba's inner path on CPU with the fused kernels, [B, L, 2Di] -> [B, L, Di].
-
-    Falls back to :func:`mamba_inner_ref` when the C++ kernels are not
-    available or the tensors are not float32 CPU tensors.
+def mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                    dt_proj_bias, A_log, D, reverse=False, backend="torch"):
+    """Mamba's inner path in PyTorch, [B, L, 2Di] -> [B, L, Di] (any device, dtype).
 
     Arguments
     ---------
@@ -163,64 +118,13 @@ def mamba_inner_cpu(
         [Di], the skip connection.
     reverse : bool
         Run on the time-reversed sequence (output in the original order).
-    inplace : bool
-        Without autograd, overwrite ``xz`` and return a view of it.
+    backend : str
+        Backend of the selective scan (see :func:`~sb_mamba.nnet.scan.selective_scan`).
 
     Returns
     -------
     torch.Tensor
         [B, L, Di], the input of ``out_proj``.
-
-    Example
-    -------
-    >>> g = torch.Generator().manual_seed(0)
-    >>> Di, R, S = 32, 2, 4
-    >>> xz = torch.randn(2, 50, 2 * Di, generator=g)
-    >>> shapes = [(Di, 1, 4), (Di,), (R + 2 * S, Di), (Di, R), (Di,), (Di, S), (Di,)]
-    >>> params = [0.3 * torch.randn(s, generator=g) for s in shapes]
-    >>> y = mamba_inner_cpu(xz, *params)
-    >>> y.shape
-    torch.Size([2, 50, 32])
-    >>> torch.allclose(y, mamba_inner_ref(xz, *params), rtol=1e-4, atol=1e-5)
-    True
-    """
-    params = (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
-    tensors = [xz] + [p for p in params if p is not None]
-    kernel = load_cpu_kernel()
-    if kernel is None or any(
-        t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors
-    ):
-        return mamba_inner_ref(xz, *params, reverse=reverse)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _MambaInnerFn.apply(xz, *params, reverse)
-    with torch.no_grad():
-        return _inner_inference(kernel, xz, *params, reverse, inplace)
-
-
-def mamba_inner_ref(
-    xz,
-    conv_weight,
-    conv_bias,
-    x_proj_weight,
-    dt_proj_weight,
-    dt_proj_bias,
-    A_log,
-    D,
-    reverse=False,
-):
-    """Pure-PyTorch twin of :func:`mamba_inner_cpu` (any device and dtype).
-
-    Arguments
-    ---------
-    xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D
-        As in :func:`mamba_inner_cpu`.
-    reverse : bool
-        Run on the time-reversed sequence (output in the original order).
-
-    Returns
-    -------
-    torch.Tensor
-        [B, L, Di].
 
     Example
     -------
@@ -233,29 +137,83 @@ def mamba_inner_ref(
     if reverse:
         return mamba_inner_ref(
             xz.flip(1), conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-            dt_proj_bias, A_log, D,
+            dt_proj_bias, A_log, D, backend=backend,
         ).flip(1)
-    L, Di = xz.shape[1], xz.shape[2] // 2
     R, S = dt_proj_weight.shape[1], A_log.shape[1]
     x, z = xz.transpose(1, 2).chunk(2, dim=1)  # [B, Di, L] each
-    K = conv_weight.shape[-1]
-    x = F.conv1d(x, conv_weight.reshape(Di, 1, K), conv_bias, padding=K - 1, groups=Di)
-    x = F.silu(x[..., :L])
+    x = F.silu(causal_depthwise_conv1d(x, conv_weight, conv_bias))
     x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # [B, L, R + 2S]
     dt, B, C = torch.split(x_dbl, [R, S, S], dim=-1)
+    dt = (dt @ dt_proj_weight.t()).transpose(1, 2)  # [B, Di, L]
     y = selective_scan(
         x,
-        F.linear(dt, dt_proj_weight).transpose(1, 2),
-        -torch.exp(A_log.float()),
-        B.transpose(1, 2),
+        dt,
+        -torch.exp(A_log.float()),  # [Di, S]
+        B.transpose(1, 2),  # [B, S, L]
         C.transpose(1, 2),
         D.float(),
         z=z,
         delta_bias=dt_proj_bias.float(),
         delta_softplus=True,
-        backend="torch",
-    )
+        backend=backend,
+    )  # [B, Di, L]
     return y.transpose(1, 2)
+
+
+def _kernels():
+    """The compiled kernels, or a clear error when they were not built."""
+    kernels = load_cpu_kernel()
+    if kernels is None:
+        raise RuntimeError("The fused CPU kernels are not available (see "
+                           "load_cpu_kernel's warning): use mamba_inner_ref.")
+    return kernels
+
+
+def mamba_inner_cpu(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                    dt_proj_bias, A_log, D, reverse=False, inplace=False):
+    """Mamba's inner path on the fused CPU kernels, [B, L, 2Di] -> [B, L, Di].
+
+    Takes float32 CPU tensors and needs the compiled kernels
+    (``load_cpu_kernel()`` is not None); :func:`mamba_inner_ref` runs
+    everywhere else.
+
+    Arguments
+    ---------
+    xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D
+        As in :func:`mamba_inner_ref`.
+    reverse : bool
+        Run on the time-reversed sequence (output in the original order).
+    inplace : bool
+        Without autograd, overwrite ``xz`` and return a view of it.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, L, Di], the input of ``out_proj``.
+
+    Example
+    -------
+    >>> from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
+    >>> if load_cpu_kernel() is None:  # not built: nothing to show
+    ...     import pytest; pytest.skip("the fused CPU kernels are not available")
+    >>> g = torch.Generator().manual_seed(0)
+    >>> Di, R, S = 32, 2, 4
+    >>> xz = torch.randn(2, 50, 2 * Di, generator=g)
+    >>> shapes = [(Di, 1, 4), (Di,), (R + 2 * S, Di), (Di, R), (Di,), (Di, S), (Di,)]
+    >>> params = [0.3 * torch.randn(s, generator=g) for s in shapes]
+    >>> y = mamba_inner_cpu(xz, *params)
+    >>> torch.allclose(y, mamba_inner_ref(xz, *params), rtol=1e-4, atol=1e-5)
+    True
+    >>> y.shape
+    torch.Size([2, 50, 32])
+    """
+    params = (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (xz,) + params
+    ):
+        return _MambaInnerFn.apply(xz, *params, reverse)
+    with torch.no_grad():
+        return _inner_inference(xz, *params, reverse, inplace)
 
 
 def mamba_mixer_inference_cpu(
@@ -274,12 +232,13 @@ def mamba_mixer_inference_cpu(
     reverse=False,
     segment=None,
 ):
-    """A whole Mamba mixer without autograd, [B, L, N] -> [B, L, N].
+    """A whole Mamba mixer on the fused CPU kernels without autograd, [B, L, N] -> [B, L, N].
 
     ``out_proj(mamba_inner_cpu(in_proj(hidden_states)))``, computed over
     segments of ``segment`` time steps that carry the convolution's last
     inputs and the scan's state from one segment to the next: the working
     memory is a few ``[B, segment, 2Di]`` buffers whatever the length.
+    Float32 CPU tensors and the compiled kernels, as :func:`mamba_inner_cpu`.
 
     Arguments
     ---------
@@ -288,7 +247,7 @@ def mamba_mixer_inference_cpu(
     in_proj_weight, in_proj_bias : torch.Tensor
         [2 * Di, N] and [2 * Di] (or None).
     conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D
-        As in :func:`mamba_inner_cpu`.
+        As in :func:`mamba_inner_ref`.
     out_proj_weight, out_proj_bias : torch.Tensor
         [N_out, Di] and [N_out] (or None).
     reverse : bool
@@ -304,6 +263,9 @@ def mamba_mixer_inference_cpu(
 
     Example
     -------
+    >>> from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
+    >>> if load_cpu_kernel() is None:  # not built: nothing to show
+    ...     import pytest; pytest.skip("the fused CPU kernels are not available")
     >>> g = torch.Generator().manual_seed(0)
     >>> N, Di, R, S = 8, 16, 1, 4
     >>> shapes = [(2 * Di, N), (Di, 1, 4), (Di,), (R + 2 * S, Di), (Di, R), (Di,),
@@ -312,23 +274,14 @@ def mamba_mixer_inference_cpu(
     >>> w = w[:1] + [None] + w[1:] + [None]  # no in_proj / out_proj bias
     >>> h = torch.randn(2, 100, N, generator=g)
     >>> y = mamba_mixer_inference_cpu(h, *w, segment=30)
-    >>> y.shape
-    torch.Size([2, 100, 8])
     >>> ref = F.linear(mamba_inner_ref(F.linear(h, w[0]), *w[2:9]), w[9])
     >>> torch.allclose(y, ref, rtol=1e-4, atol=1e-5)
     True
+    >>> y.shape
+    torch.Size([2, 100, 8])
     """
-    inner = (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
-    tensors = [hidden_states, in_proj_weight, out_proj_weight]
-    tensors += [t for t in inner + (in_proj_bias, out_proj_bias) if t is not None]
-    k = load_cpu_kernel()
+    k = _kernels()
     with torch.no_grad():
-        if k is None or any(
-            t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors
-        ):
-            xz = F.linear(hidden_states, in_proj_weight, in_proj_bias)
-            y = mamba_inner_ref(xz, *inner, reverse=reverse)
-            return F.linear(y, out_proj_weight, out_proj_bias)
         B, L = hidden_states.shape[:2]
         Di, K = conv_weight.shape[0], conv_weight.shape[-1]
         w2 = conv_weight.reshape(Di, K).contiguous()
@@ -350,14 +303,16 @@ def mamba_mixer_inference_cpu(
             k.conv_silu_fwd(x, w2, conv_bias, x, reverse, hist)
             hist = new_hist if K > 1 else hist
             xdbl = F.linear(x, x_proj_weight).contiguous()
-            k.mamba_scan_fwd(x, z, xdbl, wdt, bdt, A, Dc, x, reverse, CHUNK, False, state)
+            k.mamba_scan_fwd(x, z, xdbl, wdt, bdt, A, Dc, x, reverse,
+                             FUSED_CHECKPOINT_STEPS, False, state)
             out[:, t0:t1] = F.linear(x, out_proj_weight, out_proj_bias)
         return out
 
 
-def _inner_inference(k, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+def _inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                      dt_proj_bias, A_log, D, reverse, inplace):
     """No-autograd path: the conv output and then y overwrite x in ``xz``."""
+    k = _kernels()
     if not inplace or xz.stride(-1) != 1:
         xz = xz.clone(memory_format=torch.contiguous_format)
     Di = xz.shape[-1] // 2
@@ -367,7 +322,7 @@ def _inner_inference(k, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weigh
     A = -torch.exp(A_log)
     k.mamba_scan_fwd(
         x, z, xdbl, dt_proj_weight.contiguous(), dt_proj_bias.contiguous(), A,
-        D.contiguous(), x, reverse, CHUNK, False,
+        D.contiguous(), x, reverse, FUSED_CHECKPOINT_STEPS, False,
     )
     return x
 
@@ -379,7 +334,7 @@ class _MambaInnerFn(torch.autograd.Function):
     def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                 dt_proj_bias, A_log, D, reverse):
         """Conv + SiLU, x_proj, fused scan; stores the scan's checkpoints."""
-        k = load_cpu_kernel()
+        k = _kernels()
         xz = xz.contiguous()
         B, L, Di = xz.shape[0], xz.shape[1], xz.shape[2] // 2
         w2 = conv_weight.reshape(Di, -1).contiguous()
@@ -390,7 +345,7 @@ class _MambaInnerFn(torch.autograd.Function):
         wdt, bdt, Dc = dt_proj_weight.contiguous(), dt_proj_bias.contiguous(), D.contiguous()
         y = xz.new_empty(B, L, Di)
         ckpt = k.mamba_scan_fwd(
-            xc, xz[..., Di:], xdbl, wdt, bdt, A, Dc, y, reverse, CHUNK, True
+            xc, xz[..., Di:], xdbl, wdt, bdt, A, Dc, y, reverse, FUSED_CHECKPOINT_STEPS, True
         )
         ctx.save_for_backward(xz, xc, xdbl, ckpt, w2, conv_bias, x_proj_weight, wdt,
                               bdt, A, Dc)
@@ -401,7 +356,7 @@ class _MambaInnerFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gy):
         """Fused scan backward, x_proj's products, conv + SiLU backward."""
-        k = load_cpu_kernel()
+        k = _kernels()
         xz, xc, xdbl, ckpt, w2, cb, wx, wdt, bdt, A, Dc = ctx.saved_tensors
         B, L, Di = xc.shape
         gxz = torch.empty_like(xz)
@@ -409,7 +364,7 @@ class _MambaInnerFn(torch.autograd.Function):
         gxdbl = torch.empty_like(xdbl)
         g_wdt, g_bdt, gA, gD = k.mamba_scan_bwd(
             xc, xz[..., Di:], xdbl, wdt, bdt, A, Dc, ckpt, gy.contiguous(), gx, gz,
-            gxdbl, ctx.reverse, CHUNK,
+            gxdbl, ctx.reverse, FUSED_CHECKPOINT_STEPS,
         )
         gxdbl2 = gxdbl.view(B * L, -1)
         gx.view(B * L, Di).addmm_(gxdbl2, wx)  # + the path through x_proj

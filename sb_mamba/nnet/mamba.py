@@ -1,13 +1,10 @@
-"""Mamba: the selective state-space mixer, its pre-norm block and BiMamba.
+"""Mamba: the selective state-space mixer, ``[B, L, N] -> [B, L, N]``.
 
-Parameter names and shapes are identical to ``mamba_ssm.Mamba`` (and
-``mamba_ssm``'s ``Block``: ``mixer.*``, ``norm.*``), so one state_dict loads on
-either backend. The scan itself runs on the backend chosen by
-``ssm_backend`` (see :mod:`sb_mamba.nnet.scan`); no module of mamba-ssm is
-imported unless the ``cuda`` backend is used.
-
-Every module here maps ``[B, L, N] -> [B, L, N]`` (BiMamba with
-``merge="concat"`` maps to ``[B, L, 2N]``, as SPMamba needs).
+Parameter names and shapes are identical to ``mamba_ssm.Mamba``, so one
+state_dict loads on either backend (its pre-norm block and the stacks of
+blocks are in :mod:`sb_mamba.nnet.bimamba`). The scan itself runs on the
+backend chosen by ``ssm_backend`` (see :mod:`sb_mamba.nnet.scan`); no module
+of mamba-ssm is imported unless the ``cuda`` backend is used.
 
 Each mixer picks its path from its backend (see :mod:`sb_mamba.nnet.scan`):
 
@@ -17,9 +14,13 @@ Each mixer picks its path from its backend (see :mod:`sb_mamba.nnet.scan`):
   ``selective_scan_fn`` without causal-conv1d; :meth:`Mamba.step` uses
   ``causal_conv1d_update`` and ``selective_state_update`` where they import;
 * ``cpu_kernel`` (what ``auto`` picks on CPU) with float32 tensors: the fused
-  C++ kernels of :mod:`sb_mamba.nnet.fused` (same parameters, same results);
+  C++ kernels, :func:`~sb_mamba.nnet.fused.mamba_inner_cpu` (same parameters,
+  same results);
 * anything else (the ``torch`` backend, other dtypes): the step-by-step
-  PyTorch code below.
+  PyTorch op :func:`~sb_mamba.nnet.fused.mamba_inner_ref`.
+
+The module chooses the path (:meth:`Mamba.uses_fused_path`) and passes its
+parameters to the ops of :mod:`sb_mamba.nnet.fused`, which take tensors only.
 
 Authors
 -------
@@ -32,12 +33,52 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sb_mamba.nnet.fused import fused_path_applies, mamba_mixer_cpu
-from sb_mamba.nnet.mamba_ops import (  # noqa: F401 (public here too)
-    causal_depthwise_conv1d,
-    init_mamba_weights,
+from sb_mamba.nnet.fused import (
+    mamba_inner_cpu,
+    mamba_inner_ref,
+    mamba_mixer_inference_cpu,
 )
-from sb_mamba.nnet.scan import BACKENDS, mamba_ssm_ops, resolve_backend, selective_scan
+from sb_mamba.nnet.scan import BACKENDS, mamba_ssm_ops, resolve_backend
+
+
+def init_mamba_weights(module, n_layer, n_residuals_per_layer=1):
+    """mamba-ssm's ``_init_weights``: zero Linear biases, rescale out_proj.
+
+    Apply with ``model.apply(partial(init_mamba_weights, n_layer=...))`` as
+    mamba-ssm's ``create_block`` users (SepMamba, SPMamba) do.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        Visited module.
+    n_layer : int
+        Number of residual blocks in the stack.
+    n_residuals_per_layer : int
+        Residual branches per block (1 for Mamba).
+
+    Example
+    -------
+    >>> m = Mamba(8, d_state=4, bias=True)
+    >>> _ = m.apply(lambda mod: init_mamba_weights(mod, n_layer=2))
+    >>> bool((m.in_proj.bias == 0).all()), m.out_proj.weight.shape
+    (True, torch.Size([8, 16]))
+    """
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        if not getattr(module.bias, "_no_reinit", False):
+            nn.init.zeros_(module.bias)
+    for name, p in module.named_parameters():
+        if name in ("out_proj.weight", "fc2.weight"):
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+            with torch.no_grad():
+                p /= math.sqrt(n_residuals_per_layer * n_layer)
+
+
+def _cpu_autocast_enabled():
+    """Whether CPU autocast is on (with the torch >= 2.1 APIs)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 class Mamba(nn.Module):
@@ -148,7 +189,11 @@ class Mamba(nn.Module):
         >>> Mamba(8, ssm_backend="torch").uses_fused_path(torch.randn(1, 4, 8))
         False
         """
-        return fused_path_applies(self, x)
+        if x.device.type != "cpu" or x.dtype != torch.float32 or _cpu_autocast_enabled():
+            return False
+        if any(p.dtype != torch.float32 for p in self.parameters()):
+            return False
+        return resolve_backend(self.ssm_backend, x.device) == "cpu_kernel"
 
     def forward(self, hidden_states, reverse=False):
         """Mix along time: [B, L, N] -> [B, L, N].
@@ -172,10 +217,8 @@ class Mamba(nn.Module):
                 return self._forward_cuda(hidden_states.flip(1)).flip(1)
             return self._forward_cuda(hidden_states)
         if self.uses_fused_path(hidden_states):
-            return mamba_mixer_cpu(self, hidden_states, reverse)
-        if reverse:
-            return self._forward_ref(hidden_states.flip(1)).flip(1)
-        return self._forward_ref(hidden_states)
+            return self._forward_fused(hidden_states, reverse)
+        return self._forward_ref(hidden_states, reverse)
 
     def _forward_cuda(self, hidden_states):
         """mamba_ssm.Mamba's forward (no inference cache) on mamba-ssm's functions."""
@@ -210,30 +253,31 @@ class Mamba(nn.Module):
                                      delta_softplus=True)  # [B, Di, L]
         return self.out_proj(y.transpose(1, 2))
 
-    def _forward_ref(self, hidden_states):
-        """The step-by-step PyTorch forward (any device, dtype and backend)."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2*Di, L]
-        x, z = xz.chunk(2, dim=1)  # [B, Di, L] each
-        x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
-        x_dbl = self.x_proj(x.transpose(1, 2))  # [B, L, R + 2S]
-        dt, B, C = torch.split(
-            x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1
-        )
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # [B, Di, L]
-        A = -torch.exp(self.A_log.float())  # [Di, S]
-        y = selective_scan(
-            x,
-            dt,
-            A,
-            B.transpose(1, 2),  # [B, S, L]
-            C.transpose(1, 2),
-            self.D.float(),
-            z=z,
-            delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True,
-            backend=self.ssm_backend,
-        )  # [B, Di, L]
-        return self.out_proj(y.transpose(1, 2))  # [B, L, N]
+    def _inner_params(self):
+        """The tensors of the inner path, in the order the ops take them."""
+        return (self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
+
+    def _forward_fused(self, hidden_states, reverse):
+        """The fused CPU kernels: with autograd on the inner path, else the whole mixer."""
+        if torch.is_grad_enabled() and (
+            hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            xz = self.in_proj(hidden_states)  # [B, L, 2 * Di]
+            y = mamba_inner_cpu(xz, *self._inner_params(), reverse=reverse, inplace=True)
+            return self.out_proj(y)  # [B, L, N]
+        return mamba_mixer_inference_cpu(
+            hidden_states, self.in_proj.weight, self.in_proj.bias, *self._inner_params(),
+            self.out_proj.weight, self.out_proj.bias, reverse=reverse,
+        )  # [B, L, N]
+
+    def _forward_ref(self, hidden_states, reverse):
+        """The step-by-step PyTorch path (any device, dtype and backend)."""
+        x = hidden_states.flip(1) if reverse else hidden_states
+        xz = self.in_proj(x)  # [B, L, 2 * Di]
+        y = mamba_inner_ref(xz, *self._inner_params(), backend=self.ssm_backend)
+        y = self.out_proj(y)  # [B, L, N]
+        return y.flip(1) if reverse else y
 
     def allocate_inference_cache(self, batch_size, dtype=None, device=None):
         """Zero states for :meth:`step`.
@@ -326,147 +370,3 @@ class Mamba(nn.Module):
             y = (y + self.D.float() * x.float()) * F.silu(z.float())
         out = self.out_proj(y.to(hidden_states.dtype))
         return out.unsqueeze(1), conv_state, ssm_state
-
-
-class MambaBlock(nn.Module):
-    """Pre-norm residual Mamba block, as mamba-ssm's ``Block``.
-
-    ``x + Mamba(norm(x))``; with several blocks in a row this equals
-    mamba-ssm's ``(hidden, residual)`` chaining followed by ``hidden +
-    residual``. Parameter names: ``mixer.*`` and ``norm.*``.
-
-    Arguments
-    ---------
-    d_model : int
-        Features N.
-    norm : str
-        ``"layernorm"`` (SepMamba) or ``"rmsnorm"`` (SPMamba).
-    norm_epsilon : float
-        Epsilon of the norm.
-    residual_in_fp32 : bool
-        Keep the residual stream in float32 under mixed precision.
-    **mamba_kwargs
-        Passed to :class:`Mamba` (d_state, d_conv, expand, ssm_backend, ...).
-
-    Example
-    -------
-    >>> blk = MambaBlock(16, norm="rmsnorm", d_state=4)
-    >>> blk(torch.randn(2, 30, 16)).shape
-    torch.Size([2, 30, 16])
-    """
-
-    def __init__(
-        self, d_model, norm="layernorm", norm_epsilon=1e-5, residual_in_fp32=False,
-        **mamba_kwargs,
-    ):
-        super().__init__()
-        if norm == "layernorm":
-            self.norm = nn.LayerNorm(d_model, eps=norm_epsilon)
-        elif norm == "rmsnorm":
-            self.norm = nn.RMSNorm(d_model, eps=norm_epsilon)
-        else:
-            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {norm!r}.")
-        self.mixer = Mamba(d_model, **mamba_kwargs)
-        self.residual_in_fp32 = residual_in_fp32
-
-    def forward(self, x, reverse=False):
-        """[B, L, N] -> [B, L, N]; ``reverse`` is passed to the mixer."""
-        residual = x.float() if self.residual_in_fp32 else x
-        hidden = self.mixer(self.norm(x.to(self.norm.weight.dtype)), reverse=reverse)
-        if hidden.dtype == residual.dtype:  # out_proj's fresh output: add in place
-            return hidden.add_(residual).to(x.dtype)
-        return (residual + hidden).to(x.dtype)
-
-
-class BiMamba(nn.Module):
-    """Stacks of Mamba blocks over time and over reversed time.
-
-    The forward stack reads ``x``; the backward stack (separate weights) reads
-    ``x`` flipped in time and its output is flipped back. The two are merged
-    by ``sum`` (SepMamba) or ``concat`` (SPMamba). With
-    ``bidirectional=False`` only the forward stack exists: a causal mixer.
-
-    Arguments
-    ---------
-    d_model : int
-        Features N.
-    num_blocks : int
-        Mamba blocks per direction.
-    bidirectional : bool
-        Add the time-reversed stack.
-    merge : str
-        ``"sum"`` -> [B, L, N]; ``"concat"`` -> [B, L, 2N].
-    norm : str
-        ``"layernorm"`` or ``"rmsnorm"``.
-    norm_epsilon : float
-        Epsilon of the norms.
-    **mamba_kwargs
-        Passed to :class:`Mamba`.
-
-    Example
-    -------
-    >>> bm = BiMamba(16, num_blocks=2, d_state=4)
-    >>> bm(torch.randn(2, 30, 16)).shape
-    torch.Size([2, 30, 16])
-    >>> BiMamba(16, 1, merge="concat", d_state=4)(torch.randn(2, 30, 16)).shape
-    torch.Size([2, 30, 32])
-    """
-
-    def __init__(
-        self, d_model, num_blocks=1, bidirectional=True, merge="sum",
-        norm="layernorm", norm_epsilon=1e-5, **mamba_kwargs,
-    ):
-        super().__init__()
-        if merge not in ("sum", "concat"):
-            raise ValueError(f"merge must be 'sum' or 'concat', got {merge!r}.")
-        self.merge, self.bidirectional = merge, bidirectional
-
-        def stack():
-            blocks = nn.ModuleList(
-                MambaBlock(d_model, norm=norm, norm_epsilon=norm_epsilon, **mamba_kwargs)
-                for _ in range(num_blocks)
-            )
-            for blk in blocks:
-                blk.apply(lambda m: init_mamba_weights(m, n_layer=num_blocks))
-            return blocks
-
-        self.forward_blocks = stack()
-        self.backward_blocks = stack() if bidirectional else None
-        mult = 2 if (bidirectional and merge == "concat") else 1
-        self.output_size = mult * d_model
-
-    @staticmethod
-    def _run(blocks, x, reverse=False):
-        for blk in blocks:
-            x = blk(x, reverse=reverse)
-        return x
-
-    def forward(self, x):
-        """[B, L, N] -> [B, L, N] (sum) or [B, L, 2N] (concat)."""
-        return self._contiguous_grad(self._forward(x))
-
-    @staticmethod
-    def _contiguous_grad(y):
-        """Make the gradient that reaches ``y`` contiguous (one copy).
-
-        A consumer that transposes the [B, L, N] output back to [B, N, L]
-        (as SepMamba's convolutions do) sends back a transposed gradient,
-        through which every elementwise op of the blocks' backward would
-        then have to stride.
-        """
-        if torch.is_grad_enabled() and y.requires_grad:
-            y.register_hook(lambda g: g.contiguous())
-        return y
-
-    def _forward(self, x):
-        y = self._run(self.forward_blocks, x)  # [B, L, N]
-        if not self.bidirectional:
-            return y
-        if self.backward_blocks[0].mixer.uses_fused_path(x):
-            # the fused kernels run backwards in time: no flip copies
-            y_b = self._run(self.backward_blocks, x, reverse=True)  # [B, L, N]
-        else:
-            y_b = self._run(self.backward_blocks, x.flip(1)).flip(1)  # [B, L, N]
-        if self.merge == "sum":
-            return y + y_b
-        return torch.cat([y, y_b], dim=-1)  # [B, L, 2N]

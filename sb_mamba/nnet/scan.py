@@ -11,12 +11,13 @@ The recurrence, per batch ``b``, channel ``d`` and state ``n``::
 ``selective_scan_fn`` and runs on one of four backends:
 
 ``"torch"``
-    Pure PyTorch. A custom :class:`torch.autograd.Function` whose backward is a
-    reverse-time scan (no autograd through a Python loop). Works on any device.
+    Pure PyTorch (:mod:`sb_mamba.nnet.scan_torch`). A custom
+    :class:`torch.autograd.Function` whose backward is a reverse-time scan (no
+    autograd through a Python loop). Works on any device.
 ``"cpu_kernel"``
     A fused C++ kernel for forward and backward (compiled once, cached on
-    disk). It stores only chunk checkpoints of the state, never a
-    ``(batch, dim, L, N)`` tensor. Falls back to ``"torch"`` with one warning
+    disk). It stores only checkpoints of the state (every
+    ``SCAN_CHECKPOINT_STEPS`` steps), never a ``(batch, dim, L, N)`` tensor. Falls back to ``"torch"`` with one warning
     when it cannot be compiled.
 ``"cuda"``
     mamba-ssm's functions (its fused CUDA kernels), imported lazily, whatever
@@ -41,10 +42,14 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.logger import get_logger
 
+from sb_mamba.nnet.scan_torch import scan_bwd_torch, scan_fwd_torch
+
 logger = get_logger(__name__)
 
 BACKENDS = ("auto", "torch", "cpu_kernel", "cuda")
-CHUNK = 256  # chunk length of the cpu_kernel's state checkpoints
+# Time steps between the state checkpoints that the cpu_kernel backend's
+# forward stores for its backward pass.
+SCAN_CHECKPOINT_STEPS = 256
 
 _warned = set()
 _warn_lock = threading.Lock()
@@ -389,10 +394,10 @@ class _ScanCore(torch.autograd.Function):
         Bt, Ct = Bt.contiguous(), Ct.contiguous()
         ctx.impl = impl
         if impl == "cpu_kernel":
-            y, ckpt = _cpu_kernel().scan_fwd(u, delta, A, Bt, Ct, CHUNK)
+            y, ckpt = _cpu_kernel().scan_fwd(u, delta, A, Bt, Ct, SCAN_CHECKPOINT_STEPS)
             ctx.save_for_backward(u, delta, A, Bt, Ct, ckpt)
             return y, ckpt[:, :, -1]
-        y, xs = _torch_scan_fwd(u, delta, A, Bt, Ct)
+        y, xs = scan_fwd_torch(u, delta, A, Bt, Ct)
         ctx.save_for_backward(u, delta, A, Bt, Ct, xs)
         return y, xs[-1]
 
@@ -402,127 +407,8 @@ class _ScanCore(torch.autograd.Function):
         u, delta, A, Bt, Ct, saved = ctx.saved_tensors
         gy = gy.float().contiguous()
         if ctx.impl == "cpu_kernel":
-            grads = _cpu_kernel().scan_bwd(u, delta, A, Bt, Ct, saved, gy, CHUNK)
+            grads = _cpu_kernel().scan_bwd(u, delta, A, Bt, Ct, saved, gy,
+                                           SCAN_CHECKPOINT_STEPS)
         else:
-            grads = _torch_scan_bwd(u, delta, A, Bt, Ct, saved, gy)
+            grads = scan_bwd_torch(u, delta, A, Bt, Ct, saved, gy)
         return (*grads, None)
-
-
-def _per_channel(Mt, dim):
-    """(b, G, L, N) -> (L, b, dim or 1, N) view/expansion per channel."""
-    M = Mt.permute(2, 0, 1, 3)  # (L, b, G, N)
-    G = M.shape[2]
-    if G == 1 or G == dim:
-        return M
-    return M.repeat_interleave(dim // G, dim=2)
-
-
-def _group_sum(M, G):
-    """(L, b, dim, N) summed over the channels of each group -> (b, G, L, N)."""
-    L, b, dim, N = M.shape
-    return M.reshape(L, b, G, dim // G, N).sum(3).permute(1, 2, 0, 3)
-
-
-def _torch_scan_fwd(u, delta, A, Bt, Ct):
-    """Time-major scan in PyTorch; returns y (b, d, L), states (L, b, d, N)."""
-    b, dim, L = u.shape
-    dT = delta.permute(2, 0, 1).unsqueeze(-1)  # (L, b, d, 1)
-    dA = torch.exp(dT * A)  # (L, b, d, N)
-    dBu = (dT * u.permute(2, 0, 1).unsqueeze(-1)) * _per_channel(Bt, dim)
-    xs = torch.empty_like(dA)
-    x = torch.zeros_like(dA[0])
-    for t in range(L):
-        x = torch.addcmul(dBu[t], dA[t], x, out=xs[t])
-    y = (xs * _per_channel(Ct, dim)).sum(-1)  # (L, b, d)
-    return y.permute(1, 2, 0).contiguous(), xs
-
-
-def _torch_scan_bwd(u, delta, A, Bt, Ct, xs, gy):
-    """Reverse-time scan of the gradients (PyTorch)."""
-    b, dim, L = u.shape
-    G = Bt.shape[1]
-    dT = delta.permute(2, 0, 1).unsqueeze(-1)  # (L, b, d, 1)
-    uT = u.permute(2, 0, 1).unsqueeze(-1)
-    gT = gy.permute(2, 0, 1).unsqueeze(-1)
-    Bc, Cc = _per_channel(Bt, dim), _per_channel(Ct, dim)
-    dA = torch.exp(dT * A)  # (L, b, d, N)
-    gxs = gT * Cc  # direct gradient of each state, then accumulated in place
-    for t in range(L - 2, -1, -1):
-        gxs[t].addcmul_(gxs[t + 1], dA[t + 1])
-    x_prev = torch.cat([torch.zeros_like(xs[:1]), xs[:-1]])
-    g_logdA = gxs * x_prev * dA  # gradient w.r.t. (delta * A)
-    gB_part = gxs * Bc  # (L, b, d, N)
-    ddelta = (g_logdA * A).sum(-1) + gB_part.sum(-1) * uT[..., 0]
-    du = gB_part.sum(-1) * dT[..., 0]
-    dA_grad = (g_logdA * dT).sum((0, 1))
-    dB = _group_sum(gxs * (dT * uT), G)
-    dC = _group_sum(xs * gT, G)
-    return (
-        du.permute(1, 2, 0),
-        ddelta.permute(1, 2, 0),
-        dA_grad,
-        dB,
-        dC,
-    )
-
-
-def selective_scan_ref(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
-    delta_softplus=False,
-    return_last_state=False,
-):
-    """Plain sequential reference of :func:`selective_scan` (autograd loop).
-
-    The textbook recurrence, one time step at a time, in the dtype of the
-    inputs. It is the numerical reference for the tests and the "naive" line
-    of ``benchmarks/bench_scan.py``; it is far too slow to train with.
-
-    Arguments
-    ---------
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
-        As in :func:`selective_scan` (B and C: (batch, N, L) or
-        (batch, G, N, L)).
-
-    Returns
-    -------
-    out : torch.Tensor
-        (batch, dim, L).
-    last_state : torch.Tensor
-        Only when ``return_last_state``.
-
-    Example
-    -------
-    >>> u, delta = torch.randn(1, 3, 10), torch.rand(1, 3, 10)
-    >>> A, B, C = -torch.rand(3, 2), torch.randn(1, 2, 10), torch.randn(1, 2, 10)
-    >>> selective_scan_ref(u, delta, A, B, C).shape
-    torch.Size([1, 3, 10])
-    """
-    batch, dim, L = u.shape
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    if B.dim() == 3:
-        B, C = B.unsqueeze(1), C.unsqueeze(1)
-    rep = dim // B.shape[1]
-    Bd = B.repeat_interleave(rep, dim=1)  # (batch, dim, N, L)
-    Cd = C.repeat_interleave(rep, dim=1)
-    x = u.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for t in range(L):
-        dt = delta[:, :, t, None]  # (batch, dim, 1)
-        x = torch.exp(dt * A) * x + dt * Bd[..., t] * u[:, :, t, None]
-        ys.append((x * Cd[..., t]).sum(-1))
-    out = torch.stack(ys, dim=-1)
-    if D is not None:
-        out = out + D[:, None] * u
-    if z is not None:
-        out = out * F.silu(z)
-    return (out, x) if return_last_state else out

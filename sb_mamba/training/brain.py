@@ -197,8 +197,10 @@ class Separation(sb.Brain):
             per_proc * world * self.grad_accumulation_factor, per_proc, world,
             self.grad_accumulation_factor,
         )
-        backend = getattr(self.hparams, "ssm_backend", None)
-        if backend is not None:
+        # the path each state-space mixer takes, as the modules choose it
+        backends = sorted({m.ssm_backend for m in self.modules.separator.modules()
+                           if isinstance(getattr(m, "ssm_backend", None), str)})
+        for backend in backends:
             used = resolve_backend(backend, self.device)
             logger.info("ssm_backend: %s -> %s on %s.", backend, used, self.device)
             out = getattr(self.hparams, "output_folder", None)
@@ -286,7 +288,9 @@ class Separation(sb.Brain):
         rows = []
         for i, batch in enumerate(tqdm(loader, desc="test_results", dynamic_ncols=True)):
             mix, targets, _ = self._signals(batch)
-            est = self.modules.separator(mix).float()  # [1, T, S]
+            with self.evaluation_ctx:  # the numerics of evaluate_batch
+                est, targets = self.compute_forward(mix, targets, sb.Stage.TEST)
+            est = est.float()  # [1, T, S]
             value, perm = pit_metric(targets, est, si_snr)
             mix_rep = mix.unsqueeze(-1).expand_as(targets)
             base = pit_metric(targets, mix_rep, si_snr)[0]

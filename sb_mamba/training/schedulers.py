@@ -14,6 +14,8 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from sb_mamba.errors import UserError
+
 
 @register_checkpoint_hooks
 class WarmupCosine:
@@ -115,4 +117,4 @@ def build_scheduler(kind, lr, warmup_steps=0, total_steps=100000, final_ratio=0.
 
         return ReduceLROnPlateau(factor=factor, patience=patience,
                                  dont_halve_until_epoch=dont_halve_until_epoch)
-    raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}.")
+    raise UserError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}.")

@@ -20,12 +20,13 @@ import pytest
 import torch
 
 from sb_mamba.audio import read_audio
-from sb_mamba.dataio.librimini import DEFAULT_DATA, prepare_librimini
+from sb_mamba.dataio.generate import prepare_librimini
 from sb_mamba.inference import MambaSeparator
 from sb_mamba.metrics import pit_metric, si_snr
 from sb_mamba.resources import pretrained_path
 
 N_CHECKED = 12  # the first test mixtures (all 100 take ~1 min on one core)
+LIBRIMINI = Path(__file__).resolve().parents[2] / "recipes" / "LibriMini" / "data"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -40,7 +41,7 @@ def test_shipped_model_matches_its_test_results(tmp_path):
     assert len(published) == 100
 
     # The recipe's fixed test mixtures (hparams/sepmamba.yaml: 4 s, seed 4321).
-    prepare_librimini(DEFAULT_DATA, tmp_path, n_valid=1, n_test=N_CHECKED)
+    prepare_librimini(LIBRIMINI, tmp_path, n_valid=1, n_test=N_CHECKED)
     with open(tmp_path / "test.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["ID"] for r in rows] == list(published)[:N_CHECKED], "mixtures differ"

@@ -24,12 +24,13 @@ Authors
 import csv
 import re
 
+import speechbrain as sb
 import torch
 
 from sb_mamba.audio import read_audio
 from sb_mamba.metrics import pit_metric
-from sb_mamba.training.recipe import load_recipe_hparams
-from tests.recipes.common import RECIPES, run_recipe
+from sb_mamba.training.recipe import load_hparams
+from tests.helpers import LIBRIMINI_DATA, RECIPES, run_train_py
 
 RISE_DB = 2.0  # over the untrained model (the bar)
 MIN_SI_SNRI_DB = 0.3  # and better than the unprocessed mixture
@@ -56,14 +57,15 @@ def valid_si_snri(model, valid_csv):
 def test_librimini_sepmamba_learns(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = [f"--output_folder={out}", *BUDGET]
-    proc = run_recipe("LibriMini", "sepmamba.yaml", *args, timeout=2400)  # ~1 min on 2 free cores
+    proc = run_train_py("LibriMini", "sepmamba.yaml", *args, timeout=2400)  # ~1 min on 2 free cores
     log = (out / "train_log.txt").read_text()
     curve = [float(v) for v in re.findall(r"valid si-snri: ([-+.\de]+)", log)]
     assert len(curve) == 4, log
 
     # the untrained model: the YAML seeds torch before building it
     monkeypatch.chdir(RECIPES / "LibriMini" / "separation")
-    _, _, _, hparams = load_recipe_hparams(["hparams/sepmamba.yaml", *args])
+    hparams_file, _, overrides = sb.parse_arguments(["hparams/sepmamba.yaml", *args])
+    hparams = load_hparams(hparams_file, overrides, {"data_folder": str(LIBRIMINI_DATA)})
     untrained = valid_si_snri(hparams["modules"]["separator"].eval(),
                               out / "save" / "valid.csv")
     summary = f"untrained {untrained:.2f} dB, per epoch {curve}\n{proc.stdout[-2000:]}"

@@ -11,7 +11,7 @@ import torch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
 from sb_mamba.lobes.s4m import S4M
-from tests.utils import make_mixture, si_snr_improvement
+from tests.helpers import make_mixture, si_snr_improvement
 
 TARGET_DB = 10.0
 MAX_STEPS = 400

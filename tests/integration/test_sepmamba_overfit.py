@@ -15,7 +15,7 @@ from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 from speechbrain.utils.logger import get_logger
 
 from sb_mamba.lobes.sepmamba import SepMamba
-from tests.utils import make_mixture, si_snr_improvement
+from tests.helpers import make_mixture, si_snr_improvement
 
 logger = get_logger(__name__)
 

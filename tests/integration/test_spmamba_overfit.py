@@ -15,7 +15,7 @@ import torch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
 from sb_mamba.lobes.spmamba import SPMamba
-from tests.utils import make_mixture, si_snr_improvement
+from tests.helpers import make_mixture, si_snr_improvement
 
 TARGET_DB = 10.0
 MAX_STEPS = 100

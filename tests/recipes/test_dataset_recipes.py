@@ -16,14 +16,20 @@ Authors
 """
 
 import csv
-import importlib.util
 import re
 
 import pytest
 
 from sb_mamba.training.recipe import run_recipe
-from tests.recipes.common import RECIPES, ROOT, read_results
-from tests.recipes.fixtures import BUILDERS
+from tests.helpers import (
+    BUILDERS,
+    COMMON,
+    RECIPES,
+    ROOT,
+    SHRINK,
+    load_prepare,
+    read_results,
+)
 
 SPEECH = ROOT / "tests" / "samples" / "speech_8k"  # 4 speakers: the DM speaker tree
 
@@ -31,19 +37,6 @@ SPEECH = ROOT / "tests" / "samples" / "speech_8k"  # 4 speakers: the DM speaker 
 DATASET = {"WSJ0Mix": "wsj0mix", "LibriMix": "librimix", "Echo2Mix": "echo2mix"}
 
 # Command-line overrides that shrink each model to a few thousand parameters.
-SHRINK = {
-    "sepmamba": ["--model_dim=8", "--model_blocks=1"],
-    "spmamba": ["--model_emb_dim=4", "--model_layers=1"],
-    "s4m": ["--model_out_channels=8", "--model_in_channels=16", "--model_blocks=1"],
-}
-
-COMMON = [
-    "--N_epochs=1", "--batch_size=1", "--n_audio_to_save=0",
-    "--segment_seconds=0.25",  # training crops (and dynamic-mixing items)
-    "--dataloader_opts={batch_size: 1, num_workers: 0}",
-]
-
-
 def _cases():
     """(recipe, yaml, extra args) for every recipe YAML, plus option variants."""
     cases = []
@@ -61,15 +54,6 @@ def _cases():
                      id="LibriMix/s4m.yaml+noise"),
     ]
     return cases
-
-
-def _load_prepare(recipe):
-    """The ``prepare`` that ``recipes/<recipe>/separation/train.py`` passes to main."""
-    path = RECIPES / recipe / "separation" / "train.py"
-    spec = importlib.util.spec_from_file_location(f"train_{recipe}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # the __main__ guard keeps main() from running
-    return module.prepare
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +89,7 @@ def test_recipe_runs(recipe, yaml_name, extra, dataset_folder, tmp_path, one_thr
     if dm:  # mix the bundled speakers on the fly (noise: the dataset's own)
         args += [f"--base_folder_dm={SPEECH}", "--epoch_size=2"]
 
-    brain = run_recipe(_load_prepare(recipe), args)
+    brain = run_recipe(load_prepare(recipe), args)
 
     rows = read_results(out)
     assert len(rows) == 2  # 1 test mixture + avg

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from tests.recipes.common import RECIPES, read_results, recipe_cmd, run_recipe
+from tests.helpers import RECIPES, read_results, recipe_cmd, run_train_py
 
 TINY = [
     "--model_dim=8", "--epoch_size=4", "--batch_size=2", "--segment_seconds=0.5",
@@ -28,7 +28,7 @@ TINY = [
 
 def test_debug_epoch_writes_results(tmp_path):
     out = tmp_path / "run"
-    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", "--N_epochs=1", *TINY)
+    proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={out}", "--N_epochs=1", *TINY)
     rows = read_results(out)
     assert len(rows) == 3  # 2 test mixtures + avg
     assert "ssm_backend: auto -> " in proc.stdout
@@ -37,7 +37,7 @@ def test_debug_epoch_writes_results(tmp_path):
 
     # SpeechBrain's own --test_only flag: evaluate the best checkpoint, no training
     (out / "test_results.csv").unlink()
-    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", "--N_epochs=2",
+    proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={out}", "--N_epochs=2",
                       "--test_only", *TINY)
     assert "Going into epoch" not in proc.stdout, proc.stdout[-3000:]
     assert len(read_results(out)) == 3
@@ -96,7 +96,7 @@ def test_kill_and_resume(tmp_path):
     saved = yaml.safe_load(next(c for c, m in _ckpt_meta(save) if m.get(INTRA)).joinpath("brain.ckpt").read_text())
     assert saved["optimizer_step"] > 0
 
-    second = run_recipe("LibriMini", "sepmamba.yaml", *args)
+    second = run_train_py("LibriMini", "sepmamba.yaml", *args)
     m = re.search(r"at step (\d+) of that epoch \(optimizer step (\d+)\) - resumed", second.stdout)
     assert m, second.stdout[-3000:]
     assert int(m.group(1)) == saved["step"] and int(m.group(2)) == saved["optimizer_step"]
@@ -109,7 +109,7 @@ def test_kill_and_resume(tmp_path):
 @pytest.mark.skipif(os.environ.get("SB_MAMBA_SKIP_DDP") == "1", reason="DDP disabled")
 def test_ddp_two_processes_gloo(tmp_path):
     out = tmp_path / "ddp"
-    proc = run_recipe(
+    proc = run_train_py(
         "LibriMini", "sepmamba.yaml", f"--output_folder={out}", "--N_epochs=1", *TINY,
         "--distributed_backend=gloo",
         launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
@@ -119,7 +119,7 @@ def test_ddp_two_processes_gloo(tmp_path):
 
 
 def test_missing_data_folder_is_one_clear_error(tmp_path):
-    proc = run_recipe(
+    proc = run_train_py(
         "LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path}", f"--data_folder={tmp_path}/nope",
         check=False, timeout=300,
     )
@@ -128,7 +128,7 @@ def test_missing_data_folder_is_one_clear_error(tmp_path):
 
 
 def test_wrong_yaml_key_is_one_clear_error(tmp_path):
-    proc = run_recipe(
+    proc = run_train_py(
         "LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path}", "--N_epoch=3",
         check=False, timeout=300,
     )

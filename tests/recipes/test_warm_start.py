@@ -13,7 +13,7 @@ import torch
 
 from sb_mamba.inference.export import inference_yaml
 from sb_mamba.lobes.sepmamba import SepMamba
-from tests.recipes.common import RECIPES, run_recipe
+from tests.helpers import RECIPES, run_train_py
 
 TINY = [
     "--model_dim=8", "--epoch_size=4", "--batch_size=2", "--segment_seconds=0.5",
@@ -47,7 +47,7 @@ def test_init_from_warm_starts_then_checkpoint_wins(tmp_path):
     out = tmp_path / "run"
     # lr 0 (cosine: no lr floor): training leaves the weights as initialised
     zero_lr = ["--lr=0.0", "--lr_schedule=warmup_cosine"]
-    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *zero_lr,
+    proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *zero_lr,
                       f"--init_from={tmp_path / 'model_a'}", *TINY)
     assert "Warm start: separator initialised from" in proc.stdout
     saved = saved_separator(out)
@@ -55,28 +55,35 @@ def test_init_from_warm_starts_then_checkpoint_wins(tmp_path):
         assert torch.allclose(saved[k], v.half().float()), k
 
     # the run now has a checkpoint: another init_from is ignored, the run resumes
-    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *zero_lr,
+    proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *zero_lr,
                       f"--init_from={tmp_path / 'model_b'}", *TINY[:-1], "--N_epochs=2")
     assert "ignored: the run resumes from its checkpoint" in proc.stdout
     assert torch.equal(saved_separator(out)["decoder.weight"], saved["decoder.weight"])
 
 
 def test_init_from_errors_are_clear(tmp_path):
-    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'a'}",
+    proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'a'}",
                       f"--init_from={tmp_path / 'missing'}", *TINY, check=False, timeout=300)
     assert proc.returncode == 2
     assert "no such model folder or checkpoint file" in proc.stdout
     assert "Traceback" not in proc.stdout
 
     tiny_model_folder(tmp_path / "model", seed=1)  # dim 8: the default dim 32 does not fit
-    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'b'}",
+    proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'b'}",
                       f"--init_from={tmp_path / 'model'}", *TINY[1:], check=False, timeout=300)
+    assert proc.returncode == 2  # read from the folder's hyperparams.yaml, nothing built
+    assert "was trained with dim=8 (the recipe builds 32)" in proc.stdout
+
+    # a bare checkpoint file (no hyperparams.yaml to compare): the load itself refuses
+    proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'b2'}",
+                      f"--init_from={tmp_path / 'model' / 'separator.ckpt'}", *TINY[1:],
+                      check=False, timeout=300)
     assert proc.returncode == 2
     assert "does not fit the recipe's separator" in proc.stdout and "model_dim" in proc.stdout
 
     # same shapes, other layout: weights trained with stride 2 are refused
     tiny_model_folder(tmp_path / "stride2", seed=1, stride=2)
-    proc = run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'c'}",
+    proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'c'}",
                       f"--init_from={tmp_path / 'stride2'}", *TINY, "--model_stride=4",
                       check=False, timeout=300)
     assert proc.returncode == 2
@@ -85,7 +92,7 @@ def test_init_from_errors_are_clear(tmp_path):
 
 def test_demo_learning_curve_continues_the_history(tmp_path):
     out = tmp_path / "run"
-    run_recipe("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *TINY[:-1],
+    run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *TINY[:-1],
                "--N_epochs=2", "--lr_schedule=warmup_cosine", "--warmup_steps=1")
     log = (out / "train_log.txt").read_text()
     assert log.count("train cpu-minutes") == 2, log

@@ -16,8 +16,8 @@ RECIPE_YAMLS = sorted(ROOT.glob("recipes/*/separation/hparams/*.yaml"))
 CODE = "\n".join(
     p.read_text()
     for p in [
-        ROOT / "sb_mamba" / "separation.py",
-        ROOT / "sb_mamba" / "recipe.py",
+        ROOT / "sb_mamba" / "training" / "brain.py",
+        ROOT / "sb_mamba" / "training" / "recipe.py",
         *ROOT.glob("recipes/*/separation/train.py"),
     ]
 )

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
-from tests.unittests.test_scan import LENGTHS, make_scan_inputs, rand64
+from tests.helpers import LENGTHS, make_scan_inputs, rand64
 
 kernel = load_cpu_kernel()
 if kernel is None:

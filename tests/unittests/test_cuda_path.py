@@ -23,7 +23,8 @@ import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from sb_mamba.nnet.mamba import BiMamba, Mamba
+from sb_mamba.nnet.bimamba import BiMamba
+from sb_mamba.nnet.mamba import Mamba
 
 FRAGMENTS = sorted((Path(__file__).resolve().parents[2] / "hparams" / "models").glob("*.yaml"))
 pytestmark = pytest.mark.usefixtures("one_thread")

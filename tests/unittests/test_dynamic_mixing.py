@@ -17,12 +17,8 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 
 from sb_mamba import audio
 from sb_mamba.audio import AudioError, read_audio, write_audio
-from sb_mamba.dataio.dynamic_mixing import (
-    DynamicMixingDataset,
-    index_speakers,
-    prepare_cache,
-    split_speakers,
-)
+from sb_mamba.dataio.mixing import DynamicMixingDataset
+from sb_mamba.dataio.speakers import index_speakers, prepare_cache, split_speakers
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SPEECH = SAMPLES / "speech_8k"

@@ -29,7 +29,7 @@ from sb_mamba.inference.chunking import chunked_separate
 from sb_mamba.inference.export import export_model, upload_to_hub
 from sb_mamba.metrics import pit_metric, si_snr
 from sb_mamba.resources import pretrained_path
-from tests.utils import make_mixture
+from tests.helpers import make_mixture
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_YAML = f"""
@@ -275,18 +275,18 @@ def test_cli_folder(exported, tmp_path, capsys):
     (data / "c.wav").write_bytes(b"not audio")
     (data / "notes.txt").write_text("ignored")
     argv = [str(hub), str(data), "-o", str(out), "--chunk-seconds", "0.5"]
-    assert cli.main(argv) == 1
+    assert cli.main(["separate", *argv]) == 1
     made = sorted(str(p.relative_to(out)) for p in out.rglob("*.wav"))
     assert made == ["a_s1.wav", "a_s2.wav", "sub/b_s1.wav", "sub/b_s2.wav"]
     err = capsys.readouterr().err
     assert "Skipped" in err and "c.wav" in err and "1 failed" in err
     (out / "a_s1.wav").write_bytes(b"keep")
-    assert cli.main(argv) == 1
+    assert cli.main(["separate", *argv]) == 1
     assert (out / "a_s1.wav").read_bytes() == b"keep"
     assert "--force" in capsys.readouterr().err
-    assert cli.main(argv + ["--force", "--ext", "wav"]) == 1  # c.wav still fails
+    assert cli.main(["separate", *argv, "--force", "--ext", "wav"]) == 1  # c.wav still fails
     assert (out / "a_s1.wav").read_bytes() != b"keep"
-    assert cli.main([str(hub), str(data / "a.wav"), "-o", str(out), "--force"]) == 0
+    assert cli.main(["separate", str(hub), str(data / "a.wav"), "-o", str(out), "--force"]) == 0
 
 
 def test_pit_metric_aligns_three_speakers_in_every_order():
@@ -317,9 +317,9 @@ def test_shipped_demo_model_from_cli(tmp_path, capsys):
     DEFAULT_MODEL = Path(pretrained_path())
 
     mix = DEFAULT_MODEL / "test_mixture.wav"
-    assert cli.main([str(mix), "-o", str(tmp_path)]) == 0
+    assert cli.main(["separate", str(mix), "-o", str(tmp_path)]) == 0
     outs = [read_audio(tmp_path / f"test_mixture_s{i}.wav", 8000) for i in (1, 2)]
     wav = read_audio(mix, 8000)
     assert all(o.shape == wav.shape and torch.isfinite(o).all() for o in outs)
     assert not torch.allclose(outs[0], outs[1])
-    assert cli.main([str(tmp_path / "nothing_here.wav"), "-o", str(tmp_path)]) == 2
+    assert cli.main(["separate", str(tmp_path / "nothing_here.wav"), "-o", str(tmp_path)]) == 2

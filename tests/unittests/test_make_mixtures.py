@@ -1,10 +1,11 @@
-"""The dataset generator (``sb-mamba-make-mixtures``): layouts, levels, determinism.
+"""The dataset generator (``sb-mamba make-mixtures``): layouts, levels, determinism.
 
 Authors
 -------
  * sb_mamba developers
 """
 
+import argparse
 import csv
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 import soundfile as sf
 from scipy.signal import correlate
 
-from sb_mamba.dataio.make_mixtures import main, make_mixtures, regenerate
-from sb_mamba.dataio.prepare import prepare_echo2mix, prepare_whamr
+from sb_mamba.dataio.generate import add_arguments, make_mixtures, regenerate, run
+from sb_mamba.dataio.manifests import prepare_echo2mix, prepare_whamr
+from sb_mamba.errors import UserError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SPEECH, NOISE, RIRS = SAMPLES / "speech_8k", SAMPLES / "noise_8k", SAMPLES / "rir"
@@ -27,6 +29,13 @@ def wav_files(folder):
     folder = Path(folder)
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.wav"))
             if p.relative_to(folder).parts[0] not in ("cache", "rir_bank")}  # fmt: skip
+
+
+def main(argv):
+    """``sb-mamba make-mixtures ARGV``, in this process."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def read(path):
@@ -45,7 +54,7 @@ def gcc_phat_lag(x, ref):
 def whamr(tmp_path_factory):
     """A tiny WHAMR!-layout dataset (noise, simulated rooms, early targets)."""
     out = tmp_path_factory.mktemp("gen") / "whamr"
-    make_mixtures(SPEECH, out, "whamr", noise_folder=NOISE, extra_targets=("early",), **TINY)
+    make_mixtures(SPEECH, out, layout="whamr", noise_folder=NOISE, extra_targets=("early",), **TINY)
     return out
 
 
@@ -85,7 +94,7 @@ def test_whamr_layout_levels_snr_alignment(whamr, tmp_path):
 
 def test_same_seed_same_bytes_any_workers_and_metadata_regenerates(whamr, tmp_path):
     again = tmp_path / "again"
-    make_mixtures(SPEECH, again, "whamr", noise_folder=NOISE, extra_targets=("early",),
+    make_mixtures(SPEECH, again, layout="whamr", noise_folder=NOISE, extra_targets=("early",),
                   num_workers=2, **TINY)  # fmt: skip
     a, b = wav_files(whamr), wav_files(again)
     assert a.keys() == b.keys() and len(a) == 4 * 11  # 11 folders per split
@@ -101,7 +110,7 @@ def test_same_seed_same_bytes_any_workers_and_metadata_regenerates(whamr, tmp_pa
     assert (new / "metadata.csv").read_bytes() == (whamr / "metadata.csv").read_bytes()
     # Another seed gives other mixtures.
     other = tmp_path / "other"
-    make_mixtures(SPEECH, other, "whamr", noise_folder=NOISE, rir_bank=whamr / "rir_bank",
+    make_mixtures(SPEECH, other, layout="whamr", noise_folder=NOISE, rir_bank=whamr / "rir_bank",
                   **{**TINY, "seed": 12})  # fmt: skip
     d = wav_files(other)
     assert not any(d.get(k) == v for k, v in a.items() if "mix_" in k)
@@ -109,9 +118,9 @@ def test_same_seed_same_bytes_any_workers_and_metadata_regenerates(whamr, tmp_pa
 
 def test_echo2mix_layout_from_measured_rirs_via_the_cli(tmp_path):
     out = tmp_path / "Echo2Mix"
-    main([str(out), "--speech", str(SPEECH), "--rir-bank", str(RIRS), "--layout", "echo2mix",
-          "--n", "2", "1", "1", "--segment-seconds", "0.5", "--held-out", "0", "0",
-          "--subtype", "FLOAT"])  # fmt: skip
+    assert main([str(out), "--speech", str(SPEECH), "--rir-bank", str(RIRS),
+                 "--layout", "echo2mix", "--n", "2", "1", "1", "--segment-seconds", "0.5",
+                 "--held-out", "0", "0", "--subtype", "FLOAT"]) == 0  # fmt: skip
     mixes = sorted(out.rglob("mix.wav"))
     assert [m.relative_to(out).parts[0] for m in mixes] == ["test", "train", "train", "val"]
     for mix in mixes:
@@ -132,13 +141,21 @@ def test_clear_errors(tmp_path):
         make_mixtures(SPEECH, tmp_path / "out", noise_folder=tmp_path / "nope", **TINY)
     with pytest.raises(FileNotFoundError, match="RIR bank folder .* does not exist"):
         make_mixtures(SPEECH, tmp_path / "out", rir_bank=tmp_path / "nope", **TINY)
-    with pytest.raises(ValueError, match="8000 or 16000"):
+    with pytest.raises(UserError, match="8000 or 16000"):
         make_mixtures(SPEECH, tmp_path / "out", sample_rate=22050, **TINY)
-    with pytest.raises(ValueError, match="every split needs 2 speakers"):
+    with pytest.raises(UserError, match="every split needs 2 speakers"):
         make_mixtures(SPEECH, tmp_path / "out", **{**TINY, "speaker_split": (1, 1)})
-    with pytest.raises(ValueError, match="layout must be one of"):
+    with pytest.raises(UserError, match="layout must be one of"):
         make_mixtures(SPEECH, tmp_path / "out", layout="wsj0", **TINY)
     with pytest.raises(FileNotFoundError, match="metadata.csv"):
         regenerate(tmp_path / "metadata.csv", tmp_path / "out")
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "out")])  # --speech is required
+    with pytest.raises(UserError, match="--speech is required"):
+        main([str(tmp_path / "out")])
+    # bad values of the command line: one user error, before anything is written
+    for flags, message in ((["--snr", "3", "-6"], "snr_db_range must be"),
+                           (["--rt60", "0.5", "0.2"], "rt60 must be"),
+                           (["--held-out", "9", "9"], "hold out"),
+                           (["--held-out", "0", "0", "--workers", "0"], "--workers")):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            main([str(tmp_path / "cli"), "--speech", str(SPEECH), "--n", "1", "1", "1", *flags])
+    assert not (tmp_path / "cli" / "rir_bank").exists()

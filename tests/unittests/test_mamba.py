@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
-from sb_mamba.nnet.mamba import BiMamba, Mamba, MambaBlock
-from tests.unittests.test_scan import CPU_BACKENDS
+from sb_mamba.nnet.bimamba import BiMamba, MambaBlock
+from sb_mamba.nnet.mamba import Mamba
+from tests.helpers import CPU_BACKENDS
 
 # mamba_ssm.modules.mamba_simple.Mamba(d_model=64) with its defaults
 # (d_state=16, d_conv=4, expand=2, dt_rank=ceil(64/16)=4, conv_bias=True,
@@ -154,7 +155,7 @@ def test_mamba_learns_a_delayed_copy():
 
 
 # ---------------------------------------------------------------------------
-# The fused CPU path (sb_mamba.nnet.fused) against the PyTorch twin.
+# The fused CPU path (sb_mamba.nnet.fused) against the PyTorch op.
 # ---------------------------------------------------------------------------
 
 needs_kernel = pytest.mark.skipif(

@@ -12,7 +12,7 @@ import torch
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
 from sb_mamba.metrics import pit_metric, pit_si_snr_loss, pit_snr_loss, sdr, snr
-from tests.utils import make_mixture
+from tests.helpers import make_mixture
 
 
 def test_pit_si_snr_matches_speechbrain():

@@ -1,4 +1,4 @@
-"""Tests of ``sb_mamba.dataio.prepare`` on tiny real-layout datasets.
+"""Tests of ``sb_mamba.dataio.manifests`` on tiny real-layout datasets.
 
 Authors
 -------
@@ -14,15 +14,14 @@ import soundfile as sf
 import torch
 
 from sb_mamba.audio import AudioError
-from sb_mamba.dataio.prepare import (
-    PREPARERS,
+from sb_mamba.dataio.manifests import (
     prepare_echo2mix,
     prepare_librimix,
     prepare_wham,
     prepare_whamr,
     prepare_wsj0mix,
 )
-from tests.recipes.fixtures import (
+from tests.helpers import (
     make_echo2mix,
     make_librimix,
     make_wham,
@@ -70,10 +69,6 @@ def check_sum(row, parts):
 @pytest.fixture(scope="module")
 def wsj(tmp_path_factory):
     return make_wsj0mix(tmp_path_factory.mktemp("wsj"))
-
-
-def test_registry():
-    assert set(PREPARERS) == {"wsj0mix", "wham", "whamr", "librimix", "echo2mix"}
 
 
 def test_wsj0mix(wsj, tmp_path):
@@ -212,7 +207,7 @@ def test_skip_prep_and_rerun(wsj, tmp_path, caplog):
     csvs = prepare_wsj0mix(wsj, tmp_path)
     stamps = {p: p.stat().st_mtime_ns for p in csvs.values()}
     assert prepare_wsj0mix("/no/such/folder", tmp_path, skip_prep=True) == csvs
-    with caplog.at_level(logging.INFO, logger="sb_mamba.dataio.prepare"):
+    with caplog.at_level(logging.INFO, logger="sb_mamba.dataio.manifests"):
         assert prepare_wsj0mix(wsj, tmp_path) == csvs
     assert "already prepared" in caplog.text
     assert stamps == {p: p.stat().st_mtime_ns for p in csvs.values()}

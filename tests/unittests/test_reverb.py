@@ -18,10 +18,15 @@ import pytest
 import torch
 from scipy.signal import correlate
 
-from sb_mamba.dataio.dynamic_mixing import REF_RMS_DB, DynamicMixingDataset
-from sb_mamba.dataio.reverb import RirBank, index_rir_folder, make_rir_bank
-from sb_mamba.dataio.reverb_mixing import ReverbDynamicMixing, check_remix
+from sb_mamba.dataio.mixing import (
+    REF_RMS_DB,
+    DynamicMixingDataset,
+    ReverbDynamicMixing,
+    check_remix,
+)
+from sb_mamba.dataio.rir_bank import RirBank, index_rir_folder, make_rir_bank
 from sb_mamba.dataio.room import draw_room, early_rir, room_ranges, simulate_room
+from sb_mamba.errors import UserError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SPEECH, NOISE, RIRS = SAMPLES / "speech_8k", SAMPLES / "noise_8k", SAMPLES / "rir"
@@ -157,7 +162,7 @@ def test_without_reverb_it_is_dynamic_mixing():
 
 
 def test_clear_errors(tmp_path, bank):
-    with pytest.raises(FileNotFoundError, match="sb-mamba-make-rir-bank"):
+    with pytest.raises(FileNotFoundError, match="sb-mamba make-rir-bank"):
         ReverbDynamicMixing(SPEECH, rir_bank=tmp_path / "no_bank", epoch_size=2)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ReverbDynamicMixing(tmp_path / "no_speech", rir_bank=bank, epoch_size=2)
@@ -165,11 +170,13 @@ def test_clear_errors(tmp_path, bank):
         index_rir_folder(tmp_path / "nothing")
     with pytest.raises(ValueError, match="reverb_target must be one of"):
         ReverbDynamicMixing(SPEECH, rir_bank=bank, reverb_target="dry", epoch_size=2)
-    with pytest.raises(ValueError, match="sources_per_room >= num_spks"):
+    with pytest.raises(UserError, match="sources_per_room >= num_spks"):
         RirBank(bank, 8000, min_sources=4)
+    with pytest.raises(UserError, match="num_mics must be >= 1"):
+        make_rir_bank(tmp_path / "bank0", 2, num_mics=0)
     ds = ReverbDynamicMixing(SPEECH, rir_bank=bank, epoch_size=2)
-    with pytest.raises(ValueError, match="use_speedperturb to False"):
-        check_remix(ds, {"use_speedperturb": True})
-    check_remix(ds, {"use_speedperturb": False})
+    with pytest.raises(UserError, match="use_speedperturb to False"):
+        check_remix(ds, speed_perturb=True)
+    check_remix(ds, speed_perturb=False)
     ds.reverb_target = "reverberant"  # mixture == sum of the targets (+ noise): allowed
-    check_remix(ds, {"use_speedperturb": True, "use_rand_shift": True})
+    check_remix(ds, speed_perturb=True, rand_shift=True)

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from sb_mamba.nnet.s4 import S4, S4Kernel, fft_conv, hippo_legs_nplr
+from sb_mamba.nnet.s4 import S4, fft_conv
+from sb_mamba.nnet.s4_kernel import S4Kernel, hippo_legs_nplr
 
 # S4M.py (JusperLee/S4M) builds its SSM block as
 #   S4(d_model=dim, d_state=16, bidirectional=True, dropout=0.0, transposed=True)

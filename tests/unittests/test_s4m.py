@@ -5,16 +5,15 @@ Authors
  * sb_mamba developers
 """
 
-from pathlib import Path
 
 import pytest
 import torch
-from hyperpyyaml import load_hyperpyyaml
 
 import sb_mamba.lobes.s4m as s4m_module
 from sb_mamba.lobes.s4m import S4M
+from sb_mamba.nnet.s4 import S4
+from tests.helpers import load_fragment
 
-MODELS = Path(__file__).parents[2] / "hparams" / "models"
 SMALL = {"in_channels": 32, "out_channels": 16, "num_blocks": 2}
 
 
@@ -25,17 +24,12 @@ def n_params(module):
     return sum(p.numel() for p in module.parameters())
 
 
-def load(name, overrides=None):
-    with open(MODELS / name) as f:
-        return load_hyperpyyaml(f, overrides)
-
-
 @pytest.mark.parametrize(
     "name, target, exact",
     [("s4m_tiny.yaml", 1.8e6, 1_824_359), ("s4m.yaml", 3.6e6, 3_529_319)],
 )
 def test_fragment_param_count(name, target, exact):
-    hp = load(name)
+    hp = load_fragment(name)
     assert hp["sample_rate"] == 8000 and hp["num_spks"] == 2
     n = n_params(hp["separator"])
     assert abs(n - target) / target < 0.03
@@ -49,7 +43,7 @@ def test_released_default_param_count():
 
 
 def test_fragment_overrides():
-    hp = load("s4m.yaml", {"num_spks": 3, **SMALL})
+    hp = load_fragment("s4m.yaml", {"num_spks": 3, **SMALL})
     model = hp["separator"]
     assert model.num_spks == 3 and model.num_blocks == 2
     assert len(model.block.td_s4) == 3
@@ -75,7 +69,7 @@ def test_short_and_odd_lengths():
 
 
 def test_full_size_tiny_forward():
-    model = load("s4m_tiny.yaml")["separator"].eval()
+    model = load_fragment("s4m_tiny.yaml")["separator"].eval()
     with torch.no_grad():
         assert model(torch.randn(1, 1600)).shape == (1, 1600, 2)
 
@@ -96,17 +90,26 @@ def test_kernel_cache_keeps_gradients(monkeypatch):
     """Reusing the S4 kernels across iterations changes neither output nor gradients."""
     torch.manual_seed(0)
     model, x = S4M(decoder_s4=True, **{**SMALL, "num_blocks": 3}), torch.randn(2, 900)
+    computed = []
+    ssm_kernel = S4.ssm_kernel
+    monkeypatch.setattr(S4, "ssm_kernel",
+                        lambda self, *a, **k: computed.append(1) or ssm_kernel(self, *a, **k))
 
     def run():
+        computed.clear()
         model.zero_grad()
         y = model(x)
         y.pow(2).sum().backward()
         return y.detach(), [p.grad.clone() for p in model.parameters()]
 
     y1, g1 = run()
-    uncached = s4m_module.s4_apply
-    monkeypatch.setattr(s4m_module, "s4_apply", lambda layer, u, kernels=None: uncached(layer, u))
+    # one kernel per S4 layer (coarsest scale + 3 top-down steps), not per iteration
+    assert len(computed) == 4
+    forward = s4m_module._ResidualBlock.forward  # no cache: each call computes its kernel
+    monkeypatch.setattr(s4m_module._ResidualBlock, "forward",
+                        lambda self, x, kernels=None: forward(self, x))
     y0, g0 = run()
+    assert len(computed) == 4 * 3
     assert torch.allclose(y1, y0, atol=1e-6)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g0))
 

@@ -6,7 +6,6 @@ Authors
 """
 
 import logging
-import os
 import subprocess
 import sys
 
@@ -15,18 +14,9 @@ import torch
 
 from sb_mamba.nnet import scan
 from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
-from sb_mamba.nnet.scan import resolve_backend, selective_scan, selective_scan_ref
-
-
-def _cpu_backends():
-    backends = ["torch"]
-    if os.environ.get("SB_MAMBA_NO_CPU_KERNEL") != "1":
-        # A compiler is part of the supported set-up: the kernel must build.
-        backends.append("cpu_kernel")
-    return backends
-
-
-CPU_BACKENDS = _cpu_backends()
+from sb_mamba.nnet.scan import resolve_backend, selective_scan
+from sb_mamba.nnet.scan_torch import selective_scan_ref
+from tests.helpers import CPU_BACKENDS, LENGTHS, make_scan_inputs
 
 
 def _inputs(b=2, d=6, n=4, length=37, b_shape="bnl", seed=0):
@@ -201,14 +191,6 @@ def test_no_top_level_mamba_ssm_import():
 # projection, softplus, D skip and silu(z) gate) against its definition.
 # ---------------------------------------------------------------------------
 
-LENGTHS = [1, 3, 255, 700]
-
-
-def rand64(*shape, gen, scale=1.0, shift=0.0):
-    """Float64 normal samples, ``shift + scale * N(0, 1)``."""
-    return shift + scale * torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-
 def reference_mamba_scan(u, z, xdbl, w_dt, dt_bias, A, D, reverse):
     """The fused scan's definition, sequential, float64, with autograd.
 
@@ -246,19 +228,6 @@ def reference_mamba_scan(u, z, xdbl, w_dt, dt_bias, A, D, reverse):
         ys.append((x * Cm[:, t, None, :]).sum(-1))
     y = (torch.stack(ys, 1) + D * u) * torch.nn.functional.silu(z)
     return y, x.transpose(1, 2)
-
-
-def make_scan_inputs(B, L, Di, S, R, seed=0):
-    """Float64 inputs of the fused scan in Mamba's ranges (requires_grad)."""
-    gen = torch.Generator().manual_seed(seed)
-    xz = rand64(B, L, 2 * Di, gen=gen)
-    xdbl = rand64(B, L, R + 2 * S, gen=gen)
-    w_dt = rand64(Di, R, gen=gen, scale=0.3)
-    dt_bias = rand64(Di, gen=gen, scale=0.5, shift=-2.0)
-    A = -torch.exp(rand64(Di, S, gen=gen, scale=0.5))
-    D = rand64(Di, gen=gen)
-    gy = rand64(B, L, Di, gen=gen)
-    return [t.requires_grad_() for t in (xz, xdbl, w_dt, dt_bias, A, D)] + [gy]
 
 
 @pytest.mark.skipif("cpu_kernel" not in CPU_BACKENDS, reason="SB_MAMBA_NO_CPU_KERNEL=1")

@@ -5,15 +5,13 @@ Authors
  * sb_mamba developers
 """
 
-from pathlib import Path
 
 import pytest
 import torch
-from hyperpyyaml import load_hyperpyyaml
 
 from sb_mamba.lobes.sepmamba import SepMamba, causal_lookahead
+from tests.helpers import load_fragment
 
-MODELS = Path(__file__).resolve().parents[2] / "hparams" / "models"
 SMALL = dict(dim=16, num_blocks=1, d_state=4, ssm_backend="auto")
 
 
@@ -31,8 +29,7 @@ def n_params(model):
     ],
 )
 def test_fragment_param_count(name, target, blocks_fwd, bidirectional):
-    with open(MODELS / f"{name}.yaml") as f:
-        hp = load_hyperpyyaml(f)
+    hp = load_fragment(f"{name}.yaml")
     model = hp["separator"]
     assert isinstance(model, SepMamba)
     assert hp["sample_rate"] == 8000 and hp["num_spks"] == 2
@@ -45,8 +42,7 @@ def test_fragment_param_count(name, target, blocks_fwd, bidirectional):
 
 
 def test_fragment_overrides():
-    with open(MODELS / "sepmamba_causal_s.yaml") as f:
-        hp = load_hyperpyyaml(f, {"num_spks": 3, "dim": 8, "num_blocks": 1})
+    hp = load_fragment("sepmamba_causal_s.yaml", {"num_spks": 3, "dim": 8, "num_blocks": 1})
     model = hp["separator"]
     assert model.decoder.out_channels == 3 and model.down[0].conv.out_channels == 8
     assert len(model.up[-1].mamba.forward_blocks) == 2

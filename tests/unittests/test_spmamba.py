@@ -5,21 +5,14 @@ Authors
  * sb_mamba developers
 """
 
-from pathlib import Path
 
 import pytest
 import torch
-from hyperpyyaml import load_hyperpyyaml
 
 from sb_mamba.lobes.spmamba import SPMamba, stft_analysis, stft_synthesis
+from tests.helpers import load_fragment
 
-MODELS = Path(__file__).resolve().parents[2] / "hparams" / "models"
 SMALL = {"emb_dim": 4, "num_layers": 1, "expand": 2}  # d_model 32: fast on CPU
-
-
-def load_fragment(name, overrides=None):
-    with open(MODELS / name) as f:
-        return load_hyperpyyaml(f, overrides)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,13 @@ Authors
  * sb_mamba developers
 """
 
-from sb_mamba.dataio.librimini import prepare_librimini
+from pathlib import Path
+
+from sb_mamba.dataio.generate import prepare_librimini
 from sb_mamba.training.recipe import main
 
+# The speech bundled with this recipe (recipes/LibriMini/data)
+BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data"
+
 if __name__ == "__main__":
-    main(prepare_librimini)
+    main(prepare_librimini, defaults={"data_folder": str(BUNDLED_DATA)})

@@ -14,7 +14,7 @@ Authors
  * sb_mamba developers
 """
 
-from sb_mamba.dataio.prepare import prepare_wham, prepare_whamr
+from sb_mamba.dataio.manifests import prepare_wham, prepare_whamr
 from sb_mamba.training.recipe import main
 
 PREPARERS = {"wham": prepare_wham, "whamr": prepare_whamr}

@@ -6,7 +6,8 @@
     python train.py hparams/spmamba.yaml --data_folder=/path/to/wsj0-mix/2speakers
     torchrun --nproc_per_node=4 train.py hparams/spmamba.yaml --data_folder=...
 
-The data preparation writes the tr/cv/tt CSV manifests; everything else
+The data preparation writes the CSV manifests train.csv, valid.csv and test.csv
+(of the tr, cv and tt folders); everything else
 (dynamic mixing, the Separation brain, test_results.csv) is sb_mamba.training.recipe.
 
 Authors
@@ -14,7 +15,7 @@ Authors
  * sb_mamba developers
 """
 
-from sb_mamba.dataio.prepare import prepare_wsj0mix as prepare
+from sb_mamba.dataio.manifests import prepare_wsj0mix as prepare
 from sb_mamba.training.recipe import main
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ cp -r "$BEST" "$EVAL/save/"
 python train.py hparams/sepmamba.yaml --output_folder="$EVAL" \
     --model_dim=64 --model_blocks=1 --model_stride=2 --lr_schedule=warmup_cosine --test_only --n_audio_to_save=3
 python demo/training_notes.py "$RUN" "$EVAL"  # notes.md, learning_curve.{csv,png}
-sb-mamba-export "$EVAL" "$TARGET" --fp16 --name sepmamba-librimini-8k \
+sb-mamba export "$EVAL" "$TARGET" --fp16 --name sepmamba-librimini-8k \
     --license cc-by-4.0 --notes "$EVAL/notes.md" --hparams-file "$RUN/hyperparams.yaml"
 cp "$RUN/train_log.txt" "$TARGET/train_log.txt"
 cp "$EVAL/learning_curve.csv" "$EVAL/learning_curve.png" "$TARGET/"

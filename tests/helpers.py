@@ -1,6 +1,16 @@
-"""Tiny datasets in the real WSJ0-mix, WHAM!, WHAMR!, LibriMix and Echo2Mix layouts.
+"""The one module of helpers shared by sb_mamba's tests.
 
-Built only from the bundled real recordings (``tests/samples/speech_8k``: 4
+- Paths of the clone (``ROOT``, ``RECIPES``, the bundled LibriMini speech and
+  the test samples).
+- Real mixtures of the bundled LibriSpeech excerpts (:func:`make_mixture`).
+- Inputs of the scan kernels (:func:`make_scan_inputs`, ``CPU_BACKENDS``).
+- Recipes run as a user runs them (:func:`run_train_py`, ``python train.py
+  hparams/X.yaml`` in the recipe's folder) or in-process with the ``prepare``
+  of their ``train.py`` (:func:`load_prepare`), and their test results.
+- Tiny datasets in the real WSJ0-mix, WHAM!, WHAMR!, LibriMix and Echo2Mix
+  layouts (``make_<name>``, ``BUILDERS``).
+
+Tiny datasets: Built only from the bundled real recordings (``tests/samples/speech_8k``: 4
 LibriSpeech utterances of 4 speakers; ``tests/samples/noise_8k``: 2 noise
 clips), so a fresh clone needs nothing else. Each mixture is ~1 s: every
 source is a crop of a different utterance at a random offset, with a random
@@ -12,27 +22,195 @@ same files. WHAMR! and Echo2Mix reverberation is a synthetic exponentially
 decaying noise RIR (a stand-in; not the WHAMR! room simulation).
 
 Each ``make_<name>(root, ...)`` returns the ``data_folder`` to pass to the
-matching ``sb_mamba.dataio.prepare.prepare_<name>``.
+matching ``sb_mamba.dataio.manifests.prepare_<name>``.
 
 Authors
 -------
  * sb_mamba developers
 """
 
+import csv
 import functools
+import importlib.util
 import itertools
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import torch
 from scipy.signal import fftconvolve
+from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
 from sb_mamba.audio import read_audio, write_audio
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-SPEECH_DIR = SAMPLES / "speech_8k"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+LIBRIMINI_DATA = RECIPES / "LibriMini" / "data"  # what its train.py passes
+SAMPLES = ROOT / "tests" / "samples"
+SPEECH_8K = SPEECH_DIR = SAMPLES / "speech_8k"
 NOISE_DIR = SAMPLES / "noise_8k"
 
 
+# ---------------------------------------------------------- model fragments
+FRAGMENTS = sorted(p.name for p in (ROOT / "hparams" / "models").glob("*.yaml"))
+
+
+def load_fragment(name, overrides=None):
+    """A shipped model fragment (``hparams/models/<name>``) loaded with overrides."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    from sb_mamba import hparams_path
+
+    with open(hparams_path(f"models/{name}")) as f:
+        return load_hyperpyyaml(f, overrides)
+
+
+# ------------------------------------------------------------ real mixtures
+def load_speech(utt_id):
+    """Load one bundled 8 kHz utterance as a float32 tensor [T]."""
+    spk = utt_id.split("-")[0]
+    wav, sr = sf.read(SPEECH_8K / spk / f"{utt_id}.wav", dtype="float32")
+    assert sr == 8000
+    return torch.from_numpy(wav)
+
+
+def make_mixture(seconds=1.0, num_spks=2, offset=0.5, gains_db=(0.0, -2.5, -1.0)):
+    """A real mixture of bundled LibriSpeech speakers at 8 kHz.
+
+    Arguments
+    ---------
+    seconds : float
+        Length of the mixture.
+    num_spks : int
+        2 or 3 speakers (female 32, male 26, male 27).
+    offset : float
+        Start of the crop in each utterance, in seconds.
+    gains_db : tuple
+        Gain of each source.
+
+    Returns
+    -------
+    mix : torch.Tensor
+        [1, T].
+    sources : torch.Tensor
+        [1, T, num_spks].
+    """
+    utts = ["32-21625-0000", "26-495-0000", "27-123349-0000"][:num_spks]
+    start, length = int(offset * 8000), int(seconds * 8000)
+    srcs = []
+    for utt, g in zip(utts, gains_db):
+        s = load_speech(utt)[start : start + length]
+        s = s / s.std() * 10 ** (g / 20) * 0.1
+        srcs.append(s)
+    sources = torch.stack(srcs, dim=-1).unsqueeze(0)  # [1, T, S]
+    return sources.sum(-1), sources
+
+
+def si_snr_improvement(est, sources, mix):
+    """Mean PIT SI-SNR improvement in dB of ``est`` [B, T, S] over ``mix`` [B, T]."""
+    si_snr = -get_si_snr_with_pitwrapper(sources, est).mean()
+    mix_rep = mix.unsqueeze(-1).expand_as(sources)
+    base = -get_si_snr_with_pitwrapper(sources, mix_rep).mean()
+    return (si_snr - base).item()
+
+
+# ------------------------------------------------------------- scan inputs
+def _cpu_backends():
+    backends = ["torch"]
+    if os.environ.get("SB_MAMBA_NO_CPU_KERNEL") != "1":
+        # A compiler is part of the supported set-up: the kernel must build.
+        backends.append("cpu_kernel")
+    return backends
+
+
+CPU_BACKENDS = _cpu_backends()
+
+
+LENGTHS = [1, 3, 255, 700]
+
+
+def rand64(*shape, gen, scale=1.0, shift=0.0):
+    """Float64 normal samples, ``shift + scale * N(0, 1)``."""
+    return shift + scale * torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+def make_scan_inputs(B, L, Di, S, R, seed=0):
+    """Float64 inputs of the fused scan in Mamba's ranges (requires_grad)."""
+    gen = torch.Generator().manual_seed(seed)
+    xz = rand64(B, L, 2 * Di, gen=gen)
+    xdbl = rand64(B, L, R + 2 * S, gen=gen)
+    w_dt = rand64(Di, R, gen=gen, scale=0.3)
+    dt_bias = rand64(Di, gen=gen, scale=0.5, shift=-2.0)
+    A = -torch.exp(rand64(Di, S, gen=gen, scale=0.5))
+    D = rand64(Di, gen=gen)
+    gy = rand64(B, L, Di, gen=gen)
+    return [t.requires_grad_() for t in (xz, xdbl, w_dt, dt_bias, A, D)] + [gy]
+
+
+# ------------------------------------------------------------------ recipes
+SHRINK = {
+    "sepmamba": ["--model_dim=8", "--model_blocks=1"],
+    "spmamba": ["--model_emb_dim=4", "--model_layers=1"],
+    "s4m": ["--model_out_channels=8", "--model_in_channels=16", "--model_blocks=1"],
+}
+
+COMMON = [
+    "--N_epochs=1", "--batch_size=1", "--n_audio_to_save=0",
+    "--segment_seconds=0.25",  # training crops (and dynamic-mixing items)
+    "--dataloader_opts={batch_size: 1, num_workers: 0}",
+]
+
+
+def load_prepare(recipe):
+    """The ``prepare`` that ``recipes/<recipe>/separation/train.py`` passes to main."""
+    path = RECIPES / recipe / "separation" / "train.py"
+    spec = importlib.util.spec_from_file_location(f"train_{recipe}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the __main__ guard keeps main() from running
+    return module.prepare
+
+
+def recipe_cmd(recipe, yaml, *args, launcher=None):
+    """Command line of ``train.py`` for ``recipes/<recipe>/separation``."""
+    launcher = launcher or [sys.executable]
+    return [*launcher, "train.py", f"hparams/{yaml}", *args]
+
+
+def run_train_py(recipe, yaml, *args, timeout=600, launcher=None, check=True):
+    """Run a recipe in its folder; return the CompletedProcess (output merged)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        recipe_cmd(recipe, yaml, *args, launcher=launcher),
+        cwd=RECIPES / recipe / "separation",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"recipe failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+    return proc
+
+
+def read_results(output_folder):
+    """Rows of ``test_results.csv``; asserts the avg row and finite numbers."""
+    path = Path(output_folder) / "test_results.csv"
+    assert path.is_file(), f"{path} was not written"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and rows[-1]["snt_id"] == "avg", rows
+    for row in rows:
+        for key in ("sdr", "sdr_i", "si-snr", "si-snr_i"):
+            assert math.isfinite(float(row[key])), (key, row)
+    return rows
+
+
+# ------------------------------------------- datasets in the real layouts
 @functools.lru_cache(maxsize=4)
 def _clips(folder, pattern, sample_rate):
     """(id, float64 array) for each bundled clip, resampled to ``sample_rate``."""

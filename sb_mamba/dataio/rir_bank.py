@@ -1,10 +1,11 @@
-"""Reverberation for separation data: RIR banks, simulated or measured.
+"""RIR banks for reverberant separation data, simulated or measured.
 
 Simulating a room takes 0.1 s (RT60 0.2 s) to several seconds (RT60 0.9 s),
 so training never simulates: :func:`make_rir_bank` precomputes rooms once,
-in parallel, and mixing reads them back and convolves by FFT
-(:class:`RirBank`). The room simulation itself is
-:mod:`sb_mamba.dataio.room` (re-exported here).
+in parallel, and mixing (:mod:`sb_mamba.dataio.mixing`) reads them back
+(:class:`RirBank`) and convolves by FFT. The room simulation itself is
+:mod:`sb_mamba.dataio.room`. ``sb-mamba make-rir-bank`` is the command line
+(:func:`add_arguments`, :func:`run`).
 
 A bank folder holds ``rir_bank.csv`` (one row per source position) and
 ``rirs/<room>_s<k>.wav`` (the full RIR, one channel per mic) plus
@@ -29,30 +30,30 @@ Authors
 """
 
 import csv
-import json
 import math
-import multiprocessing
-import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 from speechbrain.utils.logger import get_logger
-from tqdm import tqdm
 
 from sb_mamba.audio import AudioError, audio_info, write_audio
-from sb_mamba.dataio.room import (  # noqa: F401 (re-exported)
-    SIM_RATE,
-    WHAMR_RANGES,
+from sb_mamba.dataio._pool import pool_map
+from sb_mamba.dataio._store import (
+    forget_options,
+    same_options,
+    store_options,
+    write_csv,
+)
+from sb_mamba.dataio.room import (
     draw_room,
-    early_rir,
     measure_rt60,
-    reverberate,
     room_ranges,
     simulate_room,
     windowed_direct,
 )
+from sb_mamba.errors import UserError
 
 logger = get_logger(__name__)
 
@@ -98,39 +99,6 @@ def _make_room(job):
     return rows
 
 
-def _write_csv(path, rows):
-    tmp = Path(path).with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows({k: row.get(k, "") for k in FIELDS} for row in rows)
-    os.replace(tmp, path)
-
-
-def pool_map(fn, jobs, num_workers, desc, unit, initializer=None, initargs=()):
-    """``[fn(job) for job in jobs]`` in ``num_workers`` processes, in order, with tqdm.
-
-    ``initializer(*initargs)`` runs once per process (in this one when
-    ``num_workers`` is 1).
-
-    Example
-    -------
-    >>> pool_map(abs, [-1, -2, 3], 2, "abs", "x")
-    [1, 2, 3]
-    """
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1; got {num_workers}.")
-    bar = dict(total=len(jobs), desc=desc, unit=unit, dynamic_ncols=True)
-    if num_workers == 1 or len(jobs) < 2:
-        if initializer is not None:
-            initializer(*initargs)
-        return [fn(job) for job in tqdm(jobs, **bar)]
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(min(num_workers, len(jobs)), initializer, initargs) as pool:
-        return list(tqdm(pool.imap(fn, jobs), **bar))
-
-
 def make_rir_bank(folder, n, sample_rate=8000, seed=1234, num_workers=1, ranges=None,
                   sources_per_room=2, num_mics=2, calibrate=4):  # fmt: skip
     """Simulate ``n`` rooms into ``folder`` (reused if already made alike).
@@ -148,11 +116,12 @@ def make_rir_bank(folder, n, sample_rate=8000, seed=1234, num_workers=1, ranges=
     num_workers : int
         Simulation processes (the result does not depend on it).
     ranges : dict, optional
-        Overrides of :data:`WHAMR_RANGES`, e.g. ``{"rt60": [0.2, 0.6]}``.
+        Overrides of :data:`sb_mamba.dataio.room.WHAMR_RANGES`, e.g.
+        ``{"rt60": [0.2, 0.6]}``.
     sources_per_room, num_mics : int
         Source positions (>= speakers per mixture) and mics per room.
     calibrate : int
-        RT60 corrections per room (see :func:`simulate_room`).
+        RT60 corrections per room (see :func:`sb_mamba.dataio.room.simulate_room`).
 
     Returns
     -------
@@ -167,25 +136,28 @@ def make_rir_bank(folder, n, sample_rate=8000, seed=1234, num_workers=1, ranges=
     >>> len(RirBank(folder, 8000)), sf.read(f"{folder}/rirs/room000000_s0.wav")[0].shape[1]
     (1, 2)
     """
-    if n < 1 or sources_per_room < 1 or num_mics < 1:
-        raise ValueError("n, sources_per_room and num_mics must be >= 1.")
+    for name, value, least in (("n (rooms)", n, 1), ("sources_per_room", sources_per_room, 1),
+                               ("num_mics", num_mics, 1), ("sample_rate", sample_rate, 1),
+                               ("num_workers (--workers)", num_workers, 1), ("seed", seed, 0),
+                               ("calibrate", calibrate, 0)):  # fmt: skip
+        if value < least:
+            raise UserError(f"{name} must be >= {least}; got {value}.")
     folder = Path(folder)
     opts = {"n": int(n), "sample_rate": int(sample_rate), "seed": int(seed),
             "ranges": {k: list(v) for k, v in room_ranges(ranges).items()},
             "sources_per_room": int(sources_per_room), "num_mics": int(num_mics),
             "calibrate": int(calibrate)}  # fmt: skip
     csv_file, opts_file = folder / BANK_CSV, folder / BANK_OPTIONS
-    if csv_file.is_file() and opts_file.is_file() and json.loads(opts_file.read_text()) == opts:
+    if same_options(opts_file, opts, [csv_file]):
         logger.info("RIR bank %s already made with the same options; reusing it.", folder)
         return csv_file
     (folder / "rirs").mkdir(parents=True, exist_ok=True)
-    if opts_file.exists():
-        opts_file.unlink()  # an interrupted run must not look complete
+    forget_options(opts_file)  # an interrupted run must not look complete
     jobs = [(folder, i, opts) for i in range(n)]
     rows = pool_map(_make_room, jobs, num_workers, f"Simulating rooms -> {folder}", "room")
     rows = [row for room in rows for row in room]
-    _write_csv(csv_file, rows)
-    opts_file.write_text(json.dumps(opts, indent=1))
+    write_csv(csv_file, rows, FIELDS)
+    store_options(opts_file, opts)
     err = np.array([r["rt60_measured"] / r["rt60_target"] - 1 for r in rows[::sources_per_room]])
     logger.info("RIR bank %s: %d rooms; measured/target RT60 - 1: median %+.1f%%, "
                 "%.0f%% of rooms within +-20%%.", folder, n, 100 * np.median(err),
@@ -227,7 +199,7 @@ def index_rir_folder(rir_folder, bank_folder=None, measure=True):
     files = sorted(p for p in rir_folder.rglob("*.wav") if not p.name.startswith("."))
     if not files:
         raise FileNotFoundError(f"No .wav RIRs in {rir_folder}: make a bank with "
-                                "sb-mamba-make-rir-bank or point rir_bank at measured RIRs.")
+                                "sb-mamba make-rir-bank or point rir_bank at measured RIRs.")
     table = {}
     if (rir_folder / "rir.tsv").is_file():
         with open(rir_folder / "rir.tsv", newline="") as f:
@@ -248,8 +220,7 @@ def index_rir_folder(rir_folder, bank_folder=None, measure=True):
             "kind": "measured", "license": meta.get("license", ""),
         })  # fmt: skip
     if bank_folder is not None:
-        Path(bank_folder).mkdir(parents=True, exist_ok=True)
-        _write_csv(Path(bank_folder) / BANK_CSV, rows)
+        write_csv(Path(bank_folder) / BANK_CSV, rows, FIELDS)
         logger.info("Indexed %d measured RIRs of %s into %s.", len(rows), rir_folder,
                     Path(bank_folder) / BANK_CSV)  # fmt: skip
     return rows
@@ -294,11 +265,11 @@ class RirBank:
             by_room.setdefault(r["room_id"], []).append(r["rir_id"])
         self.rooms = [ids for ids in by_room.values() if len(ids) >= min_sources]
         if not self.rooms:
-            raise ValueError(f"No room of the RIR bank {folder} has {min_sources} source "
+            raise UserError(f"No room of the RIR bank {folder} has {min_sources} source "
                              "positions: make the bank with sources_per_room >= num_spks.")
         if int(rows[0]["channels"]) <= self.mic:
-            raise ValueError(f"mic={mic} but the RIRs of {folder} have {rows[0]['channels']} "
-                             "channel(s).")  # fmt: skip
+            raise UserError(f"mic={mic} but the RIRs of {folder} have {rows[0]['channels']} "
+                            "channel(s): pick a channel they have.")  # fmt: skip
         self._cache = {}
         logger.info("RIR bank %s: %d rooms, %d RIRs, used at %d Hz.", folder,
                     len(self.rooms), sum(map(len, self.rooms)), self.sample_rate)  # fmt: skip
@@ -321,7 +292,8 @@ class RirBank:
         """``full`` and ``direct`` RIR (float32) and ``direct_index`` of ``rir_id`` (cached)."""
         if rir_id not in self._cache:
             if rir_id not in self.rows:
-                raise ValueError(f"RIR {rir_id!r} is not in the bank {self.folder}.")
+                raise UserError(f"RIR {rir_id!r} is not in the bank {self.folder}: pass the "
+                                "bank the mixtures were made with.")
             row = self.rows[rir_id]
             rate = int(row["sample_rate"])
             full = self._read(row["wav"], rate)
@@ -357,16 +329,26 @@ def check_bank(folder):
     except (StopIteration, OSError, AudioError):
         raise FileNotFoundError(
             f"RIR bank {folder} has no {BANK_CSV} and no .wav RIRs: make one with "
-            f"`sb-mamba-make-rir-bank {folder} -n 1000` (or make_rir_bank) or point "
+            f"`sb-mamba make-rir-bank {folder} -n 1000` (or make_rir_bank) or point "
             "rir_bank at a folder of measured RIRs."
         ) from None
 
 
-def main(argv=None):
-    """``sb-mamba-make-rir-bank FOLDER -n N``: simulate a RIR bank (or index measured RIRs)."""
-    import argparse
+def add_arguments(parser):
+    """Add the arguments of ``sb-mamba make-rir-bank`` to ``parser`` (see :func:`run`).
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    Example
+    -------
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> args = parser.parse_args(["bank", "-n", "8", "--rt60", "0.2", "0.4"])
+    >>> args.rooms, args.rt60, args.sample_rate
+    (8, [0.2, 0.4], 8000)
+    """
+    if parser.description is None:
+        parser.description = ("Simulate a bank of room impulse responses (WHAMR! rooms), or "
+                              "index a folder of measured ones, for reverberant mixing.")
     parser.add_argument("folder", help="output bank folder")
     parser.add_argument("-n", "--rooms", type=int, default=1000, help="rooms to simulate")
     parser.add_argument("--sample-rate", type=int, default=8000, help="rate of the RIRs")
@@ -379,10 +361,33 @@ def main(argv=None):
     parser.add_argument("--calibrate", type=int, default=4, help="RT60 corrections per room")
     parser.add_argument("--index-measured", metavar="RIR_FOLDER",
                         help="instead of simulating: index this folder of measured .wav RIRs")
-    args = parser.parse_args(argv)
+
+
+def run(args):
+    """Make the bank of :func:`add_arguments`' namespace ``args``.
+
+    Simulates ``args.rooms`` rooms with :func:`make_rir_bank`, or indexes
+    ``args.index_measured`` with :func:`index_rir_folder`.
+
+    Returns
+    -------
+    int
+        0. A user error (a bad value, a missing folder) raises
+        :class:`~sb_mamba.errors.UserError` or ``FileNotFoundError``.
+
+    Example
+    -------
+    >>> import argparse, tempfile
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> run(parser.parse_args([tempfile.mkdtemp(), "-n", "1", "--rt60", "0.2", "0.2"]))
+    0
+    """
     if args.index_measured:
         index_rir_folder(args.index_measured, args.folder)
-        return
-    make_rir_bank(args.folder, args.rooms, args.sample_rate, args.seed, args.workers,
-                  {"rt60": args.rt60} if args.rt60 else None, args.sources_per_room,
-                  args.mics, args.calibrate)  # fmt: skip
+        return 0
+    make_rir_bank(args.folder, args.rooms, sample_rate=args.sample_rate, seed=args.seed,
+                  num_workers=args.workers, ranges={"rt60": args.rt60} if args.rt60 else None,
+                  sources_per_room=args.sources_per_room, num_mics=args.mics,
+                  calibrate=args.calibrate)  # fmt: skip
+    return 0

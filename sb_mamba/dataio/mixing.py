@@ -1,78 +1,58 @@
-"""Dynamic mixing: new speaker mixtures drawn on the fly in every epoch, from any
-``<root>/<speaker>/.../<utt>.{wav,flac}`` tree (raw WSJ0 ``si_tr_s``, LibriSpeech
-``train-clean-100``, ...; see :mod:`sb_mamba.dataio.speakers`), resampled once
-into a cache; fixed valid/test sets are exported in the recipes' CSV format.
+"""Dynamic mixing: new speaker mixtures drawn on the fly in every epoch, dry or
+reverberant, clean or noisy.
 
-An item is drawn (:meth:`DynamicMixingDataset.draw`, a dict of every random
-choice) and then rendered (:meth:`DynamicMixingDataset.render`), so a stored
-draw re-creates its mixture exactly (``sb_mamba.dataio.make_mixtures``).
+Speech comes from any ``<root>/<speaker>/.../<utt>.{wav,flac}`` tree (raw
+WSJ0 ``si_tr_s``, LibriSpeech ``train-clean-100``, ...; see
+:mod:`sb_mamba.dataio.speakers`), resampled once into a cache. An item is
+drawn (:meth:`DynamicMixingDataset.draw`, a dict of every random choice) and
+then rendered (:meth:`DynamicMixingDataset.render`), so a stored draw
+re-creates its mixture exactly (:mod:`sb_mamba.dataio.generate`); fixed
+valid/test sets are written by :meth:`DynamicMixingDataset.export`
+(:mod:`sb_mamba.dataio.mixture_files`).
+
+:class:`ReverbDynamicMixing` (WHAMR!- and Echo2Mix-style mixtures) convolves
+each dry source (FFT) with a RIR of one room: from a precomputed bank
+(:mod:`sb_mamba.dataio.rir_bank`; the training loop never simulates) or,
+without a bank, from a room simulated for the item
+(:mod:`sb_mamba.dataio.room`). Definitions (what the tests check, within
+0.1 dB):
+
+* **image** ``x_k``: dry source ``k`` (placed at its offset in the T-sample
+  item) convolved with its full RIR, first T samples kept;
+* **level** of source ``k``: ``10 log10(sum(x_k^2) / n_k)``, ``n_k`` its
+  dry samples (the dry-case "RMS over its own samples"), set to
+  ``REF_RMS_DB`` + its drawn gain, so relative levels = gain differences;
+* **mixture** ``sum_k x_k + noise``; **SNR** ``10 log10(sum((sum_k x_k)^2)
+  / sum(noise^2))``, on the reverberant speech, as WHAM!/WHAMR!;
+* **targets** (``reverb_target``), each with the image's own scale factor:
+  ``anechoic`` = dry * direct-path RIR (delayed, attenuated; WHAMR!'s
+  ``s*_anechoic``), ``early`` = dry * (RIR up to ``early_ms`` after the
+  direct path), ``reverberant`` = the image itself (Echo2Mix's
+  ``spk*_reverb``). All keep the direct-path delay, so they are
+  time-aligned with the mixture.
 
 Authors
 -------
  * sb_mamba developers
 """
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 from speechbrain.utils.logger import get_logger
-from tqdm import tqdm
 
-from sb_mamba.audio import AudioError, audio_info, read_audio, write_audio
-from sb_mamba.dataio.speakers import (  # noqa: F401 (public here too)
-    _list_audio,
-    index_speakers,
-    prepare_cache,
-    split_speakers,
-)
+from sb_mamba.audio import AudioError, audio_info, read_audio
+from sb_mamba.dataio import room
+from sb_mamba.dataio.mixture_files import export_mixtures
+from sb_mamba.dataio.rir_bank import RirBank, check_bank
+from sb_mamba.dataio.speakers import index_speakers, list_audio, prepare_cache
+from sb_mamba.errors import UserError
 
 logger = get_logger(__name__)
 
 REF_RMS_DB = -25.0  # every source is set to this RMS (dBFS) before its gain
-
-
-def file_signals(out, subtype="FLOAT"):
-    """The float32 signals to write for a :meth:`DynamicMixingDataset.render` output.
-
-    ``"FLOAT"`` keeps them as they are. ``"PCM_16"`` rounds each target,
-    image and the noise to 16 bits and makes the mixture the sum of the
-    rounded images and noise, so ``mix == sum(images) + noise`` still holds
-    exactly in the files.
-
-    Returns
-    -------
-    dict
-        ``mix``, ``s1`` ... (targets), ``noise`` (if any) as float32;
-        ``images`` (list) and ``extra`` (kind -> list) on the same grid, as
-        float64 (sum them before casting).
-
-    Example
-    -------
-    >>> out = {"mix": np.full(4, 0.3), "images": np.full((2, 4), 0.15),
-    ...        "targets": np.full((2, 4), 0.1), "noise": None}
-    >>> sigs = file_signals(out, "PCM_16")
-    >>> sigs["mix"].shape, sigs["s2"].dtype, bool(sigs["mix"][0] == 2 * sigs["images"][0][0])
-    ((4,), dtype('float32'), True)
-    """
-    if subtype not in ("FLOAT", "PCM_16"):
-        raise ValueError(f"subtype must be 'FLOAT' or 'PCM_16', got {subtype!r}.")
-
-    def q(x):  # float32, then (PCM_16) the 16-bit grid
-        x = np.asarray(x, dtype=np.float32).astype(np.float64)
-        return np.round(x * 32768) / 32768 if subtype == "PCM_16" else x
-
-    sigs = {f"s{k + 1}": q(t) for k, t in enumerate(out["targets"])}
-    sigs["images"] = [q(x) for x in out["images"]]
-    sigs["extra"] = {kind: [q(x) for x in xs] for kind, xs in out.get("extra", {}).items()}
-    if out["noise"] is not None:
-        sigs["noise"] = q(out["noise"])
-    if subtype == "PCM_16":  # the sum of 16-bit values is exact in 16 bits
-        sigs["mix"] = sum(sigs["images"]) + (sigs["noise"] if out["noise"] is not None else 0)
-    else:
-        sigs["mix"] = q(out["mix"])
-    return {k: v if k in ("images", "extra") else v.astype(np.float32) for k, v in sigs.items()}
+TARGETS = ("anechoic", "early", "reverberant")  # reverb_target kinds
 
 
 class DynamicMixingDataset(torch.utils.data.Dataset):
@@ -126,7 +106,9 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
 
     Example
     -------
-    >>> import tempfile; root = tempfile.mkdtemp()
+    >>> import tempfile
+    >>> from sb_mamba.audio import write_audio
+    >>> root = tempfile.mkdtemp()
     >>> for spk in "abc": write_audio(f"{root}/{spk}/u.wav", torch.randn(12000) / 9, 8000)
     >>> ds = DynamicMixingDataset(root, epoch_size=4, segment_seconds=1.0)
     >>> item = ds[0]
@@ -146,9 +128,9 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         ok = gain_db_range[0] <= gain_db_range[1] and snr_db_range[0] <= snr_db_range[1]
         ok = ok and (segment_seconds is None or segment_seconds > 0)
         if length_mode not in ("max", "min"):
-            raise ValueError(f"length_mode must be 'max' or 'min'; got {length_mode!r}.")
+            raise UserError(f"length_mode must be 'max' or 'min'; got {length_mode!r}.")
         if min(num_spks, epoch_size) < 1 or not ok:
-            raise ValueError("num_spks, epoch_size, segment_seconds must be positive and "
+            raise UserError("num_spks, epoch_size, segment_seconds must be positive and "
                              "gain_db_range, snr_db_range (low, high).")  # fmt: skip
         self.sample_rate, self.num_spks, self.epoch_size = int(sample_rate), num_spks, epoch_size
         self.segment = None if segment_seconds is None else round(segment_seconds * sample_rate)
@@ -158,7 +140,8 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         index = index_speakers(speaker_folder, extensions, speaker_level, num_spks)
         if speakers is not None:
             if unknown := sorted({str(s) for s in speakers} - set(index)):
-                raise ValueError(f"Speakers {unknown[:5]} are not in {speaker_folder}.")
+                raise UserError(f"Speakers {unknown[:5]} are not in {speaker_folder}: list "
+                                "only speakers of that folder.")
             index = {s: index[s] for s in sorted({str(s) for s in speakers})}
         self._paths, self._frames = {}, {}
         self._register([f for fs in index.values() for f in fs], speaker_folder, "speech")
@@ -167,11 +150,13 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         self.index = {s: fs for s, fs in kept.items() if fs}
         self.speakers = sorted(self.index)
         if len(self.speakers) < num_spks:
-            raise ValueError(f"Only {len(self.speakers)} speakers in {speaker_folder} have "
-                             f"utterances >= {min_seconds} s; num_spks={num_spks}.")  # fmt: skip
-        self.noise_files = [] if noise_folder is None else _list_audio(noise_folder, extensions)
+            raise UserError(f"Only {len(self.speakers)} speakers in {speaker_folder} have "
+                            f"utterances >= {min_seconds} s; num_spks={num_spks}: add "
+                            "speakers or lower min_seconds.")  # fmt: skip
+        self.noise_files = [] if noise_folder is None else list_audio(noise_folder, extensions)
         if noise_folder is not None and not self.noise_files:
-            raise FileNotFoundError(f"No {'/'.join(extensions)} files in {noise_folder}.")
+            raise FileNotFoundError(f"No {'/'.join(extensions)} files in {noise_folder}: "
+                                    "point noise_folder at a folder of noise recordings.")
         self._register(self.noise_files, noise_folder, "noise")
         logger.info("Dynamic mixing: %d speakers, %d utterances, %d noise files, %d Hz.",
                     len(self.speakers), sum(map(len, self.index.values())),
@@ -311,58 +296,178 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     def export(self, folder, n, subtype="FLOAT"):
         """Write ``n`` fixed mixtures (items 0..n-1 of epoch 0) and their CSV.
 
-        Writes ``folder/{mix,s1,s2[,s3...][,noise]}/<id>.wav`` and
-        ``folder/mixtures.csv`` with columns ``ID,duration,mix_wav,s1_wav,...
-        [,noise_wav]`` (absolute paths), the recipes' data-preparation format.
-        Build the dataset on held-out ``speakers`` for valid/test sets.
-
-        Arguments
-        ---------
-        folder : str or Path
-            Output folder.
-        n : int
-            Number of mixtures (may exceed ``epoch_size``).
-        subtype : str
-            ``"FLOAT"`` (default) writes the items exactly. ``"PCM_16"`` rounds
-            each source (and noise) to 16 bits and writes their sum as the mix,
-            so mix == sum of the written files still holds exactly.
-
-        Returns
-        -------
-        Path
-            The CSV file.
-
-        Example
-        -------
-        >>> import tempfile; root = tempfile.mkdtemp()
-        >>> for spk in "ab": write_audio(f"{root}/{spk}/u.wav", torch.randn(12000) / 9, 8000)
-        >>> ds = DynamicMixingDataset(root, epoch_size=4, segment_seconds=1.0)
-        >>> csv_file = ds.export(f"{root}/valid", 2)
-        >>> read_audio(csv_file.parent / "mix" / f"{ds[0]['id']}.wav", 8000).shape
-        torch.Size([8000])
+        See :func:`~sb_mamba.dataio.mixture_files.export_mixtures` (the
+        arguments after ``dataset``); returns the CSV file.
         """
-        if subtype not in ("FLOAT", "PCM_16"):
-            raise ValueError(f"subtype must be 'FLOAT' or 'PCM_16', got {subtype!r}.")
-        folder = Path(folder).absolute()
-        names = [f"s{k + 1}" for k in range(self.num_spks)] + ["noise"] * bool(self.noise_files)
-        rows, saved_epoch, self.epoch = [], self.epoch, 0
-        try:
-            for idx in tqdm(range(n), desc=f"Exporting mixtures to {folder}", unit="mix"):
-                spec = self.draw(idx)
-                sigs = file_signals(self.render(spec), subtype)
-                item = {"id": spec["id"]}
-                row = {"ID": item["id"], "duration": round(len(sigs["mix"]) / self.sample_rate, 5)}
-                for k in ["mix", *names]:
-                    path = folder / k / f"{item['id']}.wav"
-                    write_audio(path, sigs[k], self.sample_rate, subtype)
-                    row[f"{k}_wav"] = str(path)
-                rows.append(row)
-        finally:
-            self.epoch = saved_epoch
-        csv_file = folder / "mixtures.csv"
-        with open(csv_file, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, ["ID", "duration", *[f"{k}_wav" for k in ["mix", *names]]])
-            writer.writeheader()
-            writer.writerows(rows)
-        logger.info("Wrote %d mixtures and %s.", n, csv_file)
-        return csv_file
+        return export_mixtures(self, folder, n, subtype)
+
+
+class ReverbDynamicMixing(DynamicMixingDataset):
+    """Dynamic mixing of reverberant speakers in one room per mixture, plus noise.
+
+    Arguments
+    ---------
+    speaker_folder : str or Path
+        Root of a speaker tree (see :class:`DynamicMixingDataset`, whose
+        keyword arguments, e.g. ``noise_folder`` and ``snr_db_range``, all
+        apply).
+    use_reverb : bool
+        False: exactly :class:`DynamicMixingDataset` (dry mixtures).
+    rir_bank : str or Path, optional
+        Bank folder (:func:`~sb_mamba.dataio.rir_bank.make_rir_bank`) or a folder of measured ``.wav``
+        RIRs. Each mixture takes one room at random and ``num_spks``
+        distinct source positions of it. None: a room is drawn from
+        ``room_ranges`` and simulated per item (seconds per item: for
+        tests and data generation, not for training).
+    reverb_target : str
+        ``"anechoic"``, ``"early"`` or ``"reverberant"`` (see the module).
+    early_ms : float
+        Early-reverberation window after the direct path (``"early"``).
+    room_ranges : dict, optional
+        Overrides of :data:`sb_mamba.dataio.room.WHAMR_RANGES` (only
+        without ``rir_bank``).
+    rir_choice : str
+        ``"random"`` room per item, or ``"index"``: room ``(room_offset +
+        idx) % rooms`` (one room per mixture, as the dataset generator uses).
+    room_offset : int
+        See ``rir_choice``.
+    mic : int
+        RIR channel used (reference mic).
+    extra_targets : tuple of str
+        Further target kinds rendered into ``render(spec)["extra"]`` as
+        ``<kind>`` [S, T] (the dataset generator writes them all).
+    **kwargs
+        Passed to :class:`DynamicMixingDataset`.
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> from sb_mamba.audio import write_audio
+    >>> root = tempfile.mkdtemp()
+    >>> for spk in "ab": write_audio(f"{root}/{spk}/u.wav", torch.randn(12000) / 9, 8000)
+    >>> ds = ReverbDynamicMixing(root, epoch_size=2, segment_seconds=1.0,
+    ...                          room_ranges={"rt60": [0.2, 0.2]})
+    >>> ds[0]["mix_sig"].shape, ds[0]["s2_sig"].shape
+    (torch.Size([8000]), torch.Size([8000]))
+    """
+
+    def __init__(self, speaker_folder, use_reverb=True, rir_bank=None,
+                 reverb_target="anechoic", early_ms=50.0, room_ranges=None,
+                 rir_choice="random", room_offset=0, mic=0, extra_targets=(),
+                 **kwargs):  # fmt: skip
+        for kind in (reverb_target, *extra_targets):
+            if kind not in TARGETS:
+                raise UserError(f"reverb_target must be one of {list(TARGETS)}; got {kind!r}.")
+        if rir_choice not in ("random", "index"):
+            raise UserError(f"rir_choice must be 'random' or 'index'; got {rir_choice!r}.")
+        if early_ms < 0:
+            raise UserError(f"early_ms must be >= 0; got {early_ms}.")
+        super().__init__(speaker_folder, **kwargs)
+        self.use_reverb, self.reverb_target, self.early_ms = bool(use_reverb), reverb_target, early_ms
+        self.rir_choice, self.room_offset = rir_choice, int(room_offset)
+        self.mic, self.extra_targets = int(mic), tuple(extra_targets)
+        self.ranges = room.room_ranges(dict(room_ranges) if room_ranges else None)
+        self.bank = None
+        if not self.use_reverb:
+            return
+        if rir_bank is not None:
+            check_bank(rir_bank)
+            self.bank = RirBank(rir_bank, self.sample_rate, self.mic, min_sources=self.num_spks)
+        else:
+            logger.warning("use_reverb without rir_bank: a room is simulated for every "
+                           "mixture (0.1-5 s each); for training, precompute a bank with "
+                           "sb-mamba make-rir-bank and set rir_bank.")  # fmt: skip
+
+    def _draw_extra(self, rng, spec, idx):
+        """One room and ``num_spks`` distinct source positions in it."""
+        if not self.use_reverb:
+            return
+        if self.bank is None:
+            spec["room"] = room.draw_room(rng, self.ranges, self.num_spks, num_mics=1)
+            return
+        n = len(self.bank)
+        pick = (self.room_offset + idx) % n if self.rir_choice == "index" else rng.integers(n)
+        rir_ids = self.bank.rooms[int(pick)]  # the source positions of one room
+        spec["rirs"] = [rir_ids[j] for j in rng.choice(len(rir_ids), self.num_spks, replace=False)]
+
+    def _extra_meta(self, spec, out):
+        return {k: spec[k] for k in ("rirs", "room") if k in spec}
+
+    def rirs(self, spec):
+        """Per source: ``full``, ``direct`` RIR and ``direct_index`` (at the item rate)."""
+        if "rirs" in spec:
+            bank = self.bank
+            if bank is None:
+                raise UserError("This mixture names RIRs of a bank but the dataset has no "
+                                "rir_bank: pass the bank it was made with.")
+            return [bank.get(r) for r in spec["rirs"]]
+        sim = room.simulate_room(spec["room"], self.sample_rate)
+        return [{"full": sim["rirs"][k, 0], "direct": sim["direct"][k, 0],
+                 "direct_index": int(sim["direct_index"][k, 0])}
+                for k in range(self.num_spks)]  # fmt: skip
+
+    def _filter(self, kind, rir):
+        if kind == "anechoic":
+            return rir["direct"]
+        if kind == "early":
+            return room.early_rir(rir["full"], rir["direct_index"], self.sample_rate, self.early_ms)
+        return rir["full"]
+
+    def _images(self, spec, crops):
+        """Reverberant images, targets and the ``extra_targets`` (see the module)."""
+        if not self.use_reverb:
+            return super()._images(spec, crops)
+        S, T = self.num_spks, spec["length"]
+        dry = np.zeros((S, T))
+        for k, (wav, src) in enumerate(zip(crops, spec["sources"])):
+            dry[k, src["offset"] : src["offset"] + len(wav)] = wav
+        rirs = self.rirs(spec)
+        images = np.stack([room.reverberate(dry[k], rirs[k]["full"]) for k in range(S)])
+        kinds = {self.reverb_target, *self.extra_targets} - {"reverberant"}
+        filtered = {kind: np.stack([room.reverberate(dry[k], self._filter(kind, rirs[k]))
+                                    for k in range(S)]) for kind in kinds}  # fmt: skip
+        filtered["reverberant"] = images
+        n = np.array([s["length"] for s in spec["sources"]])
+        energy = np.maximum(np.sum(images**2, axis=1) / n, 1e-16)
+        gain = 10 ** ((REF_RMS_DB + np.array(spec["gains_db"])) / 20) / np.sqrt(energy)
+        filtered = {kind: x * gain[:, None] for kind, x in filtered.items()}
+        extra = {kind: filtered[kind] for kind in self.extra_targets}
+        return filtered["reverberant"], filtered[self.reverb_target], extra
+
+
+def check_remix(dataset, *, speed_perturb=False, rand_shift=False):
+    """Refuse augmentations that re-sum anechoic or early targets into the mixture.
+
+    Speed perturbation and random shifts rebuild the mixture as the sum of
+    the targets (+ noise): right only when the targets are the reverberant
+    images themselves.
+
+    Arguments
+    ---------
+    dataset : torch.utils.data.Dataset
+        The training set (only a reverberant :class:`ReverbDynamicMixing`
+        with other targets is refused).
+    speed_perturb, rand_shift : bool
+        Whether the training loop applies them (a recipe's
+        ``use_speedperturb`` and ``use_rand_shift``).
+
+    Example
+    -------
+    >>> from types import SimpleNamespace
+    >>> check_remix(object(), speed_perturb=True)  # a dry dataset: fine
+    >>> check_remix(SimpleNamespace(use_reverb=True, reverb_target="anechoic"),
+    ...             speed_perturb=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sb_mamba.errors.UserError: use_speedperturb re-create the mixture as the sum of ...
+    """
+    target = getattr(dataset, "reverb_target", None) if getattr(dataset, "use_reverb", False) \
+        else None  # fmt: skip
+    remix = [key for key, used in (("use_speedperturb", speed_perturb),
+                                   ("use_rand_shift", rand_shift)) if used]  # fmt: skip
+    if target not in (None, "reverberant") and remix:
+        raise UserError(
+            f"{' and '.join(remix)} re-create the mixture as the sum of the targets, but "
+            f"reverb_target={target!r} differs from the reverberant mixture: set "
+            f"{'/'.join(remix)} to False or reverb_target to reverberant."
+        )

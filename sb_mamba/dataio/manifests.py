@@ -1,13 +1,18 @@
-"""CSV manifests for WSJ0-mix, WHAM!, WHAMR!, LibriMix and Echo2Mix.
+"""CSV manifests of the separation datasets, and the dataset that reads them.
 
 Each ``prepare_<name>(data_folder, save_folder, sample_rate, mode, num_spks,
 skip_prep, check_audio, <layout options>)`` reads one dataset in its real
-folder layout and writes ``save_folder/{train,valid,test}.csv`` with columns
+folder layout (WSJ0-2mix/3mix, WHAM!, WHAMR!, LibriMix, Echo2Mix) and writes
+``save_folder/{train,valid,test}.csv`` with columns
 ``ID,duration,mix_wav,s1_wav,s2_wav[,s3_wav][,noise_wav]`` (duration in
 seconds, absolute paths, unique IDs). A layout problem gives one error naming
 the expected path; ``check_audio=True`` opens every header here, not in a
 DataLoader worker. The options go to ``save_folder/prepare_options.json``: a
 second call with the same options returns without reading the data again.
+
+:func:`csv_dataset` turns one manifest (also those of
+:func:`sb_mamba.dataio.generate.prepare_librimini` and of
+``DynamicMixingDataset.export``) into the dataset the training loop reads.
 
 Authors
 -------
@@ -15,18 +20,25 @@ Authors
 """
 
 import csv
-import json
 import os
 from pathlib import Path
 
+import speechbrain as sb
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba.audio import AudioError, audio_info
+from sb_mamba.audio import AudioError, audio_info, read_audio
+from sb_mamba.dataio._store import (
+    forget_options,
+    same_options,
+    store_options,
+    write_csv,
+)
+from sb_mamba.errors import UserError
 
 logger = get_logger(__name__)
 
-SPLITS = ("train", "valid", "test")
+MANIFEST_SPLITS = ("train", "valid", "test")  # the CSVs: {split}.csv
 OPTIONS_FILE = "prepare_options.json"
 _RATE_FOLDERS = {8000: "wav8k", 16000: "wav16k"}
 _TT = {"train": ["tr"], "valid": ["cv"], "test": ["tt"]}
@@ -51,16 +63,22 @@ def _require_dir(path, dataset, layout):
 def _rate_mode_folder(folder, sample_rate, mode, dataset):
     """``folder/wav8k|wav16k/min|max`` after checking the two options."""
     if sample_rate not in _RATE_FOLDERS:
-        raise ValueError(f"sample_rate={sample_rate}: {dataset} exists at 8000 or 16000 Hz only.")
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}.")
+        raise UserError(f"sample_rate={sample_rate}: {dataset} exists at 8000 or 16000 Hz "
+                        "only; set sample_rate to one of them.")
+    _check_choice("mode", mode, ("min", "max"))
     return Path(folder) / _RATE_FOLDERS[sample_rate] / mode
 
 
 def _check_choice(name, value, choices):
-    """ValueError unless ``value`` is one of ``choices``."""
+    """UserError unless ``value`` is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
+        raise UserError(f"{name} must be one of {list(choices)}; got {value!r}.")
+
+
+def _columns(num_spks, folder, noisy):
+    """Column -> folder: ``s{i}_wav`` -> ``folder.format(i)`` (+ ``noise_wav`` -> ``noise``)."""
+    columns = {f"s{i}_wav": folder.format(i) for i in range(1, num_spks + 1)}
+    return columns | ({"noise_wav": "noise"} if noisy else {})
 
 
 def _source(path, mix_wav):
@@ -92,18 +110,19 @@ def _standard(dataset, data_folder, save_folder, sample_rate, mode, skip_prep,
               check_audio, options, subsets, mix, others, root=None):
     """Prepare ``wav8k|wav16k/min|max/<set>/<folder>``; ``subsets``: split -> sets,
     ``others``: column -> folder, ``root=(sub, names)``: use ``data_folder/sub``."""
-    sets = [s for split in SPLITS for s in subsets[split]]
+    sets = [s for split in MANIFEST_SPLITS for s in subsets[split]]
     layout = (f"{f'[{root[0]}/]' if root else ''}wav8k|wav16k/min|max/"
               f"{{{','.join(sets)}}}/{{{','.join([mix, *others.values()])}}}")
 
     def collect(folder):
         if root and folder.name in root[1] and folder.name != root[0]:
-            raise ValueError(f"{folder} holds {folder.name} but num_spks={options['num_spks']}.")
+            raise UserError(f"{folder} holds {folder.name} but num_spks={options['num_spks']}: "
+                            "set num_spks to match, or point data_folder at the other set.")
         if root and (folder / root[0]).is_dir():
             folder = folder / root[0]
         base = _rate_mode_folder(folder, sample_rate, mode, dataset)
         rows = {}
-        for split in SPLITS:
+        for split in MANIFEST_SPLITS:
             rows[split] = []
             for subset in subsets[split]:
                 for name in [mix, *others.values()]:
@@ -133,22 +152,11 @@ def _read_headers(rows, split, sample_rate, check_audio):
                 row["duration"] = round(info.frames / info.samplerate, 5)
 
 
-def _write_csv(path, rows):
-    """Write ``rows`` with columns ID, duration, then the ``*_wav`` columns."""
-    columns = ["ID", "duration"] + [k for k in rows[0] if k.endswith("_wav")]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def _prepare(dataset, layout, data_folder, save_folder, options, skip_prep,
              check_audio, collect):
     """Shared driver: skip logic, folder checks, header reading, CSV writing."""
     save_folder = Path(save_folder)
-    csvs = {split: save_folder / f"{split}.csv" for split in SPLITS}
+    csvs = {split: save_folder / f"{split}.csv" for split in MANIFEST_SPLITS}
     if skip_prep:
         missing = [str(p) for p in csvs.values() if not p.is_file()]
         if missing:
@@ -162,13 +170,13 @@ def _prepare(dataset, layout, data_folder, save_folder, options, skip_prep,
     data_folder = Path(os.path.abspath(data_folder))
     options = {"dataset": dataset, "data_folder": str(data_folder), **options}
     opts_file = save_folder / OPTIONS_FILE
-    if opts_file.is_file() and all(p.is_file() for p in csvs.values()):
-        stored = json.loads(opts_file.read_text())
-        checked = stored.pop("check_audio", False)
-        if stored == options and (checked or not check_audio):
-            logger.info("%s CSVs in %s already prepared with the same options; "
-                        "skipping data preparation.", dataset, save_folder)
-            return csvs
+    checked = {**options, "check_audio": True}  # a checked preparation does for both
+    if same_options(opts_file, checked, csvs.values()) or (
+            not check_audio and same_options(opts_file, {**checked, "check_audio": False},
+                                             csvs.values())):  # fmt: skip
+        logger.info("%s CSVs in %s already prepared with the same options; "
+                    "skipping data preparation.", dataset, save_folder)
+        return csvs
     if not data_folder.is_dir() or not any(data_folder.iterdir()):
         state = "is empty" if data_folder.is_dir() else "does not exist"
         raise FileNotFoundError(
@@ -176,17 +184,17 @@ def _prepare(dataset, layout, data_folder, save_folder, options, skip_prep,
             f"{layout}): download or generate the dataset and pass its path."
         )
     rows = collect(data_folder)
-    for split in SPLITS:
+    for split in MANIFEST_SPLITS:
         if len({row["ID"] for row in rows[split]}) != len(rows[split]):
-            raise ValueError(f"Duplicate IDs in the {split} split of {data_folder}.")
+            raise UserError(f"Duplicate IDs in the {split} split of {data_folder}: two "
+                            "mixtures share a name; remove or rename one.")
         _read_headers(rows[split], split, options["sample_rate"], check_audio)
-    save_folder.mkdir(parents=True, exist_ok=True)
-    if opts_file.exists():
-        opts_file.unlink()  # an interrupted run must not look complete
+    forget_options(opts_file)  # an interrupted run must not look complete
     for split, path in csvs.items():
-        _write_csv(path, rows[split])
+        columns = ["ID", "duration"] + [k for k in rows[split][0] if k.endswith("_wav")]
+        write_csv(path, rows[split], columns)
         logger.info("Wrote %s (%d mixtures).", path, len(rows[split]))
-    opts_file.write_text(json.dumps({**options, "check_audio": check_audio}, indent=1))
+    store_options(opts_file, {**options, "check_audio": check_audio})
     return csvs
 
 
@@ -232,7 +240,7 @@ def prepare_wsj0mix(data_folder, save_folder, sample_rate=8000, mode="min",
     'ID,duration,mix_wav,s1_wav,s2_wav'
     """
     _check_choice("num_spks", num_spks, (2, 3))
-    others = {f"s{i}_wav": f"s{i}" for i in range(1, num_spks + 1)}
+    others = _columns(num_spks, "s{}", noisy=False)
     return _standard(f"WSJ0-{num_spks}mix", data_folder, save_folder, sample_rate,
                      mode, skip_prep, check_audio, {"num_spks": num_spks}, _TT,
                      "mix", others, (f"{num_spks}speakers", ("2speakers", "3speakers")))
@@ -262,9 +270,7 @@ def prepare_wham(data_folder, save_folder, sample_rate=8000, mode="min",
     """
     _check_choice("num_spks", num_spks, (2,))
     _check_choice("mix", mix, ("mix_both", "mix_clean"))
-    others = {"s1_wav": "s1", "s2_wav": "s2"}
-    if mix == "mix_both":
-        others["noise_wav"] = "noise"
+    others = _columns(num_spks, "s{}", noisy=mix == "mix_both")
     return _standard("WHAM!", data_folder, save_folder, sample_rate, mode, skip_prep,
                      check_audio, {"num_spks": num_spks, "mix": mix}, _TT, mix, others)
 
@@ -276,11 +282,8 @@ def prepare_whamr(data_folder, save_folder, sample_rate=8000, mode="min",
 
     Arguments
     ---------
-    data_folder, save_folder, sample_rate, mode, skip_prep, check_audio
-        As in :func:`prepare_wsj0mix` (``data_folder`` holds ``wav8k``), which
-        also describes the returned dict.
-    num_spks : int
-        Must be 2.
+    data_folder, save_folder, sample_rate, mode, num_spks, skip_prep, check_audio
+        As in :func:`prepare_wham` (and the returned dict).
     mix : str
         ``mix_both_reverb`` (default), ``mix_clean_reverb``,
         ``mix_both_anechoic`` or ``mix_clean_anechoic``; the ``mix_both_*``
@@ -289,7 +292,7 @@ def prepare_whamr(data_folder, save_folder, sample_rate=8000, mode="min",
         ``"anechoic"`` (``s*_anechoic``: separation + dereverberation) or
         ``"reverb"`` (``s*_reverb``: separation only), for EVERY split;
         ``"early"`` (``s*_early``, direct path + early reflections) exists
-        only in data written by ``sb-mamba-make-mixtures --extra-targets early``.
+        only in data written by ``sb-mamba make-mixtures --extra-targets early``.
         SpeechBrain's recipe trains on anechoic but, with ``dereverberate=True``,
         validates and tests on reverberant targets; we do not copy that.
     """
@@ -297,9 +300,7 @@ def prepare_whamr(data_folder, save_folder, sample_rate=8000, mode="min",
     _check_choice("mix", mix, ("mix_both_reverb", "mix_clean_reverb",
                                "mix_both_anechoic", "mix_clean_anechoic"))
     _check_choice("targets", targets, ("anechoic", "reverb", "early"))
-    others = {f"s{i}_wav": f"s{i}_{targets}" for i in (1, 2)}
-    if mix.startswith("mix_both"):
-        others["noise_wav"] = "noise"
+    others = _columns(num_spks, "s{}_" + targets, noisy=mix.startswith("mix_both"))
     options = {"num_spks": num_spks, "mix": mix, "targets": targets}
     return _standard("WHAMR!", data_folder, save_folder, sample_rate, mode, skip_prep,
                      check_audio, options, _TT, mix, others)
@@ -330,9 +331,7 @@ def prepare_librimix(data_folder, save_folder, sample_rate=8000, mode="min",
     _check_choice("num_spks", num_spks, (2, 3))
     _check_choice("train_set", train_set, ("train-360", "train-100", "both"))
     _check_choice("mix", mix, ("mix_clean", "mix_both"))
-    others = {f"s{i}_wav": f"s{i}" for i in range(1, num_spks + 1)}
-    if mix == "mix_both":
-        others["noise_wav"] = "noise"
+    others = _columns(num_spks, "s{}", noisy=mix == "mix_both")
     train = ["train-100", "train-360"] if train_set == "both" else [train_set]
     subsets = {"train": train, "valid": ["dev"], "test": ["test"]}
     options = {"num_spks": num_spks, "train_set": train_set, "mix": mix}
@@ -366,7 +365,7 @@ def prepare_echo2mix(data_folder, save_folder, sample_rate=16000, mode="min",
 
     def collect(folder):
         rows = {}
-        for split, sub in zip(SPLITS, ("train", "val", "test")):
+        for split, sub in zip(MANIFEST_SPLITS, ("train", "val", "test")):
             _require_dir(folder / sub, "Echo2Mix", layout)
             mixes = sorted((folder / sub).rglob("mix.wav"))
             if not mixes:
@@ -385,10 +384,70 @@ def prepare_echo2mix(data_folder, save_folder, sample_rate=16000, mode="min",
                     check_audio, collect)
 
 
-PREPARERS = {
-    "wsj0mix": prepare_wsj0mix,
-    "wham": prepare_wham,
-    "whamr": prepare_whamr,
-    "librimix": prepare_librimix,
-    "echo2mix": prepare_echo2mix,
-}
+def csv_dataset(csv_path, num_spks, sample_rate, use_noise=None):
+    """Build the dataset of one manifest.
+
+    Items hold ``id``, ``mix_sig``, ``s1_sig`` ... and ``noise_sig``, the keys
+    :class:`sb_mamba.training.brain.Separation` reads.
+
+    Arguments
+    ---------
+    csv_path : str or Path
+        Manifest with ``ID, duration, mix_wav, s1_wav, ...``.
+    num_spks : int
+        Number of ``s{i}_wav`` columns to read.
+    sample_rate : int
+        Rate every file must have (a mismatch raises a clear error).
+    use_noise : bool, optional
+        Also yield ``noise_sig``; default: when the CSV has ``noise_wav``.
+
+    Returns
+    -------
+    speechbrain.dataio.dataset.DynamicItemDataset
+
+    Example
+    -------
+    >>> import tempfile, os, torch
+    >>> from sb_mamba.audio import write_audio
+    >>> d = tempfile.mkdtemp()
+    >>> for k in ("mix", "s1", "s2"):
+    ...     write_audio(os.path.join(d, k + ".wav"), torch.rand(800) - 0.5, 8000)
+    >>> with open(os.path.join(d, "x.csv"), "w") as f:
+    ...     _ = f.write("ID,duration,mix_wav,s1_wav,s2_wav\\n")
+    ...     _ = f.write(f"a,0.1,{d}/mix.wav,{d}/s1.wav,{d}/s2.wav\\n")
+    >>> ds = csv_dataset(os.path.join(d, "x.csv"), num_spks=2, sample_rate=8000)
+    >>> ds[0]["s2_sig"].shape
+    torch.Size([800])
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(
+            f"Manifest {csv_path} not found: run the data preparation (set "
+            "skip_prep: False) or check save_folder."
+        )
+    with open(csv_path, newline="") as f:
+        header = next(csv.reader(f), [])
+    needed = ["ID", "mix_wav"] + [f"s{i + 1}_wav" for i in range(num_spks)]
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise UserError(
+            f"Manifest {csv_path} lacks the columns {missing} (num_spks={num_spks}); "
+            "re-run the data preparation with the same num_spks."
+        )
+    if use_noise is None:
+        use_noise = "noise_wav" in header
+    keys = ["mix"] + [f"s{i + 1}" for i in range(num_spks)] + (["noise"] if use_noise else [])
+    ds = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path)
+
+    def make_pipeline(key):
+        @sb.utils.data_pipeline.takes(f"{key}_wav")
+        @sb.utils.data_pipeline.provides(f"{key}_sig")
+        def pipeline(path):
+            return read_audio(path, sample_rate)
+
+        return pipeline
+
+    for key in keys:
+        ds.add_dynamic_item(make_pipeline(key))
+    ds.set_output_keys(["id"] + [f"{k}_sig" for k in keys])
+    return ds

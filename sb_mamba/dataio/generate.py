@@ -1,7 +1,8 @@
-"""``sb-mamba-make-mixtures``: a fixed reverberant (and noisy) dataset on disk.
+"""Datasets written to disk: ``sb-mamba make-mixtures`` and LibriMini's fixed sets.
 
-From a speaker folder, an optional noise folder and an optional RIR bank it
-writes two-speaker mixtures in the WHAMR! layout::
+:func:`make_mixtures` writes a fixed reverberant (and noisy) dataset. From a
+speaker folder, an optional noise folder and an optional RIR bank it writes
+two-speaker mixtures in the WHAMR! layout::
 
     OUT/wav8k|wav16k/min|max/{tr,cv,tt}/{mix_clean_anechoic,mix_both_anechoic,
         mix_clean_reverb,mix_both_reverb,s1_anechoic,s2_anechoic,s1_reverb,
@@ -11,10 +12,10 @@ writes two-speaker mixtures in the WHAMR! layout::
 
     OUT/{train,val,test}/<id>/<room>/<spk1>_<spk2>/{mix,spk1_reverb,spk2_reverb[,noise]}.wav
 
-which :func:`sb_mamba.dataio.prepare.prepare_whamr` and ``prepare_echo2mix``
+which :func:`sb_mamba.dataio.manifests.prepare_whamr` and ``prepare_echo2mix``
 read as they read the real datasets. Mixing is
-:class:`~sb_mamba.dataio.reverb_mixing.ReverbDynamicMixing` (definitions of
-levels, SNR and targets there). Without ``--rir-bank`` one room per mixture
+:class:`~sb_mamba.dataio.mixing.ReverbDynamicMixing` (definitions of
+levels, SNR and targets there). Without a RIR bank one room per mixture
 is simulated first into ``OUT/rir_bank`` (rooms disjoint across splits).
 Speakers are split at random into disjoint train/valid/test groups.
 
@@ -23,33 +24,52 @@ and room ``r`` of the bank from ``default_rng([seed, r])``, so the files do
 not depend on the number of workers and the same seed gives byte-identical
 files. ``OUT/metadata.csv`` holds every choice of every mixture (files,
 crops, offsets, gains, SNR, noise crop, RIR ids, seeds) and
-``OUT/metadata.json`` the options; ``--from-metadata`` re-creates the
-dataset from them (exactly, with the same speech, noise and bank files).
+``OUT/metadata.json`` the options; :func:`regenerate` (``--from-metadata``)
+re-creates the dataset from them (exactly, with the same speech, noise and
+bank files). The command line is :func:`add_arguments` and :func:`run`.
+
+:func:`prepare_librimini` writes the fixed valid and test mixtures of
+LibriMini, the small real 8 kHz speech set bundled with the LibriMini recipe
+(``recipes/LibriMini/data/{train,valid,test}/<speaker>/<utt>.flac``: 196
+LibriSpeech readers, CC BY 4.0, split by speaker: 156 train readers with 39
+minutes of full-length utterances, 20 valid and 20 test readers with 6 s
+each). Training mixes the train speakers on the fly; validation and test
+use fixed mixtures of the held-out speakers (deterministic for a seed).
 
 Authors
 -------
  * sb_mamba developers
 """
 
-import argparse
 import csv
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 from speechbrain.utils.logger import get_logger
 
 from sb_mamba.audio import write_audio
-from sb_mamba.dataio.dynamic_mixing import file_signals
-from sb_mamba.dataio.reverb import make_rir_bank, pool_map
-from sb_mamba.dataio.reverb_mixing import TARGETS, ReverbDynamicMixing
+from sb_mamba.dataio._pool import pool_map
+from sb_mamba.dataio._store import (
+    forget_options,
+    same_options,
+    store_options,
+    write_csv,
+)
+from sb_mamba.dataio.mixing import TARGETS, ReverbDynamicMixing
+from sb_mamba.dataio.mixture_files import SUBTYPES, file_signals
+from sb_mamba.dataio.rir_bank import make_rir_bank
+from sb_mamba.dataio.room import room_ranges
 from sb_mamba.dataio.speakers import index_speakers, split_speakers
+from sb_mamba.errors import UserError
 
 logger = get_logger(__name__)
 
-SPLITS = {"whamr": ("tr", "cv", "tt"), "echo2mix": ("train", "val", "test")}
+# the train, valid and test folders of each layout
+LAYOUT_FOLDERS = {"whamr": ("tr", "cv", "tt"), "echo2mix": ("train", "val", "test")}
 _STATE = {}  # per worker process: the datasets and options
 
 
@@ -57,49 +77,21 @@ def _rel(path, root):
     return os.path.relpath(path, root) if root else path
 
 
-def _options(speech_folder, out_folder, layout, n, noise_folder, rir_bank, sample_rate,
-             mode, segment_seconds, seed, snr_db_range, gain_db_range, speaker_split,
-             room_ranges, early_ms, extra_targets, subtype, calibrate):  # fmt: skip
-    """Checked options (absolute paths) as stored in ``metadata.json``."""
-    if layout not in SPLITS:
-        raise ValueError(f"layout must be one of {list(SPLITS)}; got {layout!r}.")
-    if len(n) != 3 or min(n) < 1:
-        raise ValueError(f"n must be three counts >= 1 (train, valid, test); got {list(n)}.")
-    sample_rate = sample_rate or (8000 if layout == "whamr" else 16000)
-    if layout == "whamr" and sample_rate not in (8000, 16000):
-        raise ValueError(f"The WHAMR! layout exists at 8000 or 16000 Hz; got {sample_rate}.")
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}.")
-    if subtype not in ("PCM_16", "FLOAT"):
-        raise ValueError(f"subtype must be 'PCM_16' or 'FLOAT'; got {subtype!r}.")
-    if unknown := sorted(set(extra_targets) - set(TARGETS)):
-        raise ValueError(f"extra_targets must be among {list(TARGETS)}; got {unknown}.")
-    for name, folder in (("speech", speech_folder), ("noise", noise_folder),
-                         ("RIR bank", rir_bank)):  # fmt: skip
-        if folder is not None and not Path(folder).is_dir():
-            raise FileNotFoundError(f"The {name} folder {folder} does not exist: check the path.")
-    absolute = lambda p: None if p is None else str(Path(p).absolute())  # noqa: E731
-    return {"speech_folder": absolute(speech_folder), "noise_folder": absolute(noise_folder),
-            "rir_bank": absolute(rir_bank) or str(Path(out_folder).absolute() / "rir_bank"),
-            "simulate_bank": rir_bank is None, "layout": layout, "n": [int(x) for x in n],
-            "sample_rate": int(sample_rate), "mode": mode, "segment_seconds": segment_seconds,
-            "seed": int(seed), "snr_db_range": list(snr_db_range),
-            "gain_db_range": list(gain_db_range), "speaker_split": list(speaker_split),
-            "room_ranges": room_ranges, "early_ms": float(early_ms),
-            "extra_targets": list(extra_targets), "subtype": subtype,
-            "calibrate": int(calibrate)}  # fmt: skip
-
-
-def _datasets(opts, out_folder):
-    """One :class:`ReverbDynamicMixing` per split (epoch = split index)."""
+def _speaker_groups(opts):
+    """The train, valid and test speakers (checked before any room is simulated)."""
     index = index_speakers(opts["speech_folder"], min_speakers=2)
     valid, test = opts["speaker_split"]
     groups = (list(index),) * 3 if valid == test == 0 else split_speakers(index, valid, test,
                                                                           opts["seed"])
     if min(map(len, groups)) < 2:
-        raise ValueError(f"Speaker split {list(map(len, groups))} (train, valid, test) of "
-                         f"{opts['speech_folder']}: every split needs 2 speakers; hold out "
-                         "more (--held-out 2 2) or use every speaker everywhere (--held-out 0 0).")
+        raise UserError(f"Speaker split {list(map(len, groups))} (train, valid, test) of "
+                        f"{opts['speech_folder']}: every split needs 2 speakers; hold out "
+                        "more (--held-out 2 2) or use every speaker everywhere (--held-out 0 0).")
+    return groups
+
+
+def _datasets(opts, out_folder, groups):
+    """One :class:`ReverbDynamicMixing` per split (epoch = split index)."""
     datasets = []
     for j, speakers in enumerate(groups):
         ds = ReverbDynamicMixing(
@@ -182,7 +174,7 @@ def _job(job):
     """Render and write one mixture (a worker task); returns its metadata row."""
     j, idx, spec = job
     opts, out_folder, ds = _STATE["opts"], _STATE["out"], _STATE["datasets"][j]
-    split = SPLITS[opts["layout"]][j]
+    split = LAYOUT_FOLDERS[opts["layout"]][j]
     spec = spec or ds.draw(idx)
     written, room = _write_mixture(out_folder, opts, ds, split, spec)
     return _row(opts, ds, j, split, idx, spec, written, room)
@@ -190,28 +182,55 @@ def _job(job):
 
 def _run(opts, out_folder, jobs, num_workers):
     out_folder = Path(out_folder)
+    groups = _speaker_groups(opts)
     out_folder.mkdir(parents=True, exist_ok=True)
     if opts["simulate_bank"]:
         opts["rir_bank"] = str(out_folder.absolute() / "rir_bank")
-        make_rir_bank(opts["rir_bank"], sum(opts["n"]), opts["sample_rate"], opts["seed"],
-                      num_workers, opts["room_ranges"], 2, 1, opts["calibrate"])  # fmt: skip
-    datasets = _datasets(opts, out_folder)
+        make_rir_bank(opts["rir_bank"], sum(opts["n"]), sample_rate=opts["sample_rate"],
+                      seed=opts["seed"], num_workers=num_workers, ranges=opts["room_ranges"],
+                      sources_per_room=2, num_mics=1, calibrate=opts["calibrate"])  # fmt: skip
+    datasets = _datasets(opts, out_folder, groups)
     jobs = jobs or [(j, i, None) for j in range(3) for i in range(opts["n"][j])]
     state = {"opts": opts, "out": out_folder, "datasets": datasets}
     rows = pool_map(_job, jobs, num_workers, f"Writing mixtures -> {out_folder}", "mix",
                     _init_worker, (state,))  # fmt: skip
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(out_folder / "metadata.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_folder / "metadata.csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
     (out_folder / "metadata.json").write_text(json.dumps(opts, indent=1))
     logger.info("Wrote %d mixtures (%s layout) and their metadata to %s.", len(rows),
                 opts["layout"], out_folder)  # fmt: skip
     return out_folder / "metadata.csv"
 
 
-def make_mixtures(speech_folder, out_folder, layout="whamr", n=(20000, 5000, 3000),
+def _check_options(o):
+    """UserError naming the first bad option of :func:`make_mixtures` (before any work)."""
+    def is_range(x):
+        return len(x) == 2 and x[0] <= x[1]
+
+    rules = [  # (option, valid, what it must be)
+        ("layout", o["layout"] in LAYOUT_FOLDERS, f"one of {list(LAYOUT_FOLDERS)}"),
+        ("n", len(o["n"]) == 3 and min(o["n"]) >= 1, "three counts >= 1 (train, valid, test)"),
+        ("sample_rate", o["sample_rate"] in (8000, 16000)
+         or (o["layout"] != "whamr" and o["sample_rate"] >= 1),
+         "8000 or 16000 (the WHAMR! layout exists at these rates only)"),
+        ("mode", o["mode"] in ("min", "max"), "'min' or 'max'"),
+        ("subtype", o["subtype"] in SUBTYPES, f"one of {list(SUBTYPES)}"),
+        ("extra_targets", set(o["extra_targets"]) <= set(TARGETS), f"among {list(TARGETS)}"),
+        ("segment_seconds", o["segment_seconds"] is None or o["segment_seconds"] > 0,
+         "positive (or None: per mode)"),
+        ("seed", o["seed"] >= 0, ">= 0"),
+        ("snr_db_range", is_range(o["snr_db_range"]), "[low, high]"),
+        ("gain_db_range", is_range(o["gain_db_range"]), "[low, high]"),
+        ("speaker_split", len(o["speaker_split"]) == 2 and min(o["speaker_split"]) >= 0,
+         "two counts or fractions >= 0 (valid, test)"),
+        ("early_ms", o["early_ms"] >= 0, ">= 0"),
+    ]  # fmt: skip
+    for name, valid, rule in rules:
+        if not valid:
+            raise UserError(f"{name} must be {rule}; got {o[name]!r}.")
+    room_ranges(o["room_ranges"])  # UserError on a bad room range
+
+
+def make_mixtures(speech_folder, out_folder, *, layout="whamr", n=(20000, 5000, 3000),
                   noise_folder=None, rir_bank=None, sample_rate=None, mode="min",
                   segment_seconds=None, seed=1234, num_workers=1, snr_db_range=(-6.0, 3.0),
                   gain_db_range=(-2.5, 2.5), speaker_split=(0.1, 0.1), room_ranges=None,
@@ -271,14 +290,27 @@ def make_mixtures(speech_folder, out_folder, layout="whamr", n=(20000, 5000, 300
     >>> import soundfile as sf; sf.read(next(Path(f"{root}/again").rglob("mix_clean_reverb/*.wav")))[0].shape
     (8000,)
     """
-    opts = _options(speech_folder, out_folder, layout, n, noise_folder, rir_bank, sample_rate,
-                    mode, segment_seconds, seed, snr_db_range, gain_db_range, speaker_split,
-                    room_ranges, early_ms, extra_targets, subtype, calibrate)  # fmt: skip
+    absolute = lambda p: None if p is None else str(Path(p).absolute())  # noqa: E731
+    sample_rate = sample_rate or (8000 if layout == "whamr" else 16000)
+    opts = {"speech_folder": absolute(speech_folder), "noise_folder": absolute(noise_folder),
+            "rir_bank": absolute(rir_bank) or str(Path(out_folder).absolute() / "rir_bank"),
+            "simulate_bank": rir_bank is None, "layout": layout, "n": [int(x) for x in n],
+            "sample_rate": int(sample_rate), "mode": mode, "segment_seconds": segment_seconds,
+            "seed": int(seed), "snr_db_range": list(snr_db_range),
+            "gain_db_range": list(gain_db_range), "speaker_split": list(speaker_split),
+            "room_ranges": room_ranges, "early_ms": float(early_ms),
+            "extra_targets": list(extra_targets), "subtype": subtype,
+            "calibrate": int(calibrate)}  # fmt: skip
+    _check_options(opts)
+    for name, folder in (("speech", speech_folder), ("noise", noise_folder),
+                         ("RIR bank", rir_bank)):  # fmt: skip
+        if folder is not None and not Path(folder).is_dir():
+            raise FileNotFoundError(f"The {name} folder {folder} does not exist: check the path.")
     return _run(opts, out_folder, None, num_workers)
 
 
-def regenerate(metadata_csv, out_folder, num_workers=1, speech_folder=None, noise_folder=None,
-               rir_bank=None):  # fmt: skip
+def regenerate(metadata_csv, out_folder, *, num_workers=1, speech_folder=None,
+               noise_folder=None, rir_bank=None):  # fmt: skip
     """Re-create a dataset from its ``metadata.csv`` (and ``metadata.json``) exactly.
 
     Every mixture is rendered from its row alone (no random draw), so an
@@ -291,9 +323,10 @@ def regenerate(metadata_csv, out_folder, num_workers=1, speech_folder=None, nois
         The new ``metadata.csv`` (equal to the old one).
     """
     metadata_csv = Path(metadata_csv)
-    if not metadata_csv.is_file():
-        raise FileNotFoundError(f"{metadata_csv} does not exist: pass the metadata.csv "
-                                "written by sb-mamba-make-mixtures.")  # fmt: skip
+    for path in (metadata_csv, metadata_csv.parent / "metadata.json"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: pass the metadata.csv written by "
+                                    "sb-mamba make-mixtures, next to its metadata.json.")
     opts = json.loads((metadata_csv.parent / "metadata.json").read_text())
     for key, value in (("speech_folder", speech_folder), ("noise_folder", noise_folder),
                        ("rir_bank", rir_bank)):  # fmt: skip
@@ -318,17 +351,27 @@ def regenerate(metadata_csv, out_folder, num_workers=1, speech_folder=None, nois
     return _run(opts, out_folder, jobs, num_workers)
 
 
-def main(argv=None):
-    """Command line of :func:`make_mixtures` / :func:`regenerate`."""
-    p = argparse.ArgumentParser(
-        prog="sb-mamba-make-mixtures",
-        description="Write a reverberant/noisy two-speaker dataset in the WHAMR! or Echo2Mix "
-                    "layout (or re-create one from its metadata.csv).")  # fmt: skip
+def add_arguments(parser):
+    """Add the arguments of ``sb-mamba make-mixtures`` to ``parser`` (see :func:`run`).
+
+    Example
+    -------
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> args = parser.parse_args(["out", "--speech", "spk", "--n", "4", "2", "2"])
+    >>> args.n, args.layout, args.held_out
+    ([4, 2, 2], 'whamr', [0.1, 0.1])
+    """
+    if parser.description is None:
+        parser.description = ("Write a reverberant/noisy two-speaker dataset in the WHAMR! or "
+                              "Echo2Mix layout (or re-create one from its metadata.csv).")
+    p = parser
     p.add_argument("out", help="output dataset folder (the recipe's data_folder)")
     p.add_argument("--speech", help="speaker folder: <speaker>/<utt>.wav|flac")
     p.add_argument("--noise", help="noise folder (adds mix_both_* / noise.wav)")
     p.add_argument("--rir-bank", help="RIR bank or measured RIRs (default: simulate)")
-    p.add_argument("--layout", choices=list(SPLITS), default="whamr")
+    p.add_argument("--layout", choices=list(LAYOUT_FOLDERS), default="whamr")
     p.add_argument("--n", type=int, nargs=3, default=[20000, 5000, 3000],
                    metavar=("TRAIN", "VALID", "TEST"), help="mixtures per split")
     p.add_argument("--sample-rate", type=int, help="8000 (whamr) / 16000 (echo2mix)")
@@ -346,14 +389,138 @@ def main(argv=None):
     p.add_argument("--extra-targets", nargs="*", default=[], choices=list(TARGETS))
     p.add_argument("--subtype", choices=["PCM_16", "FLOAT"], default="PCM_16")
     p.add_argument("--from-metadata", metavar="CSV", help="re-create from this metadata.csv")
-    a = p.parse_args(argv)
-    if a.from_metadata:
-        regenerate(a.from_metadata, a.out, a.workers, a.speech, a.noise, a.rir_bank)
+
+
+def run(args):
+    """Write the dataset of :func:`add_arguments`' namespace ``args``.
+
+    :func:`regenerate` with ``--from-metadata``, else :func:`make_mixtures`
+    (``--held-out`` values of 1 or more are speaker counts, smaller ones
+    fractions).
+
+    Returns
+    -------
+    int
+        0. A user error (``--speech`` missing, a bad value, a missing
+        folder) raises :class:`~sb_mamba.errors.UserError` or
+        ``FileNotFoundError``.
+
+    Example
+    -------
+    >>> import argparse, tempfile
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> run(parser.parse_args([tempfile.mkdtemp()]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sb_mamba.errors.UserError: --speech is required (or --from-metadata): ...
+    """
+    if args.from_metadata:
+        regenerate(args.from_metadata, args.out, num_workers=args.workers,
+                   speech_folder=args.speech, noise_folder=args.noise, rir_bank=args.rir_bank)
+        return 0
+    if args.speech is None:
+        raise UserError("--speech is required (or --from-metadata): pass the folder of "
+                        "<speaker>/<utt>.wav|flac files to mix.")
+    held = [int(x) if float(x).is_integer() and x >= 1 else x for x in args.held_out]
+    make_mixtures(args.speech, args.out, layout=args.layout, n=args.n, noise_folder=args.noise,
+                  rir_bank=args.rir_bank, sample_rate=args.sample_rate, mode=args.mode,
+                  segment_seconds=args.segment_seconds, seed=args.seed,
+                  num_workers=args.workers, snr_db_range=args.snr, gain_db_range=args.gain,
+                  speaker_split=held, room_ranges={"rt60": args.rt60} if args.rt60 else None,
+                  early_ms=args.early_ms, extra_targets=args.extra_targets,
+                  subtype=args.subtype)  # fmt: skip
+    return 0
+
+
+def prepare_librimini(
+    data_folder, save_folder, sample_rate=8000, num_spks=2, skip_prep=False,
+    n_valid=50, n_test=100, segment_seconds=4.0, noise_folder=None,
+    snr_db_range=(0.0, 10.0), seed=4321, use_reverb=False, rir_bank=None,
+    reverb_target="anechoic",
+):  # fmt: skip
+    """Write LibriMini's ``valid.csv`` and ``test.csv`` of fixed held-out mixtures.
+
+    Arguments
+    ---------
+    data_folder : str or Path
+        The LibriMini folder with ``train/``, ``valid/`` and ``test/`` (the
+        LibriMini recipe bundles it in ``recipes/LibriMini/data``).
+    save_folder : str or Path
+        Where the mixtures, the CSVs and ``librimini_prep.json`` go.
+    sample_rate : int
+        Output rate (the bundled audio is 8 kHz; other rates are resampled).
+    num_spks : int
+        Speakers per mixture.
+    skip_prep : bool
+        Do nothing (the CSVs must exist).
+    n_valid, n_test : int
+        Number of fixed mixtures.
+    segment_seconds : float
+        Mixture length.
+    noise_folder : str, optional
+        Add noise (e.g. ``shared/data/noise``) at ``snr_db_range``.
+    snr_db_range : tuple
+        Speech-to-noise ratio range, dB.
+    seed : int
+        Seed of the fixed mixtures.
+    use_reverb, rir_bank, reverb_target
+        Reverberant mixtures (see
+        :class:`~sb_mamba.dataio.mixing.ReverbDynamicMixing`); the files
+        ``s1``, ``s2`` are then the targets and ``mix`` the sum of the
+        reverberant images (+ noise).
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for split in ("train", "valid", "test"):
+    ...     for spk in "ab":
+    ...         write_audio(root / "data" / split / spk / "u.wav", torch.randn(12000) / 9, 8000)
+    >>> prepare_librimini(root / "data", root / "out", n_valid=2, n_test=2, segment_seconds=1.0)
+    >>> sorted(p.name for p in (root / "out").glob("*.csv"))
+    ['test.csv', 'valid.csv']
+    """
+    data_folder, save_folder = Path(data_folder), Path(save_folder)
+    csvs = [save_folder / "valid.csv", save_folder / "test.csv"]
+    if skip_prep:
+        if not all(c.is_file() for c in csvs):
+            raise FileNotFoundError(
+                f"skip_prep is set but {csvs[0]} / {csvs[1]} do not exist: run once "
+                "with skip_prep: False."
+            )
         return
-    if a.speech is None:
-        p.error("--speech is required (or --from-metadata).")
-    held = [int(x) if float(x).is_integer() and x >= 1 else x for x in a.held_out]
-    make_mixtures(a.speech, a.out, a.layout, a.n, a.noise, a.rir_bank, a.sample_rate, a.mode,
-                  a.segment_seconds, a.seed, a.workers, a.snr, a.gain, held,
-                  {"rt60": a.rt60} if a.rt60 else None, a.early_ms, a.extra_targets,
-                  a.subtype)  # fmt: skip
+    for split in ("train", "valid", "test"):
+        if not (data_folder / split).is_dir():
+            raise FileNotFoundError(
+                f"LibriMini expects {data_folder / split}/<speaker>/<utt>.flac (the "
+                "LibriMini recipe bundles it in recipes/LibriMini/data); set data_folder "
+                "to that folder."
+            )
+    options = dict(
+        data_folder=str(data_folder.resolve()), sample_rate=sample_rate, num_spks=num_spks,
+        n_valid=n_valid, n_test=n_test, segment_seconds=segment_seconds,
+        noise_folder=str(noise_folder), snr_db_range=list(snr_db_range), seed=seed,
+    )  # fmt: skip
+    if use_reverb:  # (absent when off: earlier preparations stay valid)
+        options.update(use_reverb=True, rir_bank=str(rir_bank), reverb_target=reverb_target)
+    opt_file = save_folder / "librimini_prep.json"
+    if same_options(opt_file, options, csvs):
+        logger.info("LibriMini mixtures already prepared in %s; skipping.", save_folder)
+        return
+    forget_options(opt_file)  # an interrupted run must not look complete
+    for split, n, offset in (("valid", n_valid, 1), ("test", n_test, 2)):
+        ds = ReverbDynamicMixing(
+            data_folder / split, sample_rate=sample_rate, num_spks=num_spks, epoch_size=n,
+            segment_seconds=segment_seconds, noise_folder=noise_folder,
+            snr_db_range=snr_db_range, seed=seed + offset,
+            cache_folder=save_folder / "cache" if sample_rate != 8000 else None,
+            use_reverb=use_reverb, rir_bank=rir_bank, reverb_target=reverb_target,
+        )  # fmt: skip
+        target = save_folder / "mixtures" / split
+        if target.exists():
+            shutil.rmtree(target)
+        csv_file = ds.export(target, n, subtype="PCM_16")
+        shutil.copy(csv_file, save_folder / f"{split}.csv")
+    store_options(opt_file, options)
+    logger.info("LibriMini: %d valid and %d test mixtures in %s.", n_valid, n_test, save_folder)
