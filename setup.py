@@ -39,7 +39,9 @@ setup(
     },
     install_requires=[
         # torch 2.14.1 + torchaudio 2.11.0 is the tested pair (see README).
-        "torch>=2.1,<2.15",
+        # >= 2.6: torch.load defaults to weights_only=True, also inside
+        # SpeechBrain (checkpoint recovery); sb_mamba asks for it explicitly
+        "torch>=2.6,<2.15",
         "torchaudio>=2.1",
         "speechbrain>=1.0.0,<1.2",
         "hyperpyyaml>=1.2",
@@ -60,6 +62,7 @@ setup(
             "sb-mamba-export=sb_mamba.cli:export_main",
             "sb-mamba-make-mixtures=sb_mamba.cli:make_mixtures_main",
             "sb-mamba-make-rir-bank=sb_mamba.cli:make_rir_bank_main",
+            "sb-mamba-convert=sb_mamba.cli:convert_main",
         ]
     },
     extras_require={

@@ -10,6 +10,7 @@ Authors
 """
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,10 @@ from sb_mamba.errors import UserError
 logger = get_logger(__name__)
 
 _SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile command (sndfile.h)
+MIN_SAMPLE_RATE = 1000  # Hz: a header declaring less is broken, not speech
+# Most samples a read may decode or resample to (10 hours at 16 kHz, ~2.3 GB
+# of float32): a broken header cannot make a read take all the memory.
+MAX_SAMPLES = 10 * 3600 * 16000
 
 
 class AudioError(UserError):
@@ -53,6 +58,9 @@ def audio_info(path):
         ) from e
     if info.frames == 0:
         raise AudioError(f"Audio file {path} is empty (0 samples): re-create it.")
+    if info.samplerate < MIN_SAMPLE_RATE:
+        raise AudioError(f"{path} declares a sample rate of {info.samplerate} Hz (under "
+                         f"{MIN_SAMPLE_RATE} Hz): its header is broken; re-create the file.")
     return info
 
 
@@ -85,7 +93,8 @@ def resample(wav, orig_sr, new_sr):
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def read_audio(path, sample_rate=None, resample_to_rate=False, mono=True, start=0, stop=None):
+def read_audio(path, sample_rate=None, resample_to_rate=False, mono=True, start=0, stop=None,
+               max_samples=None):
     """Read an audio file as float32, checking what separation needs.
 
     Arguments
@@ -102,6 +111,9 @@ def read_audio(path, sample_rate=None, resample_to_rate=False, mono=True, start=
         else return [T, C].
     start, stop : int
         Frame range to read (at the file's own rate).
+    max_samples : int, optional
+        Refuse (before decoding) a read whose decoded or resampled size
+        would pass this many samples; default :data:`MAX_SAMPLES`.
 
     Returns
     -------
@@ -117,6 +129,15 @@ def read_audio(path, sample_rate=None, resample_to_rate=False, mono=True, start=
     torch.Size([800])
     """
     info = audio_info(path)
+    limit = MAX_SAMPLES if max_samples is None else int(max_samples)
+    frames = len(range(*slice(start, stop).indices(info.frames)))
+    rate = sample_rate if sample_rate and resample_to_rate else info.samplerate
+    size = max(frames * info.channels, math.ceil(frames * rate / info.samplerate))
+    if size > limit:
+        raise AudioError(
+            f"{path} would decode to {size} samples ({frames / info.samplerate / 3600:.1f} h "
+            f"at {info.samplerate} Hz), over the limit of {limit}: split the file, or "
+            "raise the limit (max_samples, --max-hours) if it is really that long.")
     try:
         data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as e:
@@ -150,7 +171,9 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
     Arguments
     ---------
     path : str or Path
-        Output file; parent folders are created.
+        Output file; parent folders are created. Written to a temporary file
+        beside it, then renamed: a reader never sees half a file, and a link
+        at ``path`` is replaced, never followed.
     wav : torch.Tensor or numpy.ndarray
         [T] or [T, C].
     sample_rate : int
@@ -165,9 +188,26 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
         wav = wav.detach().cpu().float().numpy()
     wav = np.asarray(wav)
     channels = 1 if wav.ndim == 1 else wav.shape[1]
-    with sf.SoundFile(str(path), "w", int(sample_rate), channels, subtype) as f:
-        try:  # no PEAK chunk: it holds a time stamp, so float files would differ run to run
-            sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
-        except AttributeError:  # soundfile internals moved: files stay valid
-            pass
-        f.write(wav)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keeps the format
+    try:
+        with sf.SoundFile(str(tmp), "w", int(sample_rate), channels, subtype,
+                          format=_format(path)) as f:
+            try:  # no PEAK chunk: it holds a time stamp, so float files would differ run to run
+                sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+            except AttributeError:  # soundfile internals moved: files stay valid
+                pass
+            f.write(wav)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _format(path):
+    """libsndfile's major format for ``path``'s extension (``"WAV"``, ``"FLAC"``...)."""
+    ext = {"AIF": "AIFF", "OPUS": "OGG"}.get(path.suffix.lstrip(".").upper(),
+                                            path.suffix.lstrip(".").upper())
+    formats = sf.available_formats()
+    if ext in formats:
+        return ext
+    raise AudioError(f"Cannot write {path}: unknown audio extension; use .wav or .flac.")

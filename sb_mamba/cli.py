@@ -5,12 +5,13 @@
     sb-mamba separate meeting.wav -o out        # the shipped demo model
     sb-mamba separate MODEL recordings/ a.flac -o out --device cuda:0
     sb-mamba export results/sepmamba/1234 my-model [--upload owner/name]
+    sb-mamba convert official.ckpt my-model      # official SPMamba / SepMamba weights
     sb-mamba make-mixtures OUT --speech SPEECH --layout whamr --noise NOISE
     sb-mamba make-rir-bank BANK --rooms 1000 --workers 8
 
 The old names ``sb-mamba-separate``, ``sb-mamba-export``,
 ``sb-mamba-make-mixtures`` and ``sb-mamba-make-rir-bank`` stay as aliases of
-the subcommands for one release.
+the subcommands for one release (``sb-mamba-convert`` is new).
 
 Error policy (every subcommand, and the recipes' ``train.py``): a user error
 (a missing file, a bad argument, a dataset folder in the wrong layout: a
@@ -70,8 +71,8 @@ def _setup_logging(verbose=False):
     """
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    handler.addFilter(lambda r: verbose or r.levelno >= logging.WARNING
-                      or r.name == __name__)
+    handler.addFilter(lambda r: verbose or r.levelno >= logging.WARNING  # and the
+                      or r.name in (__name__, "sb_mamba.nnet._cpu_kernel"))  # compile notice
     saved = []
     for name, level in (("sb_mamba", logging.INFO), ("speechbrain", logging.WARNING)):
         log = logging.getLogger(name)
@@ -122,8 +123,11 @@ def find_inputs(paths, exts):
 def add_arguments(p):
     """The arguments of ``sb-mamba separate``."""
     p.add_argument("inputs", nargs="+", metavar="[MODEL] FILE_OR_DIR",
-                   help="model folder (sb-mamba export) or HuggingFace id, optional "
-                        "(default: the shipped demo model), then audio files and/or folders")
+                   help="model folder (sb-mamba export: hyperparams.yaml and "
+                        "separator.ckpt) or HuggingFace id, optional (default: the shipped "
+                        "demo model), then audio files and/or folders")
+    p.add_argument("-m", "--model", default=None,
+                   help="the model (folder or hub id); then every positional is an input")
     p.add_argument("-o", "--output-dir", required=True, help="output folder")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument("--chunk-seconds", default="auto",
@@ -131,8 +135,18 @@ def add_arguments(p):
                         "one pass up to 30 s, 10 s chunks beyond; 0: always one pass")
     p.add_argument("--overlap", type=float, default=0.25,
                    help="overlap fraction of consecutive chunks")
-    p.add_argument("--normalize", choices=["none", "peak", "mixture"], default="none",
-                   help="output scaling (default: as the model outputs)")
+    p.add_argument("--normalize", choices=["mixture", "peak", "none"], default="mixture",
+                   help="output scaling: 'mixture' (default) keeps the mixture's level, "
+                        "never above full scale when the input is not; 'peak': each "
+                        "source to 0.9; 'none': as the model outputs")
+    p.add_argument("--sample-rate", default="model",
+                   help="rate of the written files: 'model' (default), 'input' (the "
+                        "input file's) or Hz")
+    p.add_argument("--max-hours", type=float, default=10.0,
+                   help="refuse inputs longer than this at 16 kHz (default 10)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="let the model's hyperparams.yaml run code (only for models "
+                        "whose author you trust)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--ext", default=DEFAULT_EXT,
                    help=f"extensions searched in folders (default {DEFAULT_EXT})")
@@ -151,13 +165,24 @@ def split_model(inputs):
     ('owner/repo', ['a.wav'])
     """
     first = Path(inputs[0])
-    is_input = first.is_file() or (first.is_dir() and not (first / "hyperparams.yaml").exists())
-    is_input = is_input or first.suffix.lower().lstrip(".") in DEFAULT_EXT.split(",")
-    if len(inputs) > 1 and not is_input:
+    model_folder = first.is_dir() and all(
+        (first / n).is_file() for n in ("hyperparams.yaml", "separator.ckpt"))
+    hub_id = not first.exists() and first.suffix.lower().lstrip(".") not in DEFAULT_EXT.split(",")
+    if len(inputs) > 1 and (model_folder or hub_id):
         return inputs[0], inputs[1:]
     from sb_mamba.resources import pretrained_path
 
     return pretrained_path(), inputs
+
+
+def _linked_folder(out, sub):
+    """The first folder from ``out/sub``'s top down to it that is a link, or None."""
+    folder = out
+    for part in sub.parts:
+        folder = folder / part
+        if folder.is_symlink():
+            return folder
+    return None
 
 
 def _chunk_seconds(value):
@@ -174,7 +199,14 @@ def _chunk_seconds(value):
 def run(args):
     """``sb-mamba separate``: separate every input file; returns the exit status."""
     args.chunk_seconds = _chunk_seconds(args.chunk_seconds)
-    args.model, args.inputs = split_model(args.inputs)
+    if args.sample_rate not in ("model", "input"):
+        try:
+            args.sample_rate = int(args.sample_rate)
+        except ValueError:
+            raise UserError(f"--sample-rate takes 'model', 'input' or Hz, not "
+                            f"{args.sample_rate!r}.") from None
+    if args.model is None:
+        args.model, args.inputs = split_model(args.inputs)
     restore = _setup_logging(args.verbose)
     try:
         return _separate(args)
@@ -184,6 +216,7 @@ def run(args):
 
 def _separate(args):
     from sb_mamba.inference.separator import MambaSeparator, source_paths
+    from sb_mamba.modelspec import inside
 
     exts = {e.strip().lower().lstrip(".") for e in args.ext.split(",") if e.strip()}
     files, missing = find_inputs(args.inputs, exts)
@@ -192,16 +225,24 @@ def _separate(args):
     if not files:
         raise UserError(f"No audio files ({','.join(sorted(exts))}) found in "
                         f"{' '.join(args.inputs)}; pick other inputs or --ext.")
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out} is a file, not a folder: choose an output folder.")
+    for arg in args.inputs:
+        if Path(arg).is_dir() and inside(out, arg):
+            raise UserError(f"-o {out} is inside the input folder {arg}: a rerun would "
+                            "separate the outputs too; choose an output folder outside it.")
     for arg in missing:
         logger.error("Skipped %s: no such file or folder.", arg)
     try:
         model = MambaSeparator.from_hparams(
-            source=args.model, savedir=args.savedir, run_opts={"device": args.device}
-        )
+            source=args.model, savedir=args.savedir, run_opts={"device": args.device},
+            trust_remote_code=args.trust_model)
+    except UserError:
+        raise
     except Exception as e:  # a folder, a hub id or a URL: many ways to fail
         raise UserError(f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
                         "give a folder written by `sb-mamba export` or a hub id.") from e
-    out = Path(args.output_dir)
     done, skipped, failed, seen = 0, 0, len(missing), set()
     for path, rel in tqdm(files, desc="separating", unit="file", dynamic_ncols=True):
         targets = source_paths(rel, out / rel.parent, model.num_spks)
@@ -210,17 +251,24 @@ def _separate(args):
             failed += 1
             continue
         seen.add(targets[0])
-        if not args.force and any(t.exists() for t in targets):
+        if not args.force and all(t.is_file() for t in targets):  # a complete set
             logger.warning("Skipped %s: %s exists (use --force).", path, targets[0])
             skipped += 1
+            continue
+        linked = _linked_folder(out, rel.parent)
+        if linked is not None:
+            logger.error("Skipped %s: its output folder %s is a link; outputs are never "
+                         "written through links.", path, linked)
+            failed += 1
             continue
         try:
             model.separate_file(path, chunk_seconds=args.chunk_seconds,
                                 overlap=args.overlap, normalize=args.normalize,
-                                output_dir=out / rel.parent)
+                                output_dir=out / rel.parent, output_rate=args.sample_rate,
+                                max_samples=int(args.max_hours * 3600 * 16000))
             done += 1
-        except (UserError, ValueError, RuntimeError, MemoryError) as e:
-            logger.error("Skipped %s: %s", path, e)
+        except (UserError, ValueError, RuntimeError, MemoryError, OSError) as e:
+            logger.error("Skipped %s: %s", path, " ".join(str(e).split()))
             failed += 1
     logger.info("Done: %d separated, %d skipped (outputs exist), %d failed -> %s",
                 done, skipped, failed, out)
@@ -237,6 +285,8 @@ COMMANDS = {
                       "generate a WHAMR!- or Echo2Mix-style dataset from speech"),
     "make-rir-bank": ("sb_mamba.dataio.rir_bank",
                       "simulate or index room impulse responses"),
+    "convert": ("sb_mamba.inference.convert",
+                "convert an official SPMamba / SepMamba checkpoint to a model folder"),
 }
 
 
@@ -304,6 +354,7 @@ separate_main = _alias("separate")
 export_main = _alias("export")
 make_mixtures_main = _alias("make-mixtures")
 make_rir_bank_main = _alias("make-rir-bank")
+convert_main = _alias("convert")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,6 +10,9 @@ Authors
  * sb_mamba developers
 """
 
+import os
+from pathlib import Path
+
 import ruamel.yaml
 from hyperpyyaml import resolve_references
 from speechbrain.utils.logger import get_logger
@@ -168,3 +171,129 @@ def separator_spec(tree):
                     kwargs["ssm_backend"])
         kwargs["ssm_backend"] = "auto"
     return cls, kwargs
+
+
+# ------------------------------------------------- model folders from others
+def _allowed_objects():
+    """Objects an inference YAML may build besides the separators."""
+    from speechbrain.utils.parameter_transfer import Pretrainer
+
+    return (Pretrainer,)
+
+
+def _resolve(path):
+    """The object a dotted path names, importing only modules that may hold
+    an allowed object (an untrusted path never gets an arbitrary import)."""
+    import importlib
+
+    module, _, name = str(path).rpartition(".")
+    if not module.startswith(("sb_mamba.lobes.", "speechbrain.utils.parameter_transfer")):
+        return None
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def inside(path, folder):
+    """Whether ``path``, links followed, lies in ``folder`` (links followed).
+
+    Example
+    -------
+    >>> inside("/tmp/a/b.yaml", "/tmp/a"), inside("/tmp/a/../b.yaml", "/tmp/a")
+    (True, False)
+    """
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, root]) == root
+
+
+def check_model_yaml(path, folder=None):
+    """Refuse a model's YAML that would run code or read outside its folder.
+
+    The file is parsed as data first (nothing is built). Allowed: untagged
+    values, ``!ref``, ``!copy``, ``!tuple``, ``!PLACEHOLDER``, ``!new:`` or
+    ``!name:`` of one of sb_mamba's separators (the dotted path is resolved
+    and the object checked, :func:`separator_class`) or of SpeechBrain's
+    ``Pretrainer``, and ``!include:`` of another file of the folder (checked
+    the same way). Anything else (``!apply:``, ``!name:os.system``, a path
+    or link that leaves the folder) raises one :class:`UserError` naming the
+    file, the line and the fix.
+
+    Arguments
+    ---------
+    path : str or Path
+        The YAML file.
+    folder : str or Path, optional
+        The model folder (default: the file's folder).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "hyperparams.yaml").write_text("x: !apply:os.getcwd []\\n")
+    >>> check_model_yaml(d / "hyperparams.yaml")
+    Traceback (most recent call last):
+    ...
+    sb_mamba.errors.UserError: ...hyperparams.yaml, line 1: '!apply:os.getcwd' may run code; a model folder may only use !new:/!name: of sb_mamba's separators or SpeechBrain's Pretrainer, !ref, !copy and !include: of its own files. Load it with trust_remote_code=True (--trust-model) only if you trust its author.
+    """
+    path = Path(path)
+    folder = Path(folder) if folder is not None else path.parent
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such model file", str(path))
+    if not inside(path, folder):
+        raise UserError(f"{path} leads outside the model folder {folder} (through a link "
+                        "or a parent-folder step): refusing to read it; copy the real file "
+                        "into the folder.")
+    yaml = ruamel.yaml.YAML()
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.load(f)
+    except ruamel.yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+
+    def refuse(line, what):
+        raise UserError(
+            f"{path}, line {line}: {what}; a model folder may only use !new:/!name: of "
+            "sb_mamba's separators or SpeechBrain's Pretrainer, !ref, !copy and "
+            "!include: of its own files. Load it with trust_remote_code=True "
+            "(--trust-model) only if you trust its author.")
+
+    def check(node, line):
+        tag = _tag(node)
+        if tag.startswith(("!new:", "!name:")):
+            target = tag.split(":", 1)[1]
+            obj = _resolve(target)
+            if obj is None or not (obj in _allowed_objects() or _is_separator(target)):
+                refuse(line, f"'{tag}' may run code")
+        elif tag.startswith("!include:"):
+            target = folder / tag.split(":", 1)[1].strip()
+            if not inside(target, folder):
+                refuse(line, f"'{tag}' reads a file outside the model folder")
+            check_model_yaml(target, folder)
+        elif tag and tag not in ("!ref", "!copy", "!tuple", "!PLACEHOLDER"):
+            refuse(line, f"'{tag}' may run code")
+        if isinstance(node, dict):
+            for i, (k, v) in enumerate(node.items()):
+                check(v, _line(node, k, i, line))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                check(v, _line(node, None, i, line))
+
+    check(tree, 1)
+
+
+def _is_separator(target):
+    try:
+        separator_class(target)
+    except UserError:
+        return False
+    return True
+
+
+def _line(node, key, index, default):
+    """1-based line of an item of a ruamel map (by key) or list (by index)."""
+    try:
+        lc = node.lc.key(key) if key is not None else node.lc.item(index)
+        return lc[0] + 1
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return default

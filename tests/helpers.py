@@ -55,6 +55,15 @@ SPEECH_8K = SPEECH_DIR = SAMPLES / "speech_8k"
 NOISE_DIR = SAMPLES / "noise_8k"
 
 
+# The CLI in a fresh interpreter that prints its own peak RSS (VmHWM, in kB) at
+# exit. Not getrusage's ru_maxrss: Linux keeps that across fork + exec, so a
+# child of a large pytest process would report the parent's peak.
+PEAK_RSS_CLI = (
+    "import sys; from sb_mamba import cli; rc = cli.main(sys.argv[1:]); "
+    "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]); sys.exit(rc)"
+)
+
+
 # ---------------------------------------------------------- model fragments
 FRAGMENTS = sorted(p.name for p in (ROOT / "hparams" / "models").glob("*.yaml"))
 

@@ -28,6 +28,16 @@ crops, offsets, gains, SNR, noise crop, RIR ids, seeds) and
 re-creates the dataset from them (exactly, with the same speech, noise and
 bank files). The command line is :func:`add_arguments` and :func:`run`.
 
+``OUT`` must not lie inside an input folder (the speech, noise or RIR bank
+folder: a second run would read the mixtures as speech). ``metadata.json``
+is written first: a rerun into a folder made with the same options rewrites
+the same files; a folder that holds a dataset made with other options is
+refused (files of both runs would mix, and held-out speakers could leak
+across splits), unless ``overwrite`` first removes what the earlier run
+wrote; a non-empty folder that make-mixtures did not write is always
+refused (nothing it did not write is ever removed). Every check runs before
+anything is written.
+
 :func:`prepare_librimini` writes the fixed valid and test mixtures of
 LibriMini, the small real 8 kHz speech set bundled with the LibriMini recipe
 (``recipes/LibriMini/data/{train,valid,test}/<speaker>/<utt>.flac``: 196
@@ -180,10 +190,122 @@ def _job(job):
     return _row(opts, ds, j, split, idx, spec, written, room)
 
 
-def _run(opts, out_folder, jobs, num_workers):
+# what make-mixtures writes in OUT, besides the audio folders of its layout
+_OWN_FILES = ("metadata.csv", "metadata.json", "cache")
+
+
+def _inside(path, folder):
+    """Whether ``path`` is ``folder`` or lies inside it (links resolved)."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def _stored_options(out_folder):
+    """The options in ``OUT/metadata.json`` if make-mixtures wrote it, else None."""
+    try:
+        stored = json.loads((Path(out_folder) / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = {"speech_folder", "layout", "n", "seed", "sample_rate"}
+    return stored if isinstance(stored, dict) and keys <= stored.keys() else None
+
+
+def _written_by(opts, out_folder):
+    """The top-level entries of ``out_folder`` that a run with ``opts`` writes."""
+    audio = ([f"wav{opts['sample_rate'] // 1000}k"] if opts["layout"] == "whamr"
+             else list(LAYOUT_FOLDERS["echo2mix"]))  # fmt: skip
+    bank = ["rir_bank"] if opts.get("simulate_bank") else []
+    names = [*audio, *bank, *_OWN_FILES]
+    tmp = [p.name for p in Path(out_folder).glob(".metadata.*.tmp.*")]  # cut writes
+    return [Path(out_folder) / n for n in names + tmp if (Path(out_folder) / n).exists()]
+
+
+def _check_out_folder(opts, out_folder, inputs, overwrite):
+    """Refuse (UserError) an output folder a run must not write into.
+
+    Arguments
+    ---------
+    opts : dict
+        The options of this run (as ``metadata.json`` records them).
+    out_folder : Path
+        The dataset folder.
+    inputs : dict
+        Name -> folder the run reads (``--speech``, ``--noise``, ...).
+    overwrite : bool
+        Remove what an earlier make-mixtures run wrote in ``out_folder``.
+
+    Returns
+    -------
+    list of Path
+        What to remove before writing (``overwrite``), else empty.
+    """
+    for name, folder in inputs.items():
+        if folder is not None and _inside(out_folder, folder):
+            raise UserError(f"The output folder {out_folder} is inside the {name} folder "
+                            f"{folder}: a second run would read these mixtures as input; "
+                            "choose an output folder outside it.")
+    if out_folder.exists() and not out_folder.is_dir():
+        raise UserError(f"The output {out_folder} is a file, not a folder: choose a folder.")
+    if not out_folder.is_dir() or not any(out_folder.iterdir()):
+        return []
+    stored = _stored_options(out_folder)
+    if stored is None:
+        raise UserError(f"The output folder {out_folder} is not empty and was not written by "
+                        "sb-mamba make-mixtures (no metadata.json of it): choose a new or "
+                        "empty folder (--overwrite never removes files it did not write).")
+    new = json.loads(json.dumps(opts))
+    if stored == new and not overwrite:
+        logger.info("%s holds a dataset made with the same options: rewriting it.", out_folder)
+        return []
+    if not overwrite:
+        diff = [f"{k} {stored.get(k)!r} there, {new.get(k)!r} now"
+                for k in sorted(set(stored) | set(new)) if stored.get(k) != new.get(k)]
+        raise UserError(f"The output folder {out_folder} holds a dataset made with other "
+                        f"options ({'; '.join(diff)}): writing into it would mix files of "
+                        "both runs; choose another folder, or pass --overwrite to remove "
+                        "the files of the earlier run first.")
+    doomed = _written_by(stored, out_folder)
+    for name, folder in inputs.items():
+        for path in doomed:
+            if folder is not None and _inside(folder, path):
+                raise UserError(f"--overwrite would remove {path}, which holds the {name} "
+                                f"folder {folder}: move it out of {out_folder} first.")
+    return doomed
+
+
+def _remove(paths, out_folder):
+    """Remove what an earlier run wrote (``--overwrite``)."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if paths:
+        logger.warning("--overwrite: removed %s of an earlier run from %s.",
+                       ", ".join(p.name for p in paths), out_folder)
+
+
+def _run(opts, out_folder, jobs, num_workers, inputs, overwrite=False):
     out_folder = Path(out_folder)
+    if num_workers < 1:
+        raise UserError(f"num_workers (--workers) must be >= 1; got {num_workers}.")
+    doomed = _check_out_folder(opts, out_folder, inputs, overwrite)
     groups = _speaker_groups(opts)
+    _remove(doomed, out_folder)  # every check passed
+    created = out_folder.absolute()  # the first folder of its path this run creates
+    while not created.parent.exists():
+        created = created.parent
+    created = None if out_folder.exists() else created
+    try:
+        return _write_dataset(opts, out_folder, jobs, num_workers, groups)
+    except (UserError, FileNotFoundError):
+        if created is not None:  # a user error after all: leave nothing behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _write_dataset(opts, out_folder, jobs, num_workers, groups):
     out_folder.mkdir(parents=True, exist_ok=True)
+    store_options(out_folder / "metadata.json", opts)  # first: marks the folder as ours
     if opts["simulate_bank"]:
         opts["rir_bank"] = str(out_folder.absolute() / "rir_bank")
         make_rir_bank(opts["rir_bank"], sum(opts["n"]), sample_rate=opts["sample_rate"],
@@ -195,7 +317,7 @@ def _run(opts, out_folder, jobs, num_workers):
     rows = pool_map(_job, jobs, num_workers, f"Writing mixtures -> {out_folder}", "mix",
                     _init_worker, (state,))  # fmt: skip
     write_csv(out_folder / "metadata.csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
-    (out_folder / "metadata.json").write_text(json.dumps(opts, indent=1))
+    store_options(out_folder / "metadata.json", opts)
     logger.info("Wrote %d mixtures (%s layout) and their metadata to %s.", len(rows),
                 opts["layout"], out_folder)  # fmt: skip
     return out_folder / "metadata.csv"
@@ -234,7 +356,8 @@ def make_mixtures(speech_folder, out_folder, *, layout="whamr", n=(20000, 5000, 
                   noise_folder=None, rir_bank=None, sample_rate=None, mode="min",
                   segment_seconds=None, seed=1234, num_workers=1, snr_db_range=(-6.0, 3.0),
                   gain_db_range=(-2.5, 2.5), speaker_split=(0.1, 0.1), room_ranges=None,
-                  early_ms=50.0, extra_targets=(), subtype="PCM_16", calibrate=4):  # fmt: skip
+                  early_ms=50.0, extra_targets=(), subtype="PCM_16", calibrate=4,
+                  overwrite=False):  # fmt: skip
     """Write a fixed dataset (see the module docstring).
 
     Arguments
@@ -273,6 +396,11 @@ def make_mixtures(speech_folder, out_folder, *, layout="whamr", n=(20000, 5000, 
         or ``"FLOAT"``.
     calibrate : int
         RT60 corrections per simulated room.
+    overwrite : bool
+        If ``out_folder`` holds a dataset of an earlier run (its
+        ``metadata.json``), first remove what that run wrote (its audio
+        folders, ``rir_bank`` if simulated, ``cache``, ``metadata.*``);
+        without it, a folder made with other options is refused.
 
     Returns
     -------
@@ -306,16 +434,19 @@ def make_mixtures(speech_folder, out_folder, *, layout="whamr", n=(20000, 5000, 
                          ("RIR bank", rir_bank)):  # fmt: skip
         if folder is not None and not Path(folder).is_dir():
             raise FileNotFoundError(f"The {name} folder {folder} does not exist: check the path.")
-    return _run(opts, out_folder, None, num_workers)
+    inputs = {"speech": speech_folder, "noise": noise_folder, "RIR bank": rir_bank}
+    return _run(opts, out_folder, None, num_workers, inputs, overwrite)
 
 
 def regenerate(metadata_csv, out_folder, *, num_workers=1, speech_folder=None,
-               noise_folder=None, rir_bank=None):  # fmt: skip
+               noise_folder=None, rir_bank=None, overwrite=False):  # fmt: skip
     """Re-create a dataset from its ``metadata.csv`` (and ``metadata.json``) exactly.
 
     Every mixture is rendered from its row alone (no random draw), so an
     edited row re-creates the edited mixture. The folders default to those
-    recorded in ``metadata.json``; pass them if the data moved.
+    recorded in ``metadata.json``; pass them if the data moved. The output
+    folder is checked as in :func:`make_mixtures` (``overwrite`` too) and
+    must not lie inside the source dataset's folder.
 
     Returns
     -------
@@ -348,7 +479,9 @@ def regenerate(metadata_csv, out_folder, *, num_workers=1, speech_folder=None,
                              "begin": int(row["noise_begin"]), "roll": int(row["noise_roll"])}
             spec["snr_db"] = float(row["snr_db"])
         jobs.append((int(row["split_index"]), int(row["index"]), spec))
-    return _run(opts, out_folder, jobs, num_workers)
+    inputs = {"speech": opts["speech_folder"], "noise": opts["noise_folder"],
+              "RIR bank": opts["rir_bank"], "source dataset": metadata_csv.parent}
+    return _run(opts, out_folder, jobs, num_workers, inputs, overwrite)
 
 
 def add_arguments(parser):
@@ -389,6 +522,11 @@ def add_arguments(parser):
     p.add_argument("--extra-targets", nargs="*", default=[], choices=list(TARGETS))
     p.add_argument("--subtype", choices=["PCM_16", "FLOAT"], default="PCM_16")
     p.add_argument("--from-metadata", metavar="CSV", help="re-create from this metadata.csv")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUT holds a dataset of an earlier run with other options: remove "
+                        "what that run wrote first (its audio folders, rir_bank if simulated, "
+                        "cache, metadata.*; never other files). Without it such a folder is "
+                        "refused; a rerun with the same options rewrites the same files.")
 
 
 def run(args):
@@ -402,8 +540,9 @@ def run(args):
     -------
     int
         0. A user error (``--speech`` missing, a bad value, a missing
-        folder) raises :class:`~sb_mamba.errors.UserError` or
-        ``FileNotFoundError``.
+        folder, an output folder inside an input or holding another
+        dataset) raises :class:`~sb_mamba.errors.UserError` or
+        ``FileNotFoundError`` before anything is written.
 
     Example
     -------
@@ -417,7 +556,8 @@ def run(args):
     """
     if args.from_metadata:
         regenerate(args.from_metadata, args.out, num_workers=args.workers,
-                   speech_folder=args.speech, noise_folder=args.noise, rir_bank=args.rir_bank)
+                   speech_folder=args.speech, noise_folder=args.noise, rir_bank=args.rir_bank,
+                   overwrite=args.overwrite)
         return 0
     if args.speech is None:
         raise UserError("--speech is required (or --from-metadata): pass the folder of "
@@ -429,7 +569,7 @@ def run(args):
                   num_workers=args.workers, snr_db_range=args.snr, gain_db_range=args.gain,
                   speaker_split=held, room_ranges={"rt60": args.rt60} if args.rt60 else None,
                   early_ms=args.early_ms, extra_targets=args.extra_targets,
-                  subtype=args.subtype)  # fmt: skip
+                  subtype=args.subtype, overwrite=args.overwrite)  # fmt: skip
     return 0
 
 

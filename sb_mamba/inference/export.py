@@ -44,6 +44,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.logger import get_logger
 
+from sb_mamba.inference.separator import load_weights
 from sb_mamba.modelspec import build_separator, load_training_tree, separator_spec
 
 logger = get_logger(__name__)
@@ -149,11 +150,19 @@ def read_test_results(path):
 
 
 def model_card(name, cls, params, sample_rate, num_spks, results, ckpt_note,
-               fp16, license, notes=""):
-    """Markdown model card with HuggingFace front matter (``notes``: extra markdown)."""
+               fp16, license, notes="", train_yaml=True, license_text=None):
+    """Markdown model card with HuggingFace front matter (``notes``: extra markdown).
+
+    ``results``: the ``avg`` row (dict), a markdown line, or None.
+    ``train_yaml``: mention ``hyperparams_train.yaml`` (an exported training
+    run has one). ``license_text``: the body of the License section (default:
+    sb_mamba's code licence, the weights' ``license`` and the data note).
+    """
     short = cls.rsplit(".", 1)[-1]
     rows = ["Results not given (pass test_results=...)."]
-    if results:
+    if isinstance(results, str):
+        rows = [results]
+    elif results:
         rows = [
             "Test set (`avg` row of `test_results.csv`), in dB:", "",
             "| SI-SNR | SI-SNRi | SDR | SDRi |", "|---|---|---|---|",
@@ -181,11 +190,12 @@ def model_card(name, cls, params, sample_rate, num_spks, results, ckpt_note,
         'est = model.separate_file("long.wav", chunk_seconds=8, overlap=0.5)', "```",
         "", "Command line: `sb-mamba-separate <model> recordings/ -o separated "
         "--chunk-seconds 8`.", "",
-        "`hyperparams_train.yaml` holds the training hyperparameters.", "",
+        *(["`hyperparams_train.yaml` holds the training hyperparameters.", ""]
+          if train_yaml else []),
         *([notes.strip(), ""] if notes and notes.strip() else []),
         "## License", "",
-        f"Code: Apache-2.0 (sb_mamba). Weights: {license}. The weights derive "
-        "from the training data; check its license too (e.g. LibriSpeech is "
+        license_text or f"Code: Apache-2.0 (sb_mamba). Weights: {license}. The weights "
+        "derive from the training data; check its license too (e.g. LibriSpeech is "
         "CC BY 4.0, WSJ0 needs an LDC license).", "",
     ])
 
@@ -237,7 +247,7 @@ def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False
         raise FileNotFoundError(f"{ckpt.path} has no separator.ckpt.")
     origin = f"{hparams_file.name} and {ckpt.path.name}"  # no local paths
     text = inference_yaml(cls, args, sample_rate, num_spks, origin)
-    state = torch.load(ckpt.paramfiles["separator"], map_location="cpu", weights_only=True)
+    state = load_weights(ckpt.paramfiles["separator"])
     if fp16:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     model = load_hyperpyyaml(io.StringIO(text))["separator"]

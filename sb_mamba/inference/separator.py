@@ -18,11 +18,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.logger import get_logger
 
-from sb_mamba.audio import AudioError, audio_info, read_audio, write_audio
+from sb_mamba.audio import AudioError, audio_info, read_audio, resample, write_audio
+from sb_mamba.errors import UserError
 from sb_mamba.inference.chunking import chunked_separate
+from sb_mamba.modelspec import check_model_yaml, inside
 
 logger = get_logger(__name__)
 
@@ -32,13 +35,17 @@ AUTO_ONE_PASS_SECONDS = 30.0  # chunk_seconds="auto": one pass up to this length
 AUTO_CHUNK_SECONDS = 10.0  # chunk_seconds="auto": chunk length beyond it
 
 
-def normalize_sources(est, mix, mode="none"):
+def normalize_sources(est, mix, mode="mixture"):
     """Rescale separated sources.
 
-    ``"none"``: the model's own scale. ``"peak"``: each source to a peak of
-    0.9 (SpeechBrain's ``separate_file`` uses 1); silent sources stay silent.
-    ``"mixture"``: one gain ``g = <mix, sum> / <sum, sum>`` for all sources,
-    the least-squares fit of their sum to the mixture (relative levels kept).
+    ``"mixture"`` (the default): one gain ``g = <mix, sum> / <sum, sum>`` for
+    all sources, the least-squares fit of their sum to the mixture, so the
+    sources keep the mixture's level and their relative levels; if a source
+    would then pass full scale while the mixture does not, all are scaled
+    down to a peak of 1. ``"peak"``: each source to a peak of 0.9
+    (SpeechBrain's ``separate_file`` uses 1); silent sources stay silent.
+    ``"none"``: the model's own scale (a model trained with a
+    scale-invariant loss may output sources far above full scale).
 
     Arguments
     ---------
@@ -58,6 +65,9 @@ def normalize_sources(est, mix, mode="none"):
     >>> est = torch.stack([mix, mix], -1) / 8
     >>> normalize_sources(est, mix, "mixture").sum(-1).allclose(mix, atol=1e-5)
     True
+    >>> loud = torch.stack([50 * mix, -49 * mix], -1)  # sums to the mixture
+    >>> bool(normalize_sources(loud, mix / mix.abs().max()).abs().max() <= 1)
+    True
     >>> normalize_sources(est, mix, "peak").shape
     torch.Size([1, 800, 2])
     """
@@ -71,8 +81,52 @@ def normalize_sources(est, mix, mode="none"):
         energy = (total**2).sum(-1)  # [B]
         gain = (mix * total).sum(-1) / energy.clamp_min(1e-12)
         gain = torch.where(energy > 0, gain, 1)
-        return est * gain[:, None, None]
+        est = est * gain[:, None, None]
+        peak = est.abs().flatten(1).amax(1)  # [B]
+        over = (peak > 1) & (mix.abs().amax(-1) <= 1)
+        return est / torch.where(over, peak, 1)[:, None, None]
     return est
+
+
+def load_weights(path):
+    """A state_dict file read with ``torch.load(weights_only=True)``: tensors
+    and plain containers only; a file that pickles anything else (which could
+    run code) is refused with one :class:`UserError` naming it."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} holds Python objects beyond tensors, which could run "
+                        f"code ({first[:200]}): refusing to load it.") from None
+    except (EOFError, RuntimeError) as e:
+        raise UserError(f"{path} is not a readable weights file ({e}): re-download or "
+                        "re-export it.") from None
+
+
+def _model_folder(source, hparams_file, savedir):
+    """The local folder of a model: ``source`` itself, or a fresh copy of a
+    remote model's files in ``savedir``."""
+    src = os.path.expanduser(str(source))
+    if os.path.isdir(src):
+        if not os.path.isfile(os.path.join(src, hparams_file)):
+            raise FileNotFoundError(2, f"Not a model folder (no {hparams_file}; see "
+                                    "sb-mamba export)", src)
+        return Path(src).absolute()
+    if str(source).startswith(("/", ".", "~")) or (
+            src.count("/") > 1 and not src.startswith(("http://", "https://"))):
+        raise FileNotFoundError(2, "Model folder not found", src)
+    from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
+
+    folder = Path(savedir or os.path.join("pretrained_models", src.replace("/", "--")))
+    for name in (hparams_file, "separator.ckpt"):
+        target = folder / name
+        if target.is_symlink() or target.exists():  # never stands in for the source's
+            target.unlink()
+        fetch(name, src, savedir=folder, local_strategy=LocalStrategy.COPY,
+              fetch_config=FetchConfig(overwrite=True))
+    return folder.absolute()
 
 
 def _is_remote(path, savedir):
@@ -113,12 +167,21 @@ class MambaSeparator(Pretrained):
     MODULES_NEEDED = ["separator"]
 
     @classmethod
-    def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):
-        """Load from a local hub-layout folder or a HuggingFace repo id.
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None,
+                     overrides=None, run_opts=None, trust_remote_code=False, **kwargs):
+        """Load from a hub-layout folder or a HuggingFace repo id, running no
+        code that came with it.
 
-        An existing folder is read locally (SpeechBrain's fetch never goes to
-        the network for it, so ``HF_HUB_OFFLINE=1`` works); a path-like
-        source (``/``, ``.``, ``~``) that is no folder raises (not a hub id).
+        An existing folder is read in place (offline; ``savedir`` is not
+        used for it). A hub id (or URL) is fetched into ``savedir``
+        (default ``pretrained_models/<owner>--<name>``) as plain copies,
+        refreshed from the source at every load, so a file already in
+        ``savedir`` never stands in for the source's. Before anything is
+        built, ``hyperparams.yaml`` is checked as data
+        (:func:`sb_mamba.modelspec.check_model_yaml`: only sb_mamba's
+        separators, SpeechBrain's ``Pretrainer``, references and includes of
+        the folder's own files) and the weights are read with
+        ``torch.load(weights_only=True)``.
 
         Arguments
         ---------
@@ -126,18 +189,45 @@ class MambaSeparator(Pretrained):
             Folder or ``owner/name`` hub id.
         hparams_file : str
             Inference YAML in ``source``.
+        savedir : str, optional
+            Where a remote model is stored.
+        overrides : dict, optional
+            HyperPyYAML overrides of the inference YAML (yours: trusted).
+        run_opts : dict, optional
+            ``device``, ``precision``, ...
+        trust_remote_code : bool
+            Skip the YAML check (with a warning): the folder's YAML may then
+            run any code. Only for models whose author you trust.
         **kwargs : dict
-            ``savedir``, ``run_opts``, ``overrides``, ... (SpeechBrain's).
+            Passed to the constructor (e.g. ``freeze_params``).
+
+        Returns
+        -------
+        MambaSeparator
         """
-        src = os.path.expanduser(str(source))
-        if os.path.isdir(src):
-            if not os.path.isfile(os.path.join(src, hparams_file)):
-                raise FileNotFoundError(f"{src} has no {hparams_file}: it is not "
-                                        "a model folder (see sb-mamba-export).")
-            src = os.path.abspath(src)
-        elif str(source).startswith(("/", ".", "~")) or src.count("/") > 1:
-            raise FileNotFoundError(f"Model folder {src} not found.")
-        return super().from_hparams(source=src, hparams_file=hparams_file, **kwargs)
+        folder = _model_folder(source, hparams_file, savedir)
+        yaml_file = folder / hparams_file
+        if trust_remote_code:
+            logger.warning("trust_remote_code=True: %s may run any code it holds.",
+                           yaml_file)
+        else:
+            check_model_yaml(yaml_file, folder)
+        with open(yaml_file, encoding="utf-8") as f:
+            hparams = load_hyperpyyaml(f, overrides or {})
+        if "modules" not in hparams or "separator" not in hparams["modules"]:
+            raise UserError(f"{yaml_file} has no `modules: separator:`; it is not an "
+                            "sb_mamba model (see sb-mamba export).")
+        ckpt = folder / "separator.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(2, "The model folder has no weights file", str(ckpt))
+        if not trust_remote_code and not inside(ckpt, folder):
+            raise UserError(f"{ckpt} leads outside the model folder: refusing to read it.")
+        state = load_weights(ckpt)
+        try:
+            hparams["modules"]["separator"].load_state_dict(state)
+        except RuntimeError as e:
+            raise UserError(f"{ckpt} does not fit the separator of {yaml_file}: {e}") from None
+        return cls(modules=hparams["modules"], hparams=hparams, run_opts=run_opts, **kwargs)
 
     @property
     def sample_rate(self):
@@ -161,7 +251,7 @@ class MambaSeparator(Pretrained):
 
     forward = separate_batch  # [B, T] -> [B, T, S], as SpeechBrain's interfaces
 
-    def separate_signal(self, mix, chunk_seconds="auto", overlap=0.25, normalize="none"):
+    def separate_signal(self, mix, chunk_seconds="auto", overlap=0.25, normalize="mixture"):
         """Separate one mono signal at the model rate, in chunks if asked.
 
         Arguments
@@ -175,7 +265,9 @@ class MambaSeparator(Pretrained):
         overlap : float
             Least fraction of each chunk shared with the next, in [0, 1).
         normalize : str
-            ``"none"``, ``"peak"`` or ``"mixture"`` (:func:`normalize_sources`).
+            ``"mixture"`` (default: the mixture's level, never above full
+            scale when the mixture is not), ``"peak"`` or ``"none"``
+            (:func:`normalize_sources`).
 
         Returns
         -------
@@ -210,10 +302,16 @@ class MambaSeparator(Pretrained):
                 logger.info("Chunked inference: %g s chunks, overlap %g, %.1f s.",
                             chunk_seconds, overlap, T / self.sample_rate)
             est = chunked_separate(self.separate_batch, mix, S, chunk, overlap)[None]
+        if not torch.isfinite(est).all():
+            raise UserError(
+                f"The separation gave NaN/infinite values (the input peaks at "
+                f"{float(mix.abs().max()):.3g}; audio is expected within [-1, 1]): "
+                "nothing is written for it; rescale the input.")
         return normalize_sources(est, mix[None], normalize)
 
     def separate_file(self, path, savedir=None, chunk_seconds="auto", overlap=0.25,
-                      normalize="none", output_dir=None):
+                      normalize="mixture", output_dir=None, output_rate="model",
+                      max_samples=None):
         """Separate an audio file of any rate and number of channels: it is
         averaged to mono and resampled to :attr:`sample_rate` (logged), then
         separated with :meth:`separate_signal`.
@@ -227,7 +325,13 @@ class MambaSeparator(Pretrained):
         chunk_seconds, overlap, normalize
             See :meth:`separate_signal`.
         output_dir : str, optional
-            Also write ``<stem>_s1.wav``, ... (float WAV, model rate) there.
+            Also write ``<stem>_s1.wav``, ... (float WAV) there, each written
+            to a temporary file and renamed.
+        output_rate : "model", "input" or int
+            Rate of the written files: the model's, the input file's, or Hz.
+        max_samples : int, optional
+            Refuse inputs whose decoded or resampled size passes this
+            (:data:`sb_mamba.audio.MAX_SAMPLES` by default).
 
         Returns
         -------
@@ -244,7 +348,8 @@ class MambaSeparator(Pretrained):
             except Exception as e:
                 raise AudioError(f"Cannot fetch {path}: {e}") from e
         info = audio_info(path)
-        wav = read_audio(path, sample_rate=self.sample_rate, resample_to_rate=True)
+        wav = read_audio(path, sample_rate=self.sample_rate, resample_to_rate=True,
+                         max_samples=max_samples)
         done = [f"resampled {info.samplerate} -> {self.sample_rate} Hz"] * (
             info.samplerate != self.sample_rate
         ) + [f"averaged {info.channels} channels"] * (info.channels > 1)
@@ -252,8 +357,12 @@ class MambaSeparator(Pretrained):
                     ", ".join(done) or f"mono at {self.sample_rate} Hz as is")
         est = self.separate_signal(wav, chunk_seconds, overlap, normalize)
         if output_dir is not None:
+            rate = {"model": self.sample_rate, "input": info.samplerate}.get(
+                output_rate, output_rate)
+            out = est[0].T if rate == self.sample_rate else resample(
+                est[0].T.contiguous(), self.sample_rate, int(rate))  # [S, T']
             for i, f in enumerate(source_paths(path, output_dir, self.num_spks)):
-                write_audio(f, est[0, :, i], self.sample_rate)
+                write_audio(f, out[i], int(rate))
         return est
 
 

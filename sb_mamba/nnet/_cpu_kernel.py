@@ -2,28 +2,45 @@
 
 The kernels (``csrc/*.cpp``: the selective scan, and the fused inner path of
 a Mamba mixer used by :mod:`sb_mamba.nnet.fused`) are compiled on first use with
-:func:`torch.utils.cpp_extension.load` and cached on disk by torch (under
-``TORCH_EXTENSIONS_DIR`` when set, else torch's per-user cache folder), so
-only the first process on a machine pays the compilation (~30 s). When the
-compilation is impossible (no C++ compiler, no ninja, ...) the loader warns
-once and returns ``None`` so that callers fall back to the pure PyTorch scan.
-Setting the environment variable ``SB_MAMBA_NO_CPU_KERNEL=1`` disables it.
+:func:`torch.utils.cpp_extension.load`, once per environment: the build
+folder (:func:`build_folder`) is
+``<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/sb_mamba/<name>-torch<version>-env<hash>-src<hash>``,
+keyed by the torch build, the Python environment (``sys.prefix``) and a hash
+of the kernel sources and flags, so two environments on one machine (two
+clones, a venv and CI) never rebuild over each other or wait on each other's
+lock, and an edited source gets a fresh folder. An INFO message says so
+before the compilation (a minute or two) starts. Processes of one
+environment take turns with a lock that the system releases when its holder
+dies, so a compilation killed halfway never wedges the next run (torch's own
+lock file, which would, is removed). When the compilation is impossible (no
+C++ compiler, no ninja, ...) the loader warns once and returns ``None`` so
+that callers fall back to the pure PyTorch scan. Setting the environment
+variable ``SB_MAMBA_NO_CPU_KERNEL=1`` disables it.
 
 Authors
 -------
  * sb_mamba developers
 """
 
+import contextlib
+import hashlib
+import logging
 import os
+import re
 import shutil
+import sys
 import threading
 
 from speechbrain.utils.logger import get_logger
 
+# torch.utils.cpp_extension warns "No CUDA runtime is found" when imported on a
+# CPU-only machine: true, and irrelevant to a CPU kernel, so it is dropped
+logging.getLogger("torch.utils.cpp_extension").addFilter(
+    lambda record: "No CUDA runtime is found" not in record.getMessage())
+
 logger = get_logger(__name__)
 
-# Bump the version whenever a source changes: checkouts share torch's cache.
-_EXT_NAME = "sb_mamba_scan_cpu_v7"
+_EXT_NAME = "sb_mamba_cpu_kernel"  # the module's name (the folder holds the versions)
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 _SOURCES = [
     os.path.join(_CSRC, name)
@@ -54,21 +71,124 @@ _lock = threading.Lock()
 _state = {"tried": False, "module": None}
 
 
-def _build_directory():
-    """Return the folder torch compiles the extension into, or ``None``.
+def source_hash(paths, flags=()):
+    """A hash of the kernel sources (names and contents) and compiler flags.
+
+    Arguments
+    ---------
+    paths : list of str
+        The source and header files.
+    flags : iterable of str
+        The compiler and linker flags.
 
     Returns
     -------
-    str or None
-        The build folder (it holds the cached shared library), or ``None``
-        if it cannot be determined with this torch version.
+    str
+        64 hex digits.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(f.read() + b"\0")
+    digest.update("\0".join(flags).encode())
+    return digest.hexdigest()
+
+
+def build_folder(root, torch_build, prefix, sources_hash):
+    """The build folder of the kernel for one environment (a pure function).
+
+    Arguments
+    ---------
+    root : str
+        The extensions root (``TORCH_EXTENSIONS_DIR`` or torch's default).
+    torch_build : str
+        The torch build (version, commit, Python ABI; :func:`_torch_build`).
+    prefix : str
+        The Python environment (``sys.prefix``).
+    sources_hash : str
+        :func:`source_hash` of the sources and flags.
+
+    Returns
+    -------
+    str
+        ``<root>/sb_mamba/<name>-torch<version>-env<hash>-src<hash>``.
+
+    Example
+    -------
+    >>> build_folder("/x", "2.5.1+cpu@abc/cpython-311", "/venv", "f" * 64)
+    '/x/sb_mamba/sb_mamba_cpu_kernel-torch2.5.1_cpu-env7f3ee59f1b-srcffffffffffff'
+    """
+    version = re.sub(r"[^\w.]+", "_", torch_build.split("@")[0])
+    env = hashlib.sha256(f"{torch_build}\0{prefix}".encode()).hexdigest()[:10]
+    return os.path.join(root, "sb_mamba", f"{_EXT_NAME}-torch{version}-env{env}-src"
+                                          f"{sources_hash[:12]}")
+
+
+def _torch_build():
+    """``<torch version>@<torch commit>/<Python ABI tag>``: what the binary depends on."""
+    import torch
+
+    commit = (getattr(torch.version, "git_version", None) or "")[:12]
+    return f"{torch.__version__}@{commit}/{sys.implementation.cache_tag}"
+
+
+def _extensions_root():
+    """``TORCH_EXTENSIONS_DIR`` if set, else torch's default root (per user)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        return root
+    try:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        return get_default_build_root()
+    except ImportError:  # an older torch
+        return os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+
+
+def _build_directory():
+    """The build folder of this environment (see :func:`build_folder`)."""
+    return build_folder(_extensions_root(), _torch_build(), sys.prefix,
+                        source_hash(_SOURCES + _HEADERS, _CFLAGS + _LDFLAGS))
+
+
+def _torch_lock_is_a_file():
+    """Whether torch's build lock blocks by the existence of its file (FileBaton)."""
+    from torch.utils import cpp_extension
+
+    return hasattr(cpp_extension, "FileBaton")
+
+
+@contextlib.contextmanager
+def _build_lock(folder):
+    """Hold ``folder``'s lock (released by the system if this process dies).
+
+    While it is held no other process of this environment builds, so with
+    a torch whose lock is a file that blocks by existing (older torch:
+    ``FileBaton``), such a ``lock`` file found then was left by a killed
+    build: it is removed (torch would wait on it forever). Newer torch
+    locks with the system too, and its lock file stays.
     """
     try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        return _get_build_directory(_EXT_NAME, verbose=False)
-    except Exception:  # private torch helper: tolerate its absence
-        return None
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock only
+        yield
+        return
+    with open(os.path.join(folder, "sb_mamba.lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("Waiting for another process that compiles the sb_mamba CPU "
+                        "kernel in %s.", folder)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            baton = os.path.join(folder, "lock")
+            if _torch_lock_is_a_file() and os.path.exists(baton):
+                os.remove(baton)
+                logger.warning("Removed %s, left by a compilation that was killed.", baton)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _ensure_ninja_on_path():
@@ -118,7 +238,7 @@ def _failure_reason(exc):
 
 
 def _compile():
-    """Compile (or load from torch's cache) the extension.
+    """Compile (or load from this environment's build folder) the extension.
 
     Returns
     -------
@@ -130,27 +250,25 @@ def _compile():
 
     _ensure_ninja_on_path()
     build_dir = _build_directory()
-    library = os.path.join(build_dir or "", _EXT_NAME + ".so")
-    cached = (
-        build_dir is not None
-        and os.path.exists(library)
-        and os.path.getmtime(library)
-        >= max(os.path.getmtime(f) for f in _SOURCES + _HEADERS)
-    )
-    if cached:
-        logger.debug("loading the sb_mamba CPU scan kernel from %s", build_dir)
-    else:
-        logger.info(
-            "compiling the sb_mamba CPU scan kernel (once, cached in %s)",
-            build_dir or "torch's extension cache",
+    os.makedirs(build_dir, exist_ok=True)
+    library = os.path.join(build_dir, _EXT_NAME + ".so")
+    with _build_lock(build_dir):
+        cached = os.path.exists(library) and os.path.getmtime(library) >= max(
+            os.path.getmtime(f) for f in _SOURCES + _HEADERS)
+        if cached:
+            logger.debug("Loading the sb_mamba CPU kernel from %s.", build_dir)
+        else:
+            logger.info(
+                "Compiling the sb_mamba CPU kernel: once for this environment, it takes a "
+                "minute or two; later runs load it from %s.", build_dir)
+        return load(
+            name=_EXT_NAME,
+            sources=_SOURCES,
+            extra_cflags=_CFLAGS,
+            extra_ldflags=_LDFLAGS,
+            build_directory=build_dir,
+            verbose=False,
         )
-    return load(
-        name=_EXT_NAME,
-        sources=_SOURCES,
-        extra_cflags=_CFLAGS,
-        extra_ldflags=_LDFLAGS,
-        verbose=False,
-    )
 
 
 def load_cpu_kernel():

@@ -32,6 +32,17 @@ from sb_mamba.metrics import pit_metric, pit_si_snr_loss, sdr, si_snr
 
 logger = get_logger(__name__)
 
+# The recipe-YAML keys this Brain reads (besides SpeechBrain's run options):
+# recipe.load_hparams refuses a top-level key that nothing reads (a misspelt
+# optional key); tests/recipes/test_yaml_consistency.py keeps this honest.
+HPARAMS_READ = frozenset({
+    "dataloader_opts", "epoch_counter", "limit_training_signal_len", "loss",
+    "loss_upper_lim", "lr_scheduler", "max_shift", "min_shift", "n_audio_to_save",
+    "num_spks", "output_folder", "sample_rate", "speed_perturb", "threshold",
+    "threshold_byloss", "train_logger", "training_signal_len", "use_rand_shift",
+    "use_speedperturb",
+})  # fmt: skip
+
 
 class Separation(sb.Brain):
     """Train and evaluate a ``separator`` module on mixtures.

@@ -15,12 +15,15 @@ early targets refuses ``use_speedperturb`` and ``use_rand_shift``),
 ``dataloader_opts``, optional ``test_only`` and ``init_from`` (warm start:
 a model folder or ``separator.ckpt`` whose weights initialise the separator
 when the run has no checkpoint yet; a checkpoint, once written, wins).
+Every top-level key of a recipe YAML must be referenced in it or read by the
+recipe or the Brain (``HPARAMS_READ``): a misspelt optional key is an error.
 
 Authors
 -------
  * sb_mamba developers
 """
 
+import difflib
 import io
 import os
 import re
@@ -31,6 +34,7 @@ from pathlib import Path
 import ruamel.yaml
 import speechbrain as sb
 import torch
+import yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
@@ -39,6 +43,7 @@ from sb_mamba.dataio.manifests import csv_dataset
 from sb_mamba.dataio.mixing import check_remix
 from sb_mamba.errors import USER_ERROR, UserError, user_message
 from sb_mamba.resources import hparams_path
+from sb_mamba.training.brain import HPARAMS_READ as BRAIN_HPARAMS_READ
 from sb_mamba.training.brain import Separation
 
 logger = get_logger(__name__)
@@ -88,7 +93,98 @@ def merge_overrides(overrides=None, defaults=None):
     return merged
 
 
-def load_hparams(hparams_file, overrides=None, defaults=None):
+# The recipe-YAML keys run_recipe reads (see the module docstring); with the
+# Brain's (brain.HPARAMS_READ) and SpeechBrain's run options, the keys a YAML
+# may hold without referencing them (tests/recipes/test_yaml_consistency.py).
+HPARAMS_READ = frozenset({
+    "checkpointer", "data_folder", "dataloader_opts", "dm_dataset", "dynamic_mixing",
+    "epoch_counter", "init_from", "modules", "num_spks", "optimizer", "output_folder",
+    "prepare_kwargs", "sample_rate", "save_folder", "skip_prep", "test_only",
+    "use_rand_shift", "use_speedperturb", "valid_dataloader_opts",
+})  # fmt: skip
+_REF_KEY = re.compile(r"<([^<>\[\].\s]+)")  # the key of <key>, <key[...]>, <key.attr>
+
+
+def yaml_keys(text):
+    """The top-level keys of a recipe YAML and the keys its ``!ref``/``!copy`` use.
+
+    Arguments
+    ---------
+    text : str
+        The YAML (HyperPyYAML) text; tags are not run, only read.
+
+    Returns
+    -------
+    keys : list of str
+        Top-level keys, in order.
+    referenced : set of str
+        Keys named in a ``!ref`` or ``!copy`` (``<key>``, ``<key[sub]>``).
+
+    Example
+    -------
+    >>> keys, referenced = yaml_keys("a: 1\\nb: !ref <a> * 2\\nc:\\n  d: !copy <e[f]>\\ne: 3")
+    >>> keys, sorted(referenced)
+    (['a', 'b', 'c', 'e'], ['a', 'e'])
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:  # HyperPyYAML's own parser reports it
+        return [], set()
+    if not isinstance(root, yaml.MappingNode):
+        return [], set()
+    referenced, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif node.tag in ("!ref", "!copy"):
+            referenced.update(_REF_KEY.findall(node.value))
+    keys = [k.value for k, _ in root.value if isinstance(k, yaml.ScalarNode)]
+    return keys, referenced
+
+
+def check_keys(hparams_file, text, read_keys=()):
+    """Refuse top-level keys of a recipe YAML that nothing reads (misspelt keys).
+
+    A key is read if the YAML references it (``!ref <key>``), if the recipe
+    or the Brain reads it (``HPARAMS_READ`` here and in
+    :mod:`sb_mamba.training.brain`), if it is one of SpeechBrain's run
+    options (e.g. ``precision``), if ``read_keys`` names it, or if it starts
+    with ``__`` (keys kept for their side effect, e.g. ``__set_seed``).
+
+    Raises
+    ------
+    UserError
+        Naming each such key, the closest known key and the fix.
+
+    Example
+    -------
+    >>> check_keys("r.yaml", "seed: 1\\nuse_speed_perturb: True\\n__x: !ref <seed>")
+    Traceback (most recent call last):
+    ...
+    sb_mamba.errors.UserError: r.yaml: key use_speed_perturb is read by nothing ...
+    """
+    keys, referenced = yaml_keys(text)
+    known = (referenced | HPARAMS_READ | BRAIN_HPARAMS_READ | set(read_keys)
+             | set(sb.core.RunOptions().as_dict()))  # fmt: skip
+    unknown = [k for k in keys if not k.startswith("__") and k not in known]
+    if not unknown:
+        return
+    candidates = sorted(known | {k for k in keys if k not in unknown})
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        hints.append(f"key {key} is read by nothing (no !ref <{key}> in the YAML, not a "
+                     "key the recipe, the Brain or SpeechBrain reads), so its value would be "
+                     "ignored: " + (f"did you mean {close[0]}? Fix its spelling"
+                                    if close else "check its spelling")
+                     + " or delete it")  # fmt: skip
+    raise UserError(f"{hparams_file}: " + "; ".join(hints) + ".")
+
+
+def load_hparams(hparams_file, overrides=None, defaults=None, read_keys=()):
     """Load a recipe YAML with overrides; user mistakes become :class:`UserError`.
 
     Arguments
@@ -100,15 +196,27 @@ def load_hparams(hparams_file, overrides=None, defaults=None):
     defaults : dict, optional
         Values for keys the overrides do not set (a recipe's ``train.py``
         gives e.g. its bundled ``data_folder``).
+    read_keys : iterable of str, optional
+        Top-level keys that the caller's own code reads (besides the
+        recipe's and the Brain's, see :func:`check_keys`).
 
     Returns
     -------
     dict
         The loaded hyperparameters.
+
+    Raises
+    ------
+    UserError
+        A ``--key`` that the YAML lacks, a missing ``!PLACEHOLDER`` value,
+        or a top-level key of the YAML that nothing reads (a misspelt
+        optional key, :func:`check_keys`).
     """
     merged = merge_overrides(overrides, defaults)
+    stream = _yaml_stream(hparams_file)
+    check_keys(hparams_file, stream.getvalue(), read_keys)
     try:
-        return load_hyperpyyaml(_yaml_stream(hparams_file), merged or None)
+        return load_hyperpyyaml(stream, merged or None)
     except KeyError as e:
         if "Override" not in str(e):
             raise

@@ -22,6 +22,7 @@ def _missing_input_cases(tmp):
         "export": [str(missing), str(tmp / "model")],
         "make-mixtures": [str(tmp / "set"), "--speech", str(missing)],
         "make-rir-bank": [str(tmp / "bank"), "--index-measured", str(missing)],
+        "convert": [str(missing) + ".ckpt", str(tmp / "model")],
     }
 
 

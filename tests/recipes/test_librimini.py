@@ -93,7 +93,11 @@ def test_kill_and_resume(tmp_path):
                 int(f.read_text())  # plain-text counters
             else:
                 torch.load(f, map_location="cpu")
-    saved = yaml.safe_load(next(c for c, m in _ckpt_meta(save) if m.get(INTRA)).joinpath("brain.ckpt").read_text())
+    # the newest intra-epoch checkpoint is the one the resume loads (the kill may land
+    # between saving a new one and deleting the old one, leaving two)
+    newest = max((pair for pair in _ckpt_meta(save) if pair[1].get(INTRA)),
+                 key=lambda pair: pair[1]["unixtime"])[0]
+    saved = yaml.safe_load((newest / "brain.ckpt").read_text())
     assert saved["optimizer_step"] > 0
 
     second = run_train_py("LibriMini", "sepmamba.yaml", *args)

@@ -9,6 +9,7 @@ Authors
  * sb_mamba developers
 """
 
+import logging
 import os
 
 import pytest
@@ -357,3 +358,112 @@ def test_fused_kernels_agree_across_thread_counts(B):
         torch.set_num_threads(threads)
     for a, b in zip(three, one):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# The build: one folder per environment, a message before compiling (no
+# compilation here: torch's load is replaced).
+# ---------------------------------------------------------------------------
+
+def test_build_folder_is_a_pure_function_of_its_inputs():
+    from sb_mamba.nnet._cpu_kernel import build_folder
+
+    base = ("/root", "2.5.1+cpu@abc/cpython-311", "/envs/a", "0" * 64)
+    folder = build_folder(*base)
+    assert folder == build_folder(*base)
+    assert folder.startswith("/root/sb_mamba/") and "-torch2.5.1_cpu-" in folder
+    others = {build_folder(*base[:1], "2.6.0+cpu@def/cpython-311", *base[2:]),  # torch
+              build_folder(*base[:1], "2.5.1+cpu@abc/cpython-312", *base[2:]),  # Python ABI
+              build_folder(*base[:2], "/envs/b", base[3]),  # another venv or clone
+              build_folder(*base[:3], "1" * 64)}  # edited sources
+    assert len(others) == 4 and folder not in others
+
+
+def test_source_hash_follows_contents_and_flags(tmp_path):
+    from sb_mamba.nnet._cpu_kernel import source_hash
+
+    a, b = tmp_path / "a.cpp", tmp_path / "b.h"
+    a.write_text("int f();")
+    b.write_text("#pragma once")
+    first = source_hash([a, b], ["-O3"])
+    assert first == source_hash([a, b], ["-O3"])
+    assert first != source_hash([a, b], ["-O2"])
+    a.write_text("int g();")
+    assert first != source_hash([a, b], ["-O3"])
+
+
+def test_each_environment_has_its_own_build_folder(monkeypatch, tmp_path):
+    import sys
+
+    from sb_mamba.nnet import _cpu_kernel as ck
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = ck._build_directory()
+    assert folder == ck.build_folder(str(tmp_path), ck._torch_build(), sys.prefix,
+                                     ck.source_hash(ck._SOURCES + ck._HEADERS,
+                                                    ck._CFLAGS + ck._LDFLAGS))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "another-venv"))
+    assert ck._build_directory() != folder
+
+
+@pytest.fixture
+def fake_load(monkeypatch, tmp_path, caplog):
+    """torch's load replaced: records its arguments and the log so far, writes the .so."""
+    from pathlib import Path
+
+    import torch.utils.cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    calls = []
+
+    def load(**kwargs):
+        calls.append((kwargs, [r.getMessage() for r in caplog.records]))
+        Path(kwargs["build_directory"], kwargs["name"] + ".so").write_bytes(b"")
+        return "module"
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
+    caplog.set_level(logging.INFO, logger="sb_mamba")
+    return calls
+
+
+def test_compile_says_so_first_once_and_where(fake_load, caplog):
+    from sb_mamba.nnet import _cpu_kernel as ck
+
+    assert ck._compile() == "module"
+    (kwargs, before), = fake_load
+    assert kwargs["build_directory"] == ck._build_directory()
+    (message,) = [m for m in before if "Compiling the sb_mamba CPU kernel" in m]
+    assert "once for this environment" in message and "a minute or two" in message
+    assert kwargs["build_directory"] in message
+    record = next(r for r in caplog.records if "Compiling" in r.getMessage())
+    assert record.levelno == logging.INFO and record.name.startswith("sb_mamba.")
+    caplog.clear()
+    assert ck._compile() == "module"  # built: loaded without the message
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
+
+
+def test_a_killed_build_never_wedges_the_next(fake_load, caplog, monkeypatch):
+    import fcntl
+    import threading
+
+    from sb_mamba.nnet import _cpu_kernel as ck
+
+    folder = ck._build_directory()
+    os.makedirs(folder)
+    # an older torch's lock file, left by a build that was killed: removed
+    monkeypatch.setattr(ck, "_torch_lock_is_a_file", lambda: True)
+    open(os.path.join(folder, "lock"), "w").close()
+    ck._compile()
+    assert not os.path.exists(os.path.join(folder, "lock"))
+    assert any("left by a compilation that was killed" in r.getMessage() for r in caplog.records)
+    # a live build of this environment is waited for, with a message
+    with open(os.path.join(folder, "sb_mamba.lock"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=ck._compile)
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive()  # waits while the other build holds the lock
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+    assert any("Waiting for another process" in r.getMessage() for r in caplog.records)

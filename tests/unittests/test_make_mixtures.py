@@ -7,6 +7,7 @@ Authors
 
 import argparse
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import correlate
 
+from sb_mamba.cli import main as sb_mamba_main
 from sb_mamba.dataio.generate import add_arguments, make_mixtures, regenerate, run
 from sb_mamba.dataio.manifests import prepare_echo2mix, prepare_whamr
 from sb_mamba.errors import UserError
@@ -158,4 +160,91 @@ def test_clear_errors(tmp_path):
                            (["--held-out", "0", "0", "--workers", "0"], "--workers")):  # fmt: skip
         with pytest.raises(UserError, match=message):
             main([str(tmp_path / "cli"), "--speech", str(SPEECH), "--n", "1", "1", "1", *flags])
-    assert not (tmp_path / "cli" / "rir_bank").exists()
+    assert not (tmp_path / "cli").exists()  # not even an empty output folder
+
+
+# ------------------------------------------------ the output folder (issue 13)
+QUICK = dict(rir_bank=RIRS, n=(2, 1, 1), segment_seconds=0.5, speaker_split=(0, 0), seed=11)
+
+
+def _mixtures(out):
+    return sorted(p.relative_to(out) for p in Path(out).rglob("mix_clean_reverb/*.wav"))
+
+
+def test_output_folder_inside_an_input_is_refused(tmp_path):
+    speech, noise = tmp_path / "speech", tmp_path / "noise"
+    shutil.copytree(SPEECH, speech)
+    shutil.copytree(NOISE, noise)
+    for out, name in ((speech / "mixtures", "speech"), (speech, "speech"),
+                      (noise / "a" / "b", "noise")):  # fmt: skip
+        with pytest.raises(UserError, match=f"inside the {name} folder"):
+            make_mixtures(speech, out, noise_folder=noise, **QUICK)
+    assert sorted(p.name for p in speech.iterdir()) == sorted(p.name for p in SPEECH.iterdir())
+    assert not (noise / "a").exists()
+    with pytest.raises(UserError, match="inside the RIR bank folder"):
+        make_mixtures(speech, RIRS / "out", **{**QUICK, "rir_bank": RIRS})
+    assert not (RIRS / "out").exists()
+
+
+def test_rerun_with_other_options_is_refused_or_overwritten(tmp_path, capsys):
+    out = tmp_path / "data"
+    make_mixtures(SPEECH, out, **QUICK)
+    first = wav_files(out)
+    make_mixtures(SPEECH, out, **QUICK)  # the same options: the same files again
+    assert wav_files(out) == first
+    # another --n / --seed: refused, one line and exit 2 on the command line
+    cli = ["make-mixtures", str(out), "--speech", str(SPEECH), "--rir-bank", str(RIRS),
+           "--segment-seconds", "0.5", "--held-out", "0", "0", "--seed", "11"]  # fmt: skip
+    capsys.readouterr()
+    assert sb_mamba_main([*cli, "--n", "1", "1", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "made with other options (n [2, 1, 1] there, [1, 1, 1] now)" in err
+    assert "--overwrite" in err
+    with pytest.raises(UserError, match="seed 11 there, 12 now"):
+        make_mixtures(SPEECH, out, **{**QUICK, "seed": 12})
+    assert wav_files(out) == first  # untouched
+    # --overwrite: only the new run's files remain (no mixture of both runs)
+    (out / "notes.txt").write_text("mine")
+    assert sb_mamba_main([*cli, "--n", "1", "1", "1", "--overwrite"]) == 0
+    assert len(_mixtures(out)) == 3 and (out / "notes.txt").read_text() == "mine"
+    with open(out / "metadata.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    csvs = prepare_whamr(out, tmp_path / "csv", mix="mix_clean_reverb")
+    with open(csvs["train"], newline="") as f:
+        assert len(list(csv.DictReader(f))) == 1
+
+
+def test_folder_not_written_by_make_mixtures_is_never_cleared(tmp_path):
+    out = tmp_path / "data"
+    (out / "wav8k").mkdir(parents=True)
+    (out / "wav8k" / "precious.wav").write_bytes(b"x")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="not written by sb-mamba make-mixtures"):
+            make_mixtures(SPEECH, out, overwrite=overwrite, **QUICK)
+    assert (out / "wav8k" / "precious.wav").read_bytes() == b"x"
+    with pytest.raises(UserError, match="is a file"):
+        make_mixtures(SPEECH, out / "wav8k" / "precious.wav", **QUICK)
+
+
+def test_overwrite_never_removes_an_input(tmp_path):
+    out = tmp_path / "data"
+    make_mixtures(SPEECH, out, **{**QUICK, "rir_bank": None, "n": (1, 1, 1),
+                                  "room_ranges": {"rt60": [0.2, 0.3]}})  # fmt: skip
+    assert (out / "rir_bank").is_dir()  # simulated: written by the run
+    with pytest.raises(UserError, match="would remove .*rir_bank"):
+        make_mixtures(SPEECH, out, overwrite=True, **{**QUICK, "rir_bank": out / "rir_bank"})
+    assert (out / "rir_bank").is_dir()
+    # regenerating a dataset into its own folder is refused too
+    with pytest.raises(UserError, match="inside the (RIR bank|source dataset) folder"):
+        regenerate(out / "metadata.csv", out / "again")
+    assert not (out / "again").exists()
+
+
+def test_a_killed_run_is_resumed_with_the_same_options(tmp_path):
+    out = tmp_path / "data"
+    make_mixtures(SPEECH, out, **QUICK)
+    first = wav_files(out)
+    (out / "metadata.csv").unlink()  # as if killed before the end
+    next(iter(out.rglob("*.wav"))).unlink()
+    make_mixtures(SPEECH, out, **QUICK)
+    assert wav_files(out) == first and (out / "metadata.csv").is_file()

@@ -1,0 +1,292 @@
+"""Untrusted models, hostile files, bad outputs: nothing foreign runs, nothing
+is written where it should not be, every refusal names the problem.
+
+Each attack plants a payload that would create a marker file; the tests check
+that the marker is absent and that the error says what was refused.
+"""
+
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sb_mamba import cli
+from sb_mamba.audio import AudioError, read_audio, write_audio
+from sb_mamba.errors import UserError
+from sb_mamba.inference import MambaSeparator
+from sb_mamba.inference.export import inference_yaml
+from sb_mamba.lobes.sepmamba import SepMamba
+from sb_mamba.modelspec import separator_spec
+from sb_mamba.resources import pretrained_path
+from tests.helpers import PEAK_RSS_CLI, make_mixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_model_folder(folder, extra_yaml=""):
+    """A real model folder (tiny SepMamba, random weights) plus ``extra_yaml``."""
+    torch.manual_seed(0)
+    net = SepMamba(num_spks=2, dim=8, num_blocks=1, d_state=4, ssm_backend="torch")
+    folder.mkdir(parents=True, exist_ok=True)
+    cls = "sb_mamba.lobes.sepmamba.SepMamba"
+    (folder / "hyperparams.yaml").write_text(
+        inference_yaml(cls, net.get_model_args(), 8000, 2) + extra_yaml)
+    torch.save(net.state_dict(), folder / "separator.ckpt")
+    return net
+
+
+@pytest.fixture
+def marker(tmp_path):
+    path = tmp_path / "PWNED"
+    yield path
+    assert not path.exists(), "a payload ran"
+
+
+PAYLOADS = [
+    ("pwn: !apply:os.system [\"touch {m}\"]", "!apply:os.system"),
+    ("pwn: !new:subprocess.Popen [[\"touch\", \"{m}\"]]", "!new:subprocess.Popen"),
+    ("pwn: !apply:builtins.eval [\"open('{m}', 'w')\"]", "!apply:builtins.eval"),
+    ("pwn: !name:os.system", "!name:os.system"),
+    ("pwn: !new:sb_mamba.lobes.sepmamba.os.system [\"touch {m}\"]", "sepmamba.os.system"),
+    ("pwn: !new:speechbrain.utils.parameter_transfer.os.system [\"touch {m}\"]",
+     "parameter_transfer.os.system"),
+]
+
+
+@pytest.mark.parametrize("payload, named", PAYLOADS)
+def test_model_yaml_payloads_never_run(tmp_path, marker, payload, named):
+    folder = tmp_path / "model"
+    tiny_model_folder(folder, "\n" + payload.format(m=marker) + "\n")
+    with pytest.raises(UserError, match=r"hyperparams.yaml, line \d+: '!") as e:
+        MambaSeparator.from_hparams(source=str(folder))
+    assert named in str(e.value) and "trust_remote_code" in str(e.value)
+
+
+def test_payload_through_the_cli_exits_2(tmp_path, marker, capsys):
+    folder = tmp_path / "model"
+    tiny_model_folder(folder, f"\npwn: !apply:os.system [\"touch {marker}\"]\n")
+    write_audio(tmp_path / "in" / "a.wav", make_mixture(0.5)[0][0], 8000)
+    assert cli.main(["separate", str(folder), str(tmp_path / "in"), "-o",
+                     str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "!apply:os.system" in err[0]
+
+
+def test_includes_and_links_that_leave_the_folder(tmp_path, marker):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.yaml").write_text(f"x: !apply:os.system [\"touch {marker}\"]\n")
+    for extra, named in [("leak: !include:/etc/passwd", "/etc/passwd"),
+                         ("leak: !include:../outside/evil.yaml", "outside the model folder")]:
+        folder = tmp_path / f"m{len(named)}"
+        tiny_model_folder(folder, "\n" + extra + "\n")
+        with pytest.raises(UserError, match="outside the model folder") as e:
+            MambaSeparator.from_hparams(source=str(folder))
+        assert named in str(e.value)
+    # an include of the folder's own file is fine, and is checked too
+    folder = tmp_path / "inc"
+    tiny_model_folder(folder, "\nmore: !include:more.yaml\n")
+    (folder / "more.yaml").write_text("note: 1\n")
+    assert MambaSeparator.from_hparams(source=str(folder)).num_spks == 2
+    (folder / "more.yaml").write_text(f"x: !apply:os.system [\"touch {marker}\"]\n")
+    with pytest.raises(UserError, match="more.yaml, line 1"):
+        MambaSeparator.from_hparams(source=str(folder))
+    # hyperparams.yaml or separator.ckpt as links out of the folder
+    for name in ("hyperparams.yaml", "separator.ckpt"):
+        folder = tmp_path / f"link_{name}"
+        tiny_model_folder(folder)
+        shutil.move(folder / name, outside / name)
+        (folder / name).symlink_to(outside / name)
+        with pytest.raises(UserError, match="outside the model folder"):
+            MambaSeparator.from_hparams(source=str(folder))
+
+
+def test_weights_that_pickle_code_are_refused(tmp_path, marker):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "model"
+    net = tiny_model_folder(folder)
+    state = dict(net.state_dict(), extra=Payload())
+    with open(folder / "separator.ckpt", "wb") as f:
+        pickle.dump(state, f)  # what torch.save would write around a payload
+    torch.save(state, folder / "separator.ckpt")
+    with pytest.raises(UserError, match="beyond tensors"):
+        MambaSeparator.from_hparams(source=str(folder))
+
+
+def test_trust_remote_code_lifts_the_check_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "model"
+    tiny_model_folder(folder, f"\nran: !apply:os.path.join [\"{tmp_path}\", \"x\"]\n")
+    with pytest.raises(UserError):
+        MambaSeparator.from_hparams(source=str(folder))
+    with caplog.at_level("WARNING"):
+        model = MambaSeparator.from_hparams(source=str(folder), trust_remote_code=True)
+    assert model.hparams.ran == str(tmp_path / "x") and "trust_remote_code" in caplog.text
+
+
+def test_the_shipped_model_loads_without_trust():
+    model = MambaSeparator.from_hparams(source=pretrained_path())
+    assert model.num_spks == 2
+
+
+def test_export_resolves_the_class_not_the_string(tmp_path, marker):
+    tree = {"modules": {"separator": None}}
+    import ruamel.yaml
+
+    for path in ("torch.utils.cpp_extension.subprocess.Popen",
+                 "sb_mamba.lobes.sepmamba.subprocess.Popen", "os.system"):
+        text = f"modules:\n    separator: !new:{path}\n        args: [touch, {marker}]\n"
+        tree = ruamel.yaml.YAML().load(text)
+        with pytest.raises(UserError, match="not a separator of sb_mamba"):
+            separator_spec(tree)
+
+
+# ---------------------------------------------------------------- outputs
+@pytest.fixture
+def model_folder(tmp_path):
+    folder = tmp_path / "model"
+    tiny_model_folder(folder)
+    return folder
+
+
+def _separate(model_folder, *args):
+    return cli.main(["separate", "--model", str(model_folder), *map(str, args)])
+
+
+def test_outputs_never_follow_links(tmp_path, model_folder):
+    data, out, outside = tmp_path / "in", tmp_path / "out", tmp_path / "outside"
+    mix = make_mixture(0.5)[0][0]
+    write_audio(data / "a.wav", mix, 8000)
+    write_audio(data / "sub" / "b.wav", mix, 8000)
+    outside.mkdir()
+    (outside / "victim.wav").write_bytes(b"precious")
+    out.mkdir()
+    (out / "a_s1.wav").symlink_to(outside / "victim.wav")  # a link at a target
+    (out / "a_s2.wav").symlink_to(outside / "dangling.wav")  # a dangling one
+    (out / "sub").symlink_to(outside, target_is_directory=True)  # a linked folder
+    assert _separate(model_folder, data, "-o", out, "--force") == 1  # sub/b.wav skipped
+    assert (outside / "victim.wav").read_bytes() == b"precious"
+    assert not (outside / "dangling.wav").exists() and not (outside / "b_s1.wav").exists()
+    assert not (out / "a_s1.wav").is_symlink() and read_audio(out / "a_s1.wav").shape == (4000,)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "a_s1.wav", "a_s2.wav", "sub"]
+
+
+def test_partial_sets_errors_mid_folder_and_output_folders(tmp_path, model_folder, capsys):
+    data, out = tmp_path / "in", tmp_path / "out"
+    mix = make_mixture(0.5)[0][0]
+    for name in ("a.wav", "b.wav", "sub/c.wav"):
+        write_audio(data / name, mix, 8000)
+    out.mkdir()
+    (out / "sub").write_text("a file where a folder goes")  # OSError for sub/c.wav only
+    write_audio(out / "a_s1.wav", torch.zeros(10), 8000)  # a set missing a_s2.wav
+    assert _separate(model_folder, data, "-o", out) == 1
+    assert read_audio(out / "a_s1.wav").shape == (4000,)  # the partial set was redone
+    assert (out / "a_s2.wav").is_file() and (out / "b_s2.wav").is_file()
+    err = capsys.readouterr().err
+    assert "sub/c.wav" in err.replace(os.sep, "/") and "Traceback" not in err
+    # -o inside (or equal to) an input folder, or naming a file
+    for bad in (data, data / "separated", out / "a_s1.wav"):
+        assert _separate(model_folder, data, "-o", bad) == 2
+    assert not (data / "separated").exists()
+
+
+def test_shipped_model_outputs_stay_within_full_scale(tmp_path):
+    mix = Path(pretrained_path()) / "test_mixture.wav"
+    assert cli.main(["separate", str(mix), "-o", str(tmp_path), "--sample-rate", "input"]) == 0
+    peak_in = read_audio(mix).abs().max()
+    for i in (1, 2):
+        est = read_audio(tmp_path / f"test_mixture_s{i}.wav", 8000)
+        assert 0.05 * peak_in < est.abs().max() <= 1.0
+
+
+def test_sample_rate_input_writes_the_input_rate(tmp_path, model_folder):
+    write_audio(tmp_path / "in" / "a.flac", make_mixture(0.5)[0][0].repeat(2), 16000,
+                subtype="PCM_16")
+    assert _separate(model_folder, tmp_path / "in" / "a.flac", "-o", tmp_path / "out",
+                     "--sample-rate", "input") == 0
+    assert read_audio(tmp_path / "out" / "a_s1.wav", 16000).shape == (8000,)
+
+
+# ----------------------------------------------------------------- inputs
+def _wav_header(sample_rate, frames, channels=1, bits=16):
+    data = frames * channels * bits // 8
+    return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate,
+                          sample_rate * channels * bits // 8, channels * bits // 8, bits)
+            + b"data" + struct.pack("<I", data))
+
+
+def test_one_hertz_and_oversized_files_are_refused(tmp_path):
+    small = tmp_path / "one_hz.wav"
+    small.write_bytes(_wav_header(1, 100) + os.urandom(200))  # 244 bytes
+    big = tmp_path / "one_hz_64k.wav"
+    big.write_bytes(_wav_header(1, 32000) + os.urandom(64000))
+    for path in (small, big):
+        with pytest.raises(AudioError, match="1 Hz"):
+            read_audio(path, 8000, resample_to_rate=True)
+    write_audio(tmp_path / "long.wav", torch.zeros(16000), 16000)
+    with pytest.raises(AudioError, match="over the limit of 1000"):
+        read_audio(tmp_path / "long.wav", max_samples=1000)
+    with pytest.raises(AudioError, match="over the limit"):  # resampled size counts too
+        read_audio(tmp_path / "long.wav", 48000, resample_to_rate=True, max_samples=20000)
+
+
+def test_huge_values_give_an_error_and_no_file(tmp_path, model_folder, capsys):
+    write_audio(tmp_path / "in" / "loud.wav", make_mixture(0.5)[0][0] * 1e20, 8000)
+    write_audio(tmp_path / "in" / "ok.wav", make_mixture(0.5)[0][0], 8000)
+    assert _separate(model_folder, tmp_path / "in", "-o", tmp_path / "out") == 1
+    assert "NaN/infinite" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok_s1.wav", "ok_s2.wav"]
+
+
+def test_cli_memory_stays_bounded_on_huge_headers_and_long_files(tmp_path, model_folder):
+    """A header declaring ~1.1e9 frames is read as what the file holds (libsndfile
+    clamps it); a file past --max-hours is refused before decoding."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "huge.wav").write_bytes(_wav_header(8000, 2**30 - 64) + os.urandom(4096))
+    write_audio(tmp_path / "in" / "long.wav", torch.zeros(8000 * 10), 8000)
+    code = PEAK_RSS_CLI
+    proc = subprocess.run([sys.executable, "-c", code, "separate", "--model", str(model_folder),
+                           str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                           "--max-hours", "0.0001"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "long.wav" in proc.stderr and "over the limit" in proc.stderr
+    rss_mb = int(proc.stdout.split("VmHWM:")[1].split()[0]) / 1024
+    assert rss_mb < 1500, rss_mb
+
+
+def test_hub_models_refresh_savedir_from_the_source(tmp_path, marker, monkeypatch):
+    """A hyperparams.yaml planted in savedir never stands in for the hub's."""
+    import speechbrain.utils.fetching as fetching
+
+    hub = tmp_path / "hub" / "owner--tiny"
+    net = tiny_model_folder(hub)
+    fetched = []
+
+    def fake_fetch(filename, source, savedir=None, local_strategy=None, fetch_config=None):
+        assert source == "owner/tiny" and fetch_config.overwrite
+        fetched.append(filename)
+        target = Path(savedir) / filename
+        assert not target.exists()  # what was there is gone before the copy
+        shutil.copy(hub / filename, target)
+        return target
+
+    monkeypatch.setattr(fetching, "fetch", fake_fetch)
+    savedir = tmp_path / "savedir"
+    tiny_model_folder(savedir, f"\npwn: !apply:os.system [\"touch {marker}\"]\n")
+    (savedir / "separator.ckpt").write_bytes(b"planted")
+    model = MambaSeparator.from_hparams(source="owner/tiny", savedir=str(savedir))
+    assert fetched == ["hyperparams.yaml", "separator.ckpt"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(model.mods.separator.state_dict()[k], v)
+    assert "pwn" not in (savedir / "hyperparams.yaml").read_text()
