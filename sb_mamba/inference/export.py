@@ -2,8 +2,8 @@
 
 ::
 
-    sb-mamba-export results/sepmamba/1234 pretrained/sepmamba-librimini-8k
-    sb-mamba-export results/sepmamba/1234 out/ --fp16 --upload me/sepmamba-x
+    sb-mamba export results/sepmamba/1234 pretrained/sepmamba-librimini-8k
+    sb-mamba export results/sepmamba/1234 out/ --fp16 --upload me/sepmamba-x
 
 The target folder is what :class:`sb_mamba.inference.MambaSeparator` loads::
 
@@ -188,7 +188,7 @@ def model_card(name, cls, params, sample_rate, num_spks, results, ckpt_note,
         f"# [1, T, {num_spks}]",
         "# long recordings: chunked overlap-add with speaker alignment",
         'est = model.separate_file("long.wav", chunk_seconds=8, overlap=0.5)', "```",
-        "", "Command line: `sb-mamba-separate <model> recordings/ -o separated "
+        "", "Command line: `sb-mamba separate <model> recordings/ -o separated "
         "--chunk-seconds 8`.", "",
         *(["`hyperparams_train.yaml` holds the training hyperparameters.", ""]
           if train_yaml else []),
