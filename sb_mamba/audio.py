@@ -190,8 +190,7 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
     channels = 1 if wav.ndim == 1 else wav.shape[1]
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keeps the format
     try:
-        with sf.SoundFile(str(tmp), "w", int(sample_rate), channels, subtype,
-                          format=_format(path)) as f:
+        with sf.SoundFile(str(tmp), "w", int(sample_rate), channels, subtype) as f:
             try:  # no PEAK chunk: it holds a time stamp, so float files would differ run to run
                 sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
             except AttributeError:  # soundfile internals moved: files stay valid
@@ -202,12 +201,3 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
         if tmp.exists():
             tmp.unlink()
 
-
-def _format(path):
-    """libsndfile's major format for ``path``'s extension (``"WAV"``, ``"FLAC"``...)."""
-    ext = {"AIF": "AIFF", "OPUS": "OGG"}.get(path.suffix.lstrip(".").upper(),
-                                            path.suffix.lstrip(".").upper())
-    formats = sf.available_formats()
-    if ext in formats:
-        return ext
-    raise AudioError(f"Cannot write {path}: unknown audio extension; use .wav or .flac.")
