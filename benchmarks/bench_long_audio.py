@@ -6,7 +6,8 @@ groups, each group is concatenated and looped into one stream, and the two
 streams are summed. It is written to a WAV file and separated with
 :meth:`sb_mamba.inference.MambaSeparator.separate_file` (chunked overlap-add
 by default), as a user would. Reported: wall time, real-time factor (wall /
-audio duration), peak RSS (``resource.getrusage``), whether the output length
+audio duration; also from the process CPU time, which other load on the
+machine does not change), peak RSS (``resource.getrusage``), whether the output length
 equals the input length, and the SI-SNRi against the two streams.
 
 Usage::
@@ -28,6 +29,7 @@ Authors
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -109,10 +111,12 @@ def main(argv=None):
         wav = Path(tmp) / "long_mixture.wav"
         write_audio(wav, mix, sr)
         rss_before = _peak_rss_mb()
-        start = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        start, cpu_start = time.perf_counter(), time.process_time()
         est = model.separate_file(wav, chunk_seconds=args.chunk_seconds or None,
-                                  overlap=args.overlap)
-        wall = time.perf_counter() - start
+                                  overlap=args.overlap, progress=True)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        load_after = os.getloadavg()[0]
     refs = torch.stack([s1, s2], -1)[None]
     si = pit_metric(refs, est)[0].item()
     base = pit_metric(refs, mix[None, :, None].expand_as(refs), si_snr)[0].item()
@@ -122,14 +126,17 @@ def main(argv=None):
         "audio_s": mix.numel() / sr, "chunk_s": args.chunk_seconds,
         "overlap": args.overlap, "device": args.device,
         "threads": torch.get_num_threads(), "wall_s": wall,
-        "rtf": wall / (mix.numel() / sr),
+        "rtf": wall / (mix.numel() / sr), "cpu_s": cpu,
+        "cpu_rtf": cpu / (mix.numel() / sr),  # process CPU time: the same under load
+        "load_avg_1min": [load_before, load_after],
         "peak_rss_mb": _peak_rss_mb(), "peak_rss_before_mb": rss_before,
         "length_ok": est.shape[1] == mix.numel(), "si_snri_db": si - base,
     }
     print(f"{res['audio_s']:.0f} s of 8 kHz speech, {res['model']} "
           f"({res['params_M']:.2f} M params), chunks {args.chunk_seconds:g} s, "
           f"overlap {args.overlap:g}, {args.device}, {res['threads']} threads")
-    print(f"wall {wall:.1f} s | RTF {res['rtf']:.3f} | peak RSS "
+    print(f"wall {wall:.1f} s | RTF {res['rtf']:.3f} (CPU time: {res['cpu_rtf']:.3f}; "
+          f"load {load_before:.1f} -> {load_after:.1f}) | peak RSS "
           f"{res['peak_rss_mb']:.0f} MB (before separation {rss_before:.0f} MB) | "
           f"length ok: {res['length_ok']} | SI-SNRi {res['si_snri_db']:.2f} dB")
     if args.json:

@@ -265,7 +265,7 @@ def cpu_ticks():
 
 def prepare_data(yaml_file, folder):
     """The recipe's fixed valid/test mixtures (its ``prepare_kwargs``), once."""
-    from sb_mamba.dataio.generate import prepare_librimini
+    from sb_mamba.dataio.librimini import prepare_librimini
 
     hp = load_hparams(yaml_file, "", folder)
     prepare_librimini(hp["data_folder"], folder, sample_rate=hp["sample_rate"],

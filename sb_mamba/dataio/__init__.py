@@ -6,6 +6,7 @@
 * :mod:`~sb_mamba.dataio.speakers`: speaker trees (index, split, resample cache);
 * :mod:`~sb_mamba.dataio.room`, :mod:`~sb_mamba.dataio.rir_bank`: room
   simulation and RIR banks;
-* :mod:`~sb_mamba.dataio.mixture_files`, :mod:`~sb_mamba.dataio.generate`:
-  mixtures written to disk (fixed sets, generated datasets, LibriMini).
+* :mod:`~sb_mamba.dataio.mixture_files`, :mod:`~sb_mamba.dataio.generate`,
+  :mod:`~sb_mamba.dataio.librimini`: mixtures written to disk (fixed sets,
+  generated datasets, LibriMini's valid/test mixtures).
 """

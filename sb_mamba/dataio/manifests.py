@@ -11,7 +11,7 @@ DataLoader worker. The options go to ``save_folder/prepare_options.json``: a
 second call with the same options returns without reading the data again.
 
 :func:`csv_dataset` turns one manifest (also those of
-:func:`sb_mamba.dataio.generate.prepare_librimini` and of
+:func:`sb_mamba.dataio.librimini.prepare_librimini` and of
 ``DynamicMixingDataset.export``) into the dataset the training loop reads.
 
 Authors

@@ -12,6 +12,7 @@ import math
 
 import torch
 from speechbrain.utils.logger import get_logger
+from tqdm import tqdm
 
 from sb_mamba.metrics import pit_metric, si_snr
 
@@ -77,7 +78,7 @@ def chunk_bounds(length, chunk, overlap=0.5, quantum=256):
     return [(s, s + chunk) for s in starts] + [(last, length)]
 
 
-def chunked_separate(separate, mix, num_spks, chunk, overlap=0.5):
+def chunked_separate(separate, mix, num_spks, chunk, overlap=0.5, progress=False):
     """Separate a long mixture chunk by chunk with aligned overlap-add.
 
     Chunks come from :func:`chunk_bounds`. Each chunk's sources are first
@@ -99,6 +100,8 @@ def chunked_separate(separate, mix, num_spks, chunk, overlap=0.5):
         Number of sources; chunk length in samples.
     overlap : float
         Least fraction of a chunk shared with the next one, in [0, 1).
+    progress : bool or None
+        A tqdm bar over the chunks; ``None``: only on a terminal.
 
     Returns
     -------
@@ -122,7 +125,9 @@ def chunked_separate(separate, mix, num_spks, chunk, overlap=0.5):
         logger.warning("overlap=0: chunks can hardly be aligned, speakers may swap.")
     out, wsum = torch.zeros(T, num_spks), torch.zeros(T)
     prev = None
-    for k, (a, b) in enumerate(bounds):
+    bar = tqdm(bounds, desc="Separating", unit="chunk", dynamic_ncols=True,
+               disable=None if progress is None else not progress)
+    for k, (a, b) in enumerate(bar):
         est = separate(mix[None, a:b])[0].detach().float().cpu()  # [L, S]
         left = max(0, bounds[k - 1][1] - a) if k > 0 else 0
         right = max(0, b - bounds[k + 1][0]) if k + 1 < len(bounds) else 0

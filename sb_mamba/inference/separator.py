@@ -251,7 +251,8 @@ class MambaSeparator(Pretrained):
 
     forward = separate_batch  # [B, T] -> [B, T, S], as SpeechBrain's interfaces
 
-    def separate_signal(self, mix, chunk_seconds="auto", overlap=0.25, normalize="mixture"):
+    def separate_signal(self, mix, chunk_seconds="auto", overlap=0.25, normalize="mixture",
+                        progress=None):
         """Separate one mono signal at the model rate, in chunks if asked.
 
         Arguments
@@ -268,6 +269,8 @@ class MambaSeparator(Pretrained):
             ``"mixture"`` (default: the mixture's level, never above full
             scale when the mixture is not), ``"peak"`` or ``"none"``
             (:func:`normalize_sources`).
+        progress : bool or None
+            A tqdm bar over the chunks; ``None`` (default): only on a terminal.
 
         Returns
         -------
@@ -301,7 +304,7 @@ class MambaSeparator(Pretrained):
             if T > chunk:
                 logger.info("Chunked inference: %g s chunks, overlap %g, %.1f s.",
                             chunk_seconds, overlap, T / self.sample_rate)
-            est = chunked_separate(self.separate_batch, mix, S, chunk, overlap)[None]
+            est = chunked_separate(self.separate_batch, mix, S, chunk, overlap, progress)[None]
         if not torch.isfinite(est).all():
             raise UserError(
                 f"The separation gave NaN/infinite values (the input peaks at "
@@ -311,7 +314,7 @@ class MambaSeparator(Pretrained):
 
     def separate_file(self, path, savedir=None, chunk_seconds="auto", overlap=0.25,
                       normalize="mixture", output_dir=None, output_rate="model",
-                      max_samples=None):
+                      max_samples=None, progress=None):
         """Separate an audio file of any rate and number of channels: it is
         averaged to mono and resampled to :attr:`sample_rate` (logged), then
         separated with :meth:`separate_signal`.
@@ -322,7 +325,7 @@ class MambaSeparator(Pretrained):
             Local file, URL or HuggingFace ``owner/repo/file`` path.
         savedir : str, optional
             Where a fetched remote file is stored (as in SpeechBrain).
-        chunk_seconds, overlap, normalize
+        chunk_seconds, overlap, normalize, progress
             See :meth:`separate_signal`.
         output_dir : str, optional
             Also write ``<stem>_s1.wav``, ... (float WAV) there, each written
@@ -355,7 +358,7 @@ class MambaSeparator(Pretrained):
         ) + [f"averaged {info.channels} channels"] * (info.channels > 1)
         logger.info("%s: %.2f s, %s.", path, info.frames / info.samplerate,
                     ", ".join(done) or f"mono at {self.sample_rate} Hz as is")
-        est = self.separate_signal(wav, chunk_seconds, overlap, normalize)
+        est = self.separate_signal(wav, chunk_seconds, overlap, normalize, progress)
         if output_dir is not None:
             rate = {"model": self.sample_rate, "input": info.samplerate}.get(
                 output_rate, output_rate)

@@ -18,19 +18,23 @@ Authors
 """
 
 import csv
+import logging
 import os
 import time
 
 import speechbrain as sb
 import torch
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from sb_mamba.audio import write_audio
+from sb_mamba.errors import UserError
 from sb_mamba.metrics import pit_metric, pit_si_snr_loss, sdr, si_snr
 
 logger = get_logger(__name__)
+CPU_META = "epoch_cpu_minutes"  # intra-epoch checkpoints: the epoch's CPU time so far
 
 # The recipe-YAML keys this Brain reads (besides SpeechBrain's run options):
 # recipe.load_hparams refuses a top-level key that nothing reads (a misspelt
@@ -38,9 +42,9 @@ logger = get_logger(__name__)
 HPARAMS_READ = frozenset({
     "dataloader_opts", "epoch_counter", "limit_training_signal_len", "loss",
     "loss_upper_lim", "lr_scheduler", "max_shift", "min_shift", "n_audio_to_save",
-    "num_spks", "output_folder", "sample_rate", "speed_perturb", "threshold",
-    "threshold_byloss", "train_logger", "training_signal_len", "use_rand_shift",
-    "use_speedperturb",
+    "num_spks", "output_folder", "sample_rate", "segment_curriculum", "speed_perturb",
+    "threshold", "threshold_byloss", "train_logger", "training_signal_len",
+    "use_rand_shift", "use_speedperturb",
 })  # fmt: skip
 
 
@@ -52,7 +56,10 @@ class Separation(sb.Brain):
     ``threshold_byloss``/``threshold``, ``loss_upper_lim``; optional:
     ``use_speedperturb`` + ``speed_perturb``, ``use_rand_shift`` +
     ``min_shift``/``max_shift``, ``limit_training_signal_len`` +
-    ``training_signal_len``, ``lr_scheduler`` (SpeechBrain's
+    ``training_signal_len``, ``segment_curriculum`` (``[[epoch, seconds],
+    ...]``: from that epoch on, train on random crops of that many seconds,
+    short to long; it takes precedence over ``training_signal_len``),
+    ``lr_scheduler`` (SpeechBrain's
     ReduceLROnPlateau, called per epoch, or any scheduler with
     ``per_step = True``, called per optimizer step), ``epoch_counter``,
     ``train_logger``, ``checkpointer``, ``output_folder``,
@@ -84,7 +91,8 @@ class Separation(sb.Brain):
         Speed perturbation of each source independently and a random shift
         of each source re-create the mixture as the sum of the sources
         (plus noise); use them only where ``mix == sum(targets) (+ noise)``.
-        A random crop to ``training_signal_len`` is applied last.
+        A random crop to the epoch's ``segment_curriculum`` length, else to
+        ``training_signal_len``, is applied last.
         """
         hp = self.hparams
         remix = False
@@ -106,8 +114,10 @@ class Separation(sb.Brain):
                 T = mix.shape[1]
                 noise = torch.nn.functional.pad(noise, (0, max(0, T - noise.shape[1])))
                 mix = mix + noise[:, :T]
-        if getattr(hp, "limit_training_signal_len", False):
+        length = getattr(self, "_crop", None)  # set per epoch by segment_curriculum
+        if length is None and getattr(hp, "limit_training_signal_len", False):
             length = int(hp.training_signal_len)
+        if length is not None:
             if mix.shape[1] > length:
                 start = int(torch.randint(0, mix.shape[1] - length + 1, (1,)))
                 mix = mix[:, start : start + length]
@@ -187,9 +197,24 @@ class Separation(sb.Brain):
         if should_step and getattr(sched, "per_step", False):
             sched(self.optimizer)
 
+    def _save_intra_epoch_ckpt(self):
+        """SpeechBrain's intra-epoch checkpoint, also holding the epoch's CPU
+        minutes so far (in its meta), so a killed run's learning curve keeps them."""
+        spent = (time.process_time() - getattr(self, "_cpu_start", time.process_time())) / 60
+        self.checkpointer.save_and_keep_only(
+            end_of_epoch=False,
+            num_to_keep=1,
+            ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta,
+            meta={INTRA_EPOCH_CKPT_FLAG: True, CPU_META: spent},
+            verbosity=logging.DEBUG,
+        )
+
     def on_fit_start(self):
         """Log the effective batch size and the SSM backend actually used."""
         super().on_fit_start()
+        if self.checkpointer is not None and self.step:  # resumed inside an epoch
+            ckpt = self.checkpointer.find_checkpoint()
+            self._cpu_carried = 60 * float((ckpt.meta if ckpt else {}).get(CPU_META, 0.0))
         from sb_mamba.nnet.scan import resolve_backend
 
         counter = getattr(self.hparams, "epoch_counter", None)
@@ -234,17 +259,51 @@ class Separation(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         """Reset the SI-SNRi accumulator; tell dynamic mixing the epoch."""
         self._sisnri = []
-        self._cpu_start = time.process_time()
+        # an epoch resumed from an intra-epoch checkpoint keeps the CPU time
+        # spent in it before the kill (see _save_intra_epoch_ckpt)
+        carried = getattr(self, "_cpu_carried", 0.0) if stage == sb.Stage.TRAIN else 0.0
+        self._cpu_carried = 0.0
+        self._cpu_start = time.process_time() - carried
         ds = getattr(self, "_train_dataset", None)
         if stage == sb.Stage.TRAIN and epoch is not None and hasattr(ds, "set_epoch"):
             ds.set_epoch(epoch)
+        if stage == sb.Stage.TRAIN:
+            crop = self.curriculum_length(epoch)
+            if crop != getattr(self, "_crop", None) and crop is not None:
+                logger.info("Epoch %s: training on %.2f s crops (segment_curriculum).",
+                            epoch, crop / self.hparams.sample_rate)
+            self._crop = crop
+
+    def curriculum_length(self, epoch):
+        """Training crop (samples) that ``segment_curriculum`` sets for ``epoch``, or None.
+
+        ``segment_curriculum`` is a list of ``[first_epoch, seconds]``; before
+        the first stage, and without a curriculum, mixtures are not cropped
+        (beyond ``training_signal_len``).
+        """
+        stages = getattr(self.hparams, "segment_curriculum", None)
+        if not stages or epoch is None:
+            return None
+        try:
+            stages = sorted((int(e), float(s)) for e, s in stages)
+        except (TypeError, ValueError):
+            stages = []
+        if not stages or min(e for e, _ in stages) < 1 or min(s for _, s in stages) <= 0:
+            raise UserError(
+                f"segment_curriculum must be a list of [first_epoch >= 1, seconds > 0] "
+                f"pairs, e.g. [[1, 0.5], [3, 1.0], [6, 2.0]]; got "
+                f"{getattr(self.hparams, 'segment_curriculum')!r}."
+            )
+        seconds = [s for e, s in stages if epoch >= e]
+        return int(seconds[-1] * self.hparams.sample_rate) if seconds else None
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log, schedule the LR, and keep the best checkpoint by SI-SNR."""
         stats = {"loss": stage_loss, "si-snr": -stage_loss}
         if stage == sb.Stage.TRAIN:
-            # CPU time of this process in the epoch (all threads; since the
-            # resume if the epoch was resumed): the budget in the learning curve
+            # CPU time of this process in the epoch (all threads; a resumed
+            # epoch includes what it spent before the kill, as of its last
+            # intra-epoch checkpoint): the budget in the learning curve
             stats["cpu-minutes"] = (time.process_time() - self._cpu_start) / 60
             self.train_stats = stats
             return

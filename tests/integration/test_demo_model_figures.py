@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from sb_mamba.audio import read_audio
-from sb_mamba.dataio.generate import prepare_librimini
+from sb_mamba.dataio.librimini import prepare_librimini
 from sb_mamba.inference import MambaSeparator
 from sb_mamba.metrics import pit_metric, si_snr
 from sb_mamba.resources import pretrained_path

@@ -17,7 +17,8 @@ import csv
 
 import pytest
 
-from sb_mamba.dataio.generate import make_mixtures, prepare_librimini
+from sb_mamba.dataio.generate import make_mixtures
+from sb_mamba.dataio.librimini import prepare_librimini
 from sb_mamba.training.recipe import run_recipe
 from tests.helpers import (
     COMMON,

@@ -7,6 +7,7 @@ Authors
 
 import csv
 import importlib.util
+import math
 import shutil
 
 import torch
@@ -106,6 +107,9 @@ def test_demo_learning_curve_continues_the_history(tmp_path):
     spec = importlib.util.spec_from_file_location("training_notes", DEMO / "training_notes.py")
     notes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(notes)
+    (tmp_path / "notes").mkdir()  # the evaluation of export_demo.sh writes this first
+    (tmp_path / "notes" / "test_results.csv").write_text(
+        "snt_id,sdr,sdr_i,si-snr,si-snr_i\na,1,1,1,1\navg,1,1,1,1.0\n")
     notes.main(out, tmp_path / "notes")
 
     with open(tmp_path / "notes" / "learning_curve.csv", newline="") as f:
@@ -121,3 +125,16 @@ def test_demo_learning_curve_continues_the_history(tmp_path):
     assert matplotlib.image.imread(png).shape[0] > 100  # decodes
     text = (tmp_path / "notes" / "notes.md").read_text()
     assert "learning_curve.png" in text and "| run 2 | 2 | 104 |" in text
+    # the fit and the valid/test gap (best valid 2.5 dB in history, test 1.0 dB)
+    assert "per doubling" in text and "score 1.50 dB below" in text, text
+
+
+def test_demo_extrapolation_solves_the_fit():
+    spec = importlib.util.spec_from_file_location("training_notes", DEMO / "training_notes.py")
+    notes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(notes)
+    rows = [dict(cpu_hours=h, valid_si_snri=3 + 0.5 * math.log2(h)) for h in (0.5, 1, 2, 4)]
+    b, hours = notes.extrapolate(rows, 5.0)  # 3 + 0.5 * log2(16) = 5
+    assert abs(b - 0.5) < 1e-9 and abs(hours - 16) < 1e-6
+    flat = [dict(cpu_hours=h, valid_si_snri=3 - 0.1 * h) for h in (1, 2, 4)]
+    assert notes.extrapolate(flat, 5.0)[1] == math.inf

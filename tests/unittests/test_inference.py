@@ -25,7 +25,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 from sb_mamba import cli
 from sb_mamba.audio import AudioError, resample, write_audio
 from sb_mamba.inference import MambaSeparator
-from sb_mamba.inference.chunking import chunked_separate
+from sb_mamba.inference.chunking import chunk_bounds, chunked_separate
 from sb_mamba.inference.export import export_model, upload_to_hub
 from sb_mamba.metrics import pit_metric, si_snr
 from sb_mamba.resources import pretrained_path
@@ -208,6 +208,16 @@ def test_ola_weights_sum_to_one(T, chunk, overlap):
     est = chunked_separate(lambda x: torch.stack([x, 2 * x], -1), mix, 2, chunk,
                            overlap)
     assert torch.allclose(est, torch.stack([mix, 2 * mix], -1), atol=1e-5)
+
+
+def test_chunk_progress_bar_counts_the_chunks(capsys):
+    mix = torch.randn(1001)
+    n = len(chunk_bounds(1001, 300, 0.5))
+    chunked_separate(lambda x: torch.stack([x, -x], -1), mix, 2, 300, 0.5, progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert n > 1 and "Separating: 100%" in bar and f"{n}/{n} " in bar, bar
+    chunked_separate(lambda x: torch.stack([x, -x], -1), mix, 2, 300, 0.5, progress=False)
+    assert "Separating" not in capsys.readouterr().err
 
 
 def test_real_model_lengths_and_normalize(exported):

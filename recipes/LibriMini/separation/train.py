@@ -14,7 +14,7 @@ Authors
 
 from pathlib import Path
 
-from sb_mamba.dataio.generate import prepare_librimini
+from sb_mamba.dataio.librimini import prepare_librimini
 from sb_mamba.training.recipe import main
 
 # The speech bundled with this recipe (recipes/LibriMini/data)

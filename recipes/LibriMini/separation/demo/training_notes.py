@@ -13,7 +13,11 @@ shipped model's ``learning_curve.csv`` there on the first start). Writes to
 * ``learning_curve.csv``: history + this run, one row per epoch, with
   cumulative optimizer steps and CPU-hours;
 * ``learning_curve.png``: validation SI-SNRi against steps and CPU-hours;
-* ``notes.md``: the model card's training section.
+* ``notes.md``: the model card's training section, with a log-linear fit of
+  the curve (dB per doubling of CPU-hours) and the CPU-hours it predicts for
+  8 dB SI-SNRi on the test speakers (from ``OUT_FOLDER/test_results.csv``,
+  written by the evaluation in ``demo/export_demo.sh``, the gap between the
+  validation and the test speakers is carried over).
 
 Authors
 -------
@@ -21,6 +25,7 @@ Authors
 """
 
 import csv
+import math
 import re
 import sys
 from pathlib import Path
@@ -80,7 +85,43 @@ def plot(rows, png):
     fig.savefig(png, dpi=110)
 
 
-def notes(rows, hp_text):
+def extrapolate(rows, target_db, from_hours=1.0):
+    """Fit ``valid = a + b * log2(CPU-hours)`` and solve it for ``target_db``.
+
+    Only epochs after ``from_hours`` CPU-hours are fitted (the first hour is
+    the steep start). Returns ``(b, hours)``: dB gained per doubling of the
+    CPU time, and the CPU-hours at which the fit reaches ``target_db``
+    (``inf`` when the fit does not rise).
+
+    Example
+    -------
+    >>> rows = [dict(cpu_hours=h, valid_si_snri=1 + 2 * math.log2(h)) for h in (1, 2, 4, 8)]
+    >>> b, hours = extrapolate(rows, 9.0)
+    >>> round(b, 6), round(hours, 3)
+    (2.0, 16.0)
+    """
+    import numpy as np
+
+    pts = [(float(r["cpu_hours"]), float(r["valid_si_snri"])) for r in rows
+           if float(r["cpu_hours"]) >= from_hours]
+    if len(pts) < 2:
+        return float("nan"), float("nan")
+    x, y = np.log2([h for h, _ in pts]), np.array([v for _, v in pts])
+    b, a = np.polyfit(x, y, 1)
+    return float(b), (float(2 ** ((target_db - a) / b)) if b > 0 else math.inf)
+
+
+def read_test_si_snri(folder):
+    """Mean test SI-SNRi of ``folder/test_results.csv`` (its ``avg`` row), or None."""
+    path = Path(folder) / "test_results.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        avg = [r for r in csv.DictReader(f) if r["snt_id"] == "avg"]
+    return float(avg[0]["si-snr_i"]) if avg else None
+
+
+def notes(rows, hp_text, test_db=None, target_db=8.0):
     hp = yaml.safe_load(re.sub(r"!\S+", "", hp_text))
     last = rows[-1]
     out = [
@@ -103,6 +144,23 @@ def notes(rows, hp_text):
         "Validation: 50 fixed 4 s mixtures of 20 held-out speakers; test: 100 mixtures of",
         "20 other held-out speakers. `learning_curve.csv` and `train_log.txt` hold the",
         "full record.", "",
+    ]
+    best = max(rows, key=lambda r: float(r["valid_si_snri"]))
+    gap = float(best["valid_si_snri"]) - test_db if test_db is not None else 0.0
+    per_doubling, hours = extrapolate(rows, target_db + gap)
+    out += [
+        f"How far from {target_db:g} dB? A straight line through the curve against log2 of "
+        f"the CPU-hours (epochs after the first CPU-hour) gains {per_doubling:.2f} dB per "
+        "doubling of the CPU time."
+        + (f" The test speakers score {gap:.2f} dB below the validation speakers (best "
+           f"epoch: valid {float(best['valid_si_snri']):.2f}, test {test_db:.2f} dB), so "
+           f"{target_db:g} dB on the test speakers needs about "
+           f"{target_db + gap:.1f} dB on validation:" if test_db is not None else "")
+        + (f" the fit reaches it after about **{hours:,.0f} CPU-hours** of this recipe "
+           f"({max(0.0, hours - float(last['cpu_hours'])):,.0f} more)." if math.isfinite(hours)
+           else " the fit does not rise, so it gives no estimate.")
+        + " A rough guide, not a promise: the curve is noisy and each run changed the recipe.",
+        "",
         "| run | epoch | steps | CPU-hours | lr | valid SI-SNRi (dB) |", "|---|---|---|---|---|---|",
     ]
     out += [f"| {r['run']} | {r['epoch']} | {r['steps']} | {float(r['cpu_hours']):.2f} | "
@@ -123,7 +181,8 @@ def main(run, out):
         writer.writeheader()
         writer.writerows(rows)
     plot(rows, out / "learning_curve.png")
-    (out / "notes.md").write_text(notes(rows, (run / "hyperparams.yaml").read_text()))
+    (out / "notes.md").write_text(
+        notes(rows, (run / "hyperparams.yaml").read_text(), read_test_si_snri(out)))
 
 
 if __name__ == "__main__":
