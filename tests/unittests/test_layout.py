@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import sb_mamba
+from tests.helpers import ROOT
 
 PACKAGE = Path(sb_mamba.__file__).parent
 
@@ -74,3 +75,19 @@ def test_nothing_climbs_out_of_the_package():
              for p in _modules() for i, line in enumerate(p.read_text().splitlines(), 1)
              if climbing.search(line) and not line.lstrip().startswith(("#", ">>>"))]
     assert not found, "\n".join(found)
+
+
+# bench_reverb.py's default output path: README names it and says that run was not kept
+NOT_KEPT = {"bench_reverb.json"}
+
+
+def test_benchmark_figures_cited_in_readme_are_in_the_repository():
+    """A JSON or PNG under benchmarks/results/ that README quotes must be committed (a clean
+    clone, as in CI, lacks anything left untracked or ignored)."""
+    readme = (ROOT / "README.md").read_text()
+    cited = set()
+    for stem, ext in re.findall(r"benchmarks/results/([\w.-]+?)\.(\{json,png\}|json|png)", readme):
+        cited |= {f"{stem}.{e}" for e in (("json", "png") if ext.startswith("{") else (ext,))}
+    assert cited, "README quotes no benchmark figure file"
+    missing = sorted(n for n in cited - NOT_KEPT if not (ROOT / "benchmarks" / "results" / n).is_file())
+    assert not missing, f"README cites uncommitted benchmark files: {missing}"
