@@ -9,7 +9,9 @@
 # 200 steps. (Run 2 first trained 19 epochs on a 40000-step cosine, nearly
 # constant at 5e-4, with its validation flat at 4.3-4.8 dB; shortening the
 # cosine to 25 epochs anneals the rate from there: the step counter is
-# checkpointed, the horizon is read from these arguments.)
+# checkpointed, the horizon is read from these arguments.) A finished run
+# trains on with N_EPOCHS=... bash demo/train_demo.sh RUN_FOLDER: the cosine
+# then stretches to the new horizon, a warm restart from a higher rate.
 # (Stride 4 learns faster in short budgets, benchmarks/bench_quality_budget.py,
 # but stalled near 2 dB in 40 minutes; the demo keeps the layout its shipped
 # weights were trained with, so no hour of them is lost.)
@@ -39,4 +41,4 @@ exec python train.py hparams/sepmamba.yaml \
     --model_dim=64 --model_blocks=1 --model_stride=2 \
     --segment_seconds=2.0 --batch_size=4 --epoch_size=800 \
     --lr=0.0005 --lr_schedule=warmup_cosine --warmup_steps=200 \
-    --N_epochs=25 --ckpt_interval_minutes=10
+    --N_epochs="${N_EPOCHS:-25}" --ckpt_interval_minutes=10
