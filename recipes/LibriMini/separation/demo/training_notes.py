@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from sb_mamba.inference.export import read_test_results
+
 FIELDS = ["run", "epoch", "steps", "cpu_hours", "cpu_estimated", "lr", "batch_size",
           "segment_seconds", "valid_si_snri"]
 
@@ -111,16 +113,6 @@ def extrapolate(rows, target_db, from_hours=1.0):
     return float(b), (float(2 ** ((target_db - a) / b)) if b > 0 else math.inf)
 
 
-def read_test_si_snri(folder):
-    """Mean test SI-SNRi of ``folder/test_results.csv`` (its ``avg`` row), or None."""
-    path = Path(folder) / "test_results.csv"
-    if not path.is_file():
-        return None
-    with open(path, newline="") as f:
-        avg = [r for r in csv.DictReader(f) if r["snt_id"] == "avg"]
-    return float(avg[0]["si-snr_i"]) if avg else None
-
-
 def notes(rows, hp_text, test_db=None, target_db=8.0):
     hp = yaml.safe_load(re.sub(r"!\S+", "", hp_text))
     last = rows[-1]
@@ -170,6 +162,8 @@ def notes(rows, hp_text, test_db=None, target_db=8.0):
 
 def main(run, out):
     run, out = Path(run), Path(out)
+    results = out / "test_results.csv"  # export_demo.sh evaluates before this
+    test_si_snri = read_test_results(results)["si-snr_i"] if results.is_file() else None
     history = []
     if (run / "history.csv").is_file():
         with open(run / "history.csv", newline="") as f:
@@ -182,7 +176,7 @@ def main(run, out):
         writer.writerows(rows)
     plot(rows, out / "learning_curve.png")
     (out / "notes.md").write_text(
-        notes(rows, (run / "hyperparams.yaml").read_text(), read_test_si_snri(out)))
+        notes(rows, (run / "hyperparams.yaml").read_text(), test_si_snri))
 
 
 if __name__ == "__main__":
