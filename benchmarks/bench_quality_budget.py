@@ -158,6 +158,19 @@ def dir_pairs(folder):
     return pairs
 
 
+def train_loader(brain, hp):
+    """The dynamic-mixing loader, made by the brain as in the recipes.
+
+    ``Separation.make_dataloader`` remembers the dataset, so that
+    ``on_stage_start(TRAIN, epoch)`` draws new mixtures in every epoch
+    (a bare DataLoader would repeat epoch 0's mixtures forever).
+    """
+    import speechbrain as sb
+
+    return brain.make_dataloader(hp["dm_dataset"](), sb.Stage.TRAIN,
+                                 batch_size=hp["batch_size"], shuffle=False, num_workers=0)
+
+
 def worker(spec):
     """Train one run for its CPU budget; writes ``spec['result']`` (JSON) as it goes."""
     import torch
@@ -179,11 +192,7 @@ def worker(spec):
     brain = Separation(modules=modules, opt_class=hp["optimizer"], hparams=hp,
                        run_opts={"device": "cpu"}, checkpointer=None)
     brain.on_fit_start()
-    train_set = hp["dm_dataset"]()
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=hp["batch_size"], shuffle=False,
-        collate_fn=sb.dataio.batch.PaddedBatch, num_workers=0,
-    )
+    loader = train_loader(brain, hp)
     valid = csv_pairs(spec["valid_csv"], hp["num_spks"])
     sched = getattr(brain.hparams, "lr_scheduler", None)
     per_step = getattr(sched, "per_step", False)

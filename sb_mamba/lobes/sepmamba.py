@@ -198,6 +198,14 @@ class SepMamba(ModelArgsMixin, nn.Module):
     ssm_backend : str
         Selective-scan backend: ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or
         ``"cuda"``.
+    output : str
+        ``"mapping"`` (the paper's): the last transposed convolution emits
+        the sources. ``"mask"`` (not in the paper; a Conv-TasNet-style
+        head): a 1x1 convolution and a ReLU turn the U-Net's output into
+        ``num_spks`` masks on the first level's encoder features
+        (``ReLU(conv(mix))``), and one shared transposed convolution decodes
+        each masked copy. Its state_dict has ``mask_head`` and a one-source
+        ``decoder``, so official weights load into ``"mapping"`` only.
 
     Attributes
     ----------
@@ -234,8 +242,11 @@ class SepMamba(ModelArgsMixin, nn.Module):
         d_conv=4,
         expand=2,
         ssm_backend="auto",
+        output="mapping",
     ):
         super().__init__()
+        if output not in ("mapping", "mask"):
+            raise ValueError(f"output must be 'mapping' or 'mask', got {output!r}.")
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}."
@@ -260,7 +271,12 @@ class SepMamba(ModelArgsMixin, nn.Module):
             _UpStage(c_in, c, kernel_size, stride, activation, layer(c))
             for c_in, c in zip(widths[:0:-1], widths[-2::-1])
         )
-        self.decoder = nn.ConvTranspose1d(dim, num_spks, kernel_size, stride=stride)
+        self.output = output
+        if output == "mask":  # one ReLU mask per source on the first level's features
+            self.mask_head = nn.Conv1d(dim, num_spks * dim, kernel_size=1)
+            self.decoder = nn.ConvTranspose1d(dim, 1, kernel_size, stride=stride)
+        else:
+            self.decoder = nn.ConvTranspose1d(dim, num_spks, kernel_size, stride=stride)
         self.min_length = min_input_length(kernel_size, stride, num_levels)
         self.lookahead = (
             causal_lookahead(kernel_size, stride, num_levels) if causal else None
@@ -315,5 +331,18 @@ class SepMamba(ModelArgsMixin, nn.Module):
         skips.pop()  # the bottleneck output is x itself
         for stage in self.up:
             x = stage(x, skips.pop())  # [B, C_i, L_i]
-        est = self.decoder(x)  # [B, num_spks, T']
+        if self.output == "mask":
+            est = self._masked_decode(mix, T, x)  # [B, num_spks, T']
+        else:
+            est = self.decoder(x)  # [B, num_spks, T']
         return est[..., :T].transpose(1, 2)  # [B, T, num_spks]
+
+    def _masked_decode(self, mix, T, x):
+        """Sources as masks on the first level's encoder features (``output="mask"``)."""
+        stage = self.down[0]
+        mix = F.pad(mix, (0, self.padded_length(T) - T)).unsqueeze(1)  # [B, 1, T']
+        feats = stage.act(stage.conv(mix))  # [B, dim, L_0]: the encoder
+        B, C, L = feats.shape
+        masks = F.relu(self.mask_head(x)).view(B, self.num_spks, C, L)
+        est = self.decoder((masks * feats[:, None]).reshape(B * self.num_spks, C, L))
+        return est.view(B, self.num_spks, -1)  # [B, num_spks, T']

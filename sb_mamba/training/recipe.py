@@ -396,7 +396,7 @@ def warm_start(separator, source):
     except RuntimeError as e:
         raise UserError(
             f"init_from={source} does not fit the recipe's separator (set the model "
-            f"keys, e.g. model_dim / model_blocks, to the ones it was trained with): {e}"
+            f"keys, e.g. model_dim / model_stride / model_output, to the ones it was trained with): {e}"
         ) from None
     logger.info("Warm start: separator initialised from %s.", path)
 

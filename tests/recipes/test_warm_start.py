@@ -27,7 +27,7 @@ DEMO = RECIPES / "LibriMini" / "separation" / "demo"
 def tiny_model_folder(folder, seed, stride=4):
     """An exported-style model folder of the SepMamba the recipe builds with TINY."""
     torch.manual_seed(seed)
-    kwargs = dict(num_spks=2, dim=8, num_blocks=1, stride=stride)
+    kwargs = dict(num_spks=2, dim=8, num_blocks=1, stride=stride, output="mask")
     model = SepMamba(**kwargs)
     folder.mkdir(parents=True)
     torch.save({k: v.half() for k, v in model.state_dict().items()}, folder / "separator.ckpt")

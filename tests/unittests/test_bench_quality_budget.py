@@ -74,3 +74,21 @@ def test_markdown_table_of_a_report(tmp_path):
     table = bench.markdown_table([tmp_path / "r.json"]).splitlines()
     assert table[0].startswith("| run | overrides |") and "5 min" in table[0]
     assert table[2] == "| ours | `{model_dim: 32}` | 0.74M | 10 | 1.50 | 1.40 | 2.00 | 1.9-2.1 |"
+
+
+def test_training_loader_draws_new_mixtures_every_epoch(tmp_path):
+    """The benchmark trains on dynamic mixing, not on epoch 0's mixtures again and again."""
+    import speechbrain as sb
+
+    from sb_mamba.training.brain import Separation
+
+    hp = bench.load_hparams(bench.DEFAULT_YAML, "{model_dim: 8, epoch_size: 4}", tmp_path)
+    brain = Separation(modules=hp["modules"], opt_class=hp["optimizer"], hparams=hp,
+                       run_opts={"device": "cpu"}, checkpointer=None)
+    loader = bench.train_loader(brain, hp)
+    firsts = []
+    for epoch in (1, 2, 1):
+        brain.on_stage_start(sb.Stage.TRAIN, epoch)
+        firsts.append(next(iter(loader)).mix_sig[0])
+    assert not torch.equal(firsts[0], firsts[1])  # epoch 2 mixes anew
+    assert torch.equal(firsts[0], firsts[2])  # and epoch 1 is reproducible

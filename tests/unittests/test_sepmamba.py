@@ -147,3 +147,42 @@ def test_bidirectional_sees_the_future():
     with torch.no_grad():
         diff = (model(x_late)[:, :100] - model(x)[:, :100]).abs().max()
     assert diff > 1e-6  # exactly 0 for a causal model
+
+
+def test_mapping_output_keeps_the_official_layout():
+    keys = set(SepMamba(dim=8, num_blocks=1, d_state=4).state_dict())
+    assert not any(k.startswith("mask_head") for k in keys)
+    assert SepMamba(dim=8, num_blocks=1, d_state=4).decoder.weight.shape == (8, 2, 16)
+
+
+def test_mask_output_shape_and_args_round_trip():
+    torch.manual_seed(0)
+    model = SepMamba(num_spks=3, dim=8, num_blocks=1, d_state=4, stride=4, output="mask")
+    assert model.decoder.weight.shape == (8, 1, 16)  # one decoder shared by the sources
+    assert model.mask_head.weight.shape == (3 * 8, 8, 1)
+    assert model(torch.randn(2, 1001)).shape == (2, 1001, 3)
+    again = SepMamba(**model.get_model_args())
+    again.load_state_dict(model.state_dict())
+    x = torch.randn(1, 800)
+    assert torch.equal(again(x), model(x))
+
+
+def test_mask_output_masks_the_encoder_features():
+    """A mask of 1 on every feature gives decoder(encoder(mix)); a mask of 0 the bias."""
+    torch.manual_seed(0)
+    model = SepMamba(dim=8, num_blocks=1, d_state=4, stride=4, output="mask").eval()
+    with torch.no_grad():
+        model.mask_head.weight.zero_()
+        model.mask_head.bias.copy_(torch.tensor([1.0] * 8 + [0.0] * 8))  # source 1: all 1
+        mix = torch.randn(2, 1000)
+        est = model(mix)
+        stage = model.down[0]
+        padded = torch.nn.functional.pad(mix, (0, model.padded_length(1000) - 1000))
+        direct = model.decoder(stage.act(stage.conv(padded[:, None])))[:, 0, :1000]
+    torch.testing.assert_close(est[..., 0], direct)
+    torch.testing.assert_close(est[..., 1], model.decoder.bias.expand(2, 1000))
+
+
+def test_unknown_output_mode_raises():
+    with pytest.raises(ValueError, match="output must be"):
+        SepMamba(dim=8, num_blocks=1, output="masks")

@@ -16,8 +16,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 BEST=$(python -c "import sys; from sb_mamba.inference.export import find_best_checkpoint as f; print(f(sys.argv[1]).path)" "$RUN/save")
 rm -rf "$EVAL" && mkdir -p "$EVAL/save"
 cp -r "$BEST" "$EVAL/save/"
+source "$(dirname "$0")/recipe_args.sh"  # the layout that was trained
 python train.py hparams/sepmamba.yaml --output_folder="$EVAL" \
-    --model_dim=64 --model_blocks=1 --model_stride=2 --lr_schedule=warmup_cosine --test_only --n_audio_to_save=3
+    "${DEMO_MODEL_ARGS[@]}" "${DEMO_TRAIN_ARGS[@]}" --test_only --n_audio_to_save=3
 python demo/training_notes.py "$RUN" "$EVAL"  # notes.md, learning_curve.{csv,png}
 sb-mamba export "$EVAL" "$TARGET" --fp16 --name sepmamba-librimini-8k \
     --license cc-by-4.0 --notes "$EVAL/notes.md" --hparams-file "$RUN/hyperparams.yaml"

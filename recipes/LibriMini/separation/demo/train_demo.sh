@@ -3,18 +3,11 @@
 #
 #   bash demo/train_demo.sh [OUTPUT_FOLDER]     (from recipes/LibriMini/separation)
 #
-# SepMamba with dim 64, one Mamba block per direction, stride 2 as the paper
-# (2.83M parameters), dynamic mixing of the bundled LibriMini train speakers,
-# batch 4 x 2 s, learning rate 5e-4 with warmup + cosine over 25 epochs of
-# 200 steps. (Run 2 first trained 19 epochs on a 40000-step cosine, nearly
-# constant at 5e-4, with its validation flat at 4.3-4.8 dB; shortening the
-# cosine to 25 epochs anneals the rate from there: the step counter is
-# checkpointed, the horizon is read from these arguments.) A finished run
-# trains on with N_EPOCHS=... bash demo/train_demo.sh RUN_FOLDER: the cosine
-# then stretches to the new horizon, a warm restart from a higher rate.
-# (Stride 4 learns faster in short budgets, benchmarks/bench_quality_budget.py,
-# but stalled near 2 dB in 40 minutes; the demo keeps the layout its shipped
-# weights were trained with, so no hour of them is lost.)
+# The recipe (demo/recipe_args.sh): SepMamba dim 32, one Mamba block per
+# direction, stride 4, mask output, dynamic mixing of the bundled LibriMini
+# train speakers, batch 4 x 2 s, lr 2e-3 halved on validation plateaus, epochs
+# of 1000 steps, N_EPOCHS (default 200) of them: more than a session, so the
+# run simply goes on whenever it is started again.
 # The run checkpoints every 10 minutes and at each epoch end, so it can be
 # killed at any moment: running the same command again resumes it.
 #
@@ -36,9 +29,7 @@ if [ -n "$INIT" ]; then
         mkdir -p "$OUT" && cp "$INIT/learning_curve.csv" "$OUT/history.csv"
     fi
 fi
+source "$(dirname "$0")/recipe_args.sh"  # DEMO_MODEL_ARGS, DEMO_TRAIN_ARGS
 exec python train.py hparams/sepmamba.yaml \
-    --output_folder="$OUT" "${INIT_ARG[@]}" \
-    --model_dim=64 --model_blocks=1 --model_stride=2 \
-    --segment_seconds=2.0 --batch_size=4 --epoch_size=800 \
-    --lr=0.0005 --lr_schedule=warmup_cosine --warmup_steps=200 \
-    --N_epochs="${N_EPOCHS:-25}" --ckpt_interval_minutes=10
+    --output_folder="$OUT" "${INIT_ARG[@]}" "${DEMO_MODEL_ARGS[@]}" "${DEMO_TRAIN_ARGS[@]}" \
+    --N_epochs="${N_EPOCHS:-200}" --ckpt_interval_minutes=10
