@@ -216,6 +216,7 @@ class Separation(sb.Brain):
             ckpt = self.checkpointer.find_checkpoint()
             self._cpu_carried = 60 * float((ckpt.meta if ckpt else {}).get(CPU_META, 0.0))
         from sb_mamba.nnet.scan import resolve_backend
+        from sb_mamba.training.cpu_load import warn_if_cores_busy
 
         counter = getattr(self.hparams, "epoch_counter", None)
         logger.info(
@@ -224,6 +225,8 @@ class Separation(sb.Brain):
             getattr(counter, "current", 0), self.step, self.optimizer_step,
             " - resumed from a checkpoint" if self.optimizer_step else "",
         )
+        if str(self.device).startswith("cpu"):
+            warn_if_cores_busy()  # 2 threads beside a busy process: many times slower
         world = int(os.environ.get("WORLD_SIZE", "1"))
         opts = getattr(self.hparams, "dataloader_opts", {}) or {}
         per_proc = opts.get("batch_size", 1)

@@ -136,5 +136,10 @@ def test_demo_extrapolation_solves_the_fit():
     rows = [dict(cpu_hours=h, valid_si_snri=3 + 0.5 * math.log2(h)) for h in (0.5, 1, 2, 4)]
     b, hours = notes.extrapolate(rows, 5.0)  # 3 + 0.5 * log2(16) = 5
     assert abs(b - 0.5) < 1e-9 and abs(hours - 16) < 1e-6
+    # a curve shorter than two CPU-hours is fitted over its second half: 0.4 and 0.8 h
+    short = [dict(cpu_hours=h, valid_si_snri=v) for h, v in ((0.1, -5.0), (0.2, 0.0),
+                                                            (0.4, 2.0), (0.8, 3.0))]
+    b, hours = notes.extrapolate(short, 5.0)  # 2 + log2(h / 0.4) = 5 at 3.2 h
+    assert abs(b - 1.0) < 1e-9 and abs(hours - 3.2) < 1e-6
     flat = [dict(cpu_hours=h, valid_si_snri=3 - 0.1 * h) for h in (1, 2, 4)]
     assert notes.extrapolate(flat, 5.0)[1] == math.inf

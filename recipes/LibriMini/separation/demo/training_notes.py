@@ -91,7 +91,8 @@ def extrapolate(rows, target_db, from_hours=1.0):
     """Fit ``valid = a + b * log2(CPU-hours)`` and solve it for ``target_db``.
 
     Only epochs after ``from_hours`` CPU-hours are fitted (the first hour is
-    the steep start). Returns ``(b, hours)``: dB gained per doubling of the
+    the steep start), or after half of the curve's CPU-hours when it is
+    shorter than two hours. Returns ``(b, hours)``: dB gained per doubling of the
     CPU time, and the CPU-hours at which the fit reaches ``target_db``
     (``inf`` when the fit does not rise).
 
@@ -104,6 +105,7 @@ def extrapolate(rows, target_db, from_hours=1.0):
     """
     import numpy as np
 
+    from_hours = min(from_hours, float(rows[-1]["cpu_hours"]) / 2)
     pts = [(float(r["cpu_hours"]), float(r["valid_si_snri"])) for r in rows
            if float(r["cpu_hours"]) >= from_hours]
     if len(pts) < 2:
@@ -127,12 +129,15 @@ def notes(rows, hp_text, test_db=None, target_db=8.0):
         "bash demo/train_demo.sh RUN_FOLDER     # resumable; kill it any time",
         "bash demo/export_demo.sh RUN_FOLDER    # test + export the best checkpoint here",
         "```", "",
-        f"SepMamba dim {hp['model_dim']}, {hp['model_blocks']} Mamba block(s) per direction; "
+        f"SepMamba dim {hp['model_dim']}, {hp['model_blocks']} Mamba block(s) per direction, "
+        f"stride {hp.get('model_stride', 2)}, {hp.get('model_output', 'mapping')} output; "
         f"dynamic mixing of the bundled LibriMini train speakers at 8 kHz; now batch "
         f"{hp['batch_size']} x {hp['segment_seconds']} s, lr {hp['lr']} "
         f"({hp.get('lr_schedule', 'plateau')}).",
         f"So far: {last['steps']} optimizer steps, {float(last['cpu_hours']):.1f} CPU-hours "
-        "(process CPU time of training; the first run's are estimated from its wall time).",
+        "(process CPU time of training"
+        + ("; the first run's are estimated from its wall time)."
+           if any(str(r.get("cpu_estimated")) == "1" for r in rows) else ")."),
         "Validation: 50 fixed 4 s mixtures of 20 held-out speakers; test: 100 mixtures of",
         "20 other held-out speakers. `learning_curve.csv` and `train_log.txt` hold the",
         "full record.", "",
@@ -142,7 +147,7 @@ def notes(rows, hp_text, test_db=None, target_db=8.0):
     per_doubling, hours = extrapolate(rows, target_db + gap)
     out += [
         f"How far from {target_db:g} dB? A straight line through the curve against log2 of "
-        f"the CPU-hours (epochs after the first CPU-hour) gains {per_doubling:.2f} dB per "
+        f"the CPU-hours (epochs after the steep start) gains {per_doubling:.2f} dB per "
         "doubling of the CPU time."
         + (f" The test speakers score {gap:.2f} dB below the validation speakers (best "
            f"epoch: valid {float(best['valid_si_snri']):.2f}, test {test_db:.2f} dB), so "
