@@ -53,12 +53,19 @@ class _DownStage(nn.Module):
         self.act = ACTIVATIONS[activation]()
         self.mamba = layer
 
+    def encode(self, x):
+        """[B, C_in, L] -> [B, C_out, (L - K) // S + 1]: the strided convolution."""
+        return self.act(self.conv(x))
+
+    def mix(self, x):
+        """[B, C, L] -> [B, C, L]: the Mamba layer."""
+        # one contiguous copy: the Mamba stacks read x several times
+        x = x.transpose(1, 2).contiguous()  # [B, L, C]
+        return self.mamba(x).transpose(1, 2)  # [B, C, L]
+
     def forward(self, x):
         """[B, C_in, L] -> [B, C_out, (L - K) // S + 1]."""
-        x = self.act(self.conv(x))  # [B, C_out, L']
-        # one contiguous copy: the Mamba stacks read x several times
-        x = x.transpose(1, 2).contiguous()  # [B, L', C_out]
-        return self.mamba(x).transpose(1, 2)  # [B, C_out, L']
+        return self.mix(self.encode(x))
 
 
 class _UpStage(nn.Module):
@@ -324,24 +331,23 @@ class SepMamba(ModelArgsMixin, nn.Module):
             )
         T = mix.shape[-1]
         x = F.pad(mix, (0, self.padded_length(T) - T)).unsqueeze(1)  # [B, 1, T']
-        skips = []
-        for stage in self.down:
+        feats = self.down[0].encode(x)  # [B, dim, L_0]: the encoder features
+        x = self.down[0].mix(feats)
+        skips = [x]
+        for stage in self.down[1:]:
             x = stage(x)  # [B, C_i, L_i]
             skips.append(x)
         skips.pop()  # the bottleneck output is x itself
         for stage in self.up:
             x = stage(x, skips.pop())  # [B, C_i, L_i]
         if self.output == "mask":
-            est = self._masked_decode(mix, T, x)  # [B, num_spks, T']
+            est = self._masked_decode(feats, x)  # [B, num_spks, T']
         else:
             est = self.decoder(x)  # [B, num_spks, T']
         return est[..., :T].transpose(1, 2)  # [B, T, num_spks]
 
-    def _masked_decode(self, mix, T, x):
-        """Sources as masks on the first level's encoder features (``output="mask"``)."""
-        stage = self.down[0]
-        mix = F.pad(mix, (0, self.padded_length(T) - T)).unsqueeze(1)  # [B, 1, T']
-        feats = stage.act(stage.conv(mix))  # [B, dim, L_0]: the encoder
+    def _masked_decode(self, feats, x):
+        """Sources as masks on the encoder features ``feats`` (``output="mask"``)."""
         B, C, L = feats.shape
         masks = F.relu(self.mask_head(x)).view(B, self.num_spks, C, L)
         est = self.decoder((masks * feats[:, None]).reshape(B * self.num_spks, C, L))

@@ -78,8 +78,7 @@ def warn_if_cores_busy(threads=None, interval=0.3):
     if threads <= 1:
         return None
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    busy = busy_cores(interval, cpus)
-    advice = thread_advice(threads, cpus, busy) if busy is not None else None
+    advice = thread_advice(threads, cpus, busy_cores(interval, cpus))
     if advice:
         logger.warning(advice)
     return advice
