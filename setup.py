@@ -34,8 +34,9 @@ setup(
     package_data={
         "sb_mamba": ["nnet/csrc/*.cpp", "nnet/csrc/*.h"],
         "sb_mamba.hparams": ["*.md", "models/*.yaml"],
-        "sb_mamba.pretrained": ["*.md", "*/*.yaml", "*/*.ckpt", "*/*.md", "*/*.csv",
-                                "*/*.png", "*/*.flac", "*/*.wav", "*/LICENSE*"],
+        "sb_mamba.pretrained": ["*.md", "*/*.json", "*/*.safetensors", "*/*.yaml",
+                                "*/*.ckpt", "*/*.md", "*/*.csv", "*/*.png", "*/*.flac",
+                                "*/*.wav", "*/LICENSE*"],
     },
     install_requires=[
         # torch 2.14.1 + torchaudio 2.11.0 is the tested pair (see README).
@@ -53,6 +54,7 @@ setup(
         "tqdm>=4.60",
         "fast-bss-eval>=0.1.4",  # BSS-eval SDR in test_results.csv
         "huggingface_hub>=0.20",  # hub models (download / upload)
+        "safetensors>=0.4",  # model folder weights (no pickle)
     ],
     entry_points={
         "console_scripts": [

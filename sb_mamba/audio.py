@@ -11,6 +11,7 @@ Authors
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,10 @@ def read_audio(path, sample_rate=None, resample_to_rate=False, mono=True, start=
     return wav
 
 
+TMP_PREFIX = ".sbm-"  # temporary files of write_audio: hidden, no audio suffix
+TMP_SUFFIX = ".tmp"
+
+
 def write_audio(path, wav, sample_rate, subtype="FLOAT"):
     """Write [T] or [T, C] float audio (32-bit float WAV by default).
 
@@ -173,7 +178,11 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
     path : str or Path
         Output file; parent folders are created. Written to a temporary file
         beside it, then renamed: a reader never sees half a file, and a link
-        at ``path`` is replaced, never followed.
+        at ``path`` is replaced, never followed. The temporary file has an
+        unpredictable short name (``.sbm-XXXXXXXX.tmp``, created with
+        ``O_EXCL``/``O_NOFOLLOW`` by :func:`tempfile.mkstemp`), so a link
+        planted in advance is never written through, any name that fits the
+        filesystem can be written, and no ``*.wav`` pattern matches it.
     wav : torch.Tensor or numpy.ndarray
         [T] or [T, C].
     sample_rate : int
@@ -181,23 +190,112 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
     subtype : str
         libsndfile subtype, e.g. ``"FLOAT"`` or ``"PCM_16"``. Files are
         byte-identical for identical input (no time-stamped PEAK chunk).
+
+    Raises
+    ------
+    OSError
+        A failed write, with its errno named (``No space left on device
+        (ENOSPC)``); the temporary file is removed.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_audio(folder / "a.flac", torch.zeros(80), 8000, subtype="PCM_16")
+    >>> [p.name for p in folder.iterdir()], sf.info(str(folder / "a.flac")).frames
+    (['a.flac'], 80)
     """
+    import errno
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().cpu().float().numpy()
     wav = np.asarray(wav)
     channels = 1 if wav.ndim == 1 else wav.shape[1]
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keeps the format
+    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower(), "WAV")
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    failed = []  # OSError raised inside libsndfile's write callback (it only says "System error.")
     try:
-        with sf.SoundFile(str(tmp), "w", int(sample_rate), channels, subtype) as f:
-            try:  # no PEAK chunk: it holds a time stamp, so float files would differ run to run
-                sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
-            except AttributeError:  # soundfile internals moved: files stay valid
-                pass
-            f.write(wav)
+        os.fchmod(fd, 0o666 & ~umask)  # a plain file once in place, not mkstemp's 0600
+        with _ErrnoFile(os.fdopen(fd, "w+b"), failed) as fobj:
+            try:
+                with sf.SoundFile(fobj, "w", int(sample_rate), channels, subtype,
+                                  format=fmt) as f:
+                    try:  # no PEAK chunk: it holds a time stamp (files would differ run to run)
+                        sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+                    except AttributeError:  # soundfile internals moved: files stay valid
+                        pass
+                    f.write(wav)
+            except (RuntimeError, sf.LibsndfileError) as e:
+                if failed:
+                    raise failed[0] from None
+                raise OSError(errno.EIO, f"Cannot write audio ({e})") from None
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        name = errno.errorcode.get(e.errno, str(e.errno))
+        raise OSError(e.errno, f"{e.strerror} ({name}) while writing {path}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
+
+class _ErrnoFile:
+    """A binary file whose write errors are recorded (not raised into libsndfile)."""
+
+    def __init__(self, f, failed):
+        self.f, self.failed = f, failed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.f.close()
+        except OSError as e:
+            if exc[0] is None:
+                raise
+            self.failed.append(e)
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.failed.append(e)
+            return 0
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def remove_temp_files(folder):
+    """Remove temporary files of :func:`write_audio` left under ``folder`` by a
+    killed run (and those of older sb_mamba versions, ``.<stem>.<pid>.tmp.<ext>``).
+
+    Returns
+    -------
+    int
+        How many were removed.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / ".sbm-x1y2.tmp").write_bytes(b"cut")
+    >>> _ = (folder / ".a.123.tmp.wav").write_bytes(b"cut")
+    >>> remove_temp_files(folder), sorted(folder.iterdir())
+    (2, [])
+    """
+    old = re.compile(r"\..+\.\d+\.tmp\.\w+")
+    removed = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if (name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)) or old.fullmatch(name):
+                os.unlink(os.path.join(root, name))
+                removed += 1
+    return removed

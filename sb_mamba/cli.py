@@ -6,6 +6,7 @@
     sb-mamba separate MODEL recordings/ a.flac -o out --device cuda:0
     sb-mamba export results/sepmamba/1234 my-model [--upload owner/name]
     sb-mamba convert official.ckpt my-model      # official SPMamba / SepMamba weights
+    sb-mamba migrate old-model                   # an old-layout model folder, rewritten once
     sb-mamba make-mixtures OUT --speech SPEECH --layout whamr --noise NOISE
     sb-mamba make-rir-bank BANK --rooms 1000 --workers 8
 
@@ -22,7 +23,7 @@ no traceback, and exits 2; anything else is a bug and keeps its traceback
 
 ``separate``: MODEL (a folder written by ``sb-mamba export`` or a
 HuggingFace id) may be left out: when the first argument is an audio file or
-a folder without a ``hyperparams.yaml``, every argument is an input and the
+a folder that is no model folder, every argument is an input and the
 demo model shipped with the package (``pretrained/sepmamba-librimini-8k``)
 is used. Files longer than 30 s are separated in 10 s chunks unless
 ``--chunk-seconds`` says otherwise (``--chunk-seconds 0``: one pass).
@@ -31,7 +32,9 @@ gives ``OUT/sub/x_s1.wav``, ``OUT/sub/x_s2.wav``, ... (float WAV at the
 model rate). An unreadable file is skipped with a one-line message and the
 run goes on; existing outputs are kept unless ``--force``. Exit status: 0 if
 every file was separated or skipped as existing, 1 if some failed, 2 if the
-model or the inputs could not be used at all.
+model or the inputs could not be used at all. A full disk stops the run
+with one line naming the error (``ENOSPC``); Ctrl-C stops it with one line
+(exit 130); finished outputs are kept, a file being written is removed.
 
 Authors
 -------
@@ -39,6 +42,7 @@ Authors
 """
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -53,6 +57,7 @@ from sb_mamba.errors import USER_ERROR, UserError, user_message
 logger = get_logger(__name__)
 
 DEFAULT_EXT = "wav,flac,ogg,mp3,opus,aiff,aif"
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
 
 
 class _TqdmHandler(logging.Handler):
@@ -123,9 +128,9 @@ def find_inputs(paths, exts):
 def add_arguments(p):
     """The arguments of ``sb-mamba separate``."""
     p.add_argument("inputs", nargs="+", metavar="[MODEL] FILE_OR_DIR",
-                   help="model folder (sb-mamba export: hyperparams.yaml and "
-                        "separator.ckpt) or HuggingFace id, optional (default: the shipped "
-                        "demo model), then audio files and/or folders")
+                   help="model folder (sb-mamba export: config.json and "
+                        "separator.safetensors) or HuggingFace id, optional (default: the "
+                        "shipped demo model), then audio files and/or folders")
     p.add_argument("-m", "--model", default=None,
                    help="the model (folder or hub id); then every positional is an input")
     p.add_argument("-o", "--output-dir", required=True, help="output folder")
@@ -145,8 +150,7 @@ def add_arguments(p):
     p.add_argument("--max-hours", type=float, default=10.0,
                    help="refuse inputs longer than this at 16 kHz (default 10)")
     p.add_argument("--trust-model", action="store_true",
-                   help="let the model's hyperparams.yaml run code (only for models "
-                        "whose author you trust)")
+                   help=argparse.SUPPRESS)  # no effect: a model folder is data
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--ext", default=DEFAULT_EXT,
                    help=f"extensions searched in folders (default {DEFAULT_EXT})")
@@ -164,9 +168,10 @@ def split_model(inputs):
     >>> split_model(["owner/repo", "a.wav"])
     ('owner/repo', ['a.wav'])
     """
+    from sb_mamba.modelfolder import layout
+
     first = Path(inputs[0])
-    model_folder = first.is_dir() and all(
-        (first / n).is_file() for n in ("hyperparams.yaml", "separator.ckpt"))
+    model_folder = first.is_dir() and layout(first) is not None
     hub_id = not first.exists() and first.suffix.lower().lstrip(".") not in DEFAULT_EXT.split(",")
     if len(inputs) > 1 and (model_folder or hub_id):
         return inputs[0], inputs[1:]
@@ -216,7 +221,7 @@ def run(args):
 
 def _separate(args):
     from sb_mamba.inference.separator import MambaSeparator, source_paths
-    from sb_mamba.modelspec import inside
+    from sb_mamba.modelfolder import inside
 
     exts = {e.strip().lower().lstrip(".") for e in args.ext.split(",") if e.strip()}
     files, missing = find_inputs(args.inputs, exts)
@@ -226,6 +231,9 @@ def _separate(args):
         raise UserError(f"No audio files ({','.join(sorted(exts))}) found in "
                         f"{' '.join(args.inputs)}; pick other inputs or --ext.")
     out = Path(args.output_dir)
+    if out.is_symlink():
+        raise UserError(f"-o {out} is a link: outputs are never written through links; "
+                        "give the real folder.")
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file, not a folder: choose an output folder.")
     for arg in args.inputs:
@@ -267,7 +275,14 @@ def _separate(args):
                                 output_dir=out / rel.parent, output_rate=args.sample_rate,
                                 max_samples=int(args.max_hours * 3600 * 16000))
             done += 1
-        except (UserError, ValueError, RuntimeError, MemoryError, OSError) as e:
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # every next file would fail too
+                raise UserError(f"{' '.join(str(e.strerror).split())}: {done} files "
+                                f"separated so far are kept in {out}; free some space and "
+                                "rerun (finished outputs are skipped).") from None
+            logger.error("Skipped %s: %s", path, " ".join(str(e).split()))
+            failed += 1
+        except (UserError, ValueError, RuntimeError, MemoryError) as e:
             logger.error("Skipped %s: %s", path, " ".join(str(e).split()))
             failed += 1
     logger.info("Done: %d separated, %d skipped (outputs exist), %d failed -> %s",
@@ -287,6 +302,9 @@ COMMANDS = {
                       "simulate or index room impulse responses"),
     "convert": ("sb_mamba.inference.convert",
                 "convert an official SPMamba / SepMamba checkpoint to a model folder"),
+    "migrate": ("sb_mamba.modelfolder",
+                "rewrite an old-layout model folder (hyperparams.yaml + separator.ckpt) "
+                "as config.json + separator.safetensors"),
 }
 
 
@@ -334,6 +352,10 @@ def main(argv=None):
     args = build_parser(command).parse_args(argv)
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        print(f"sb-mamba {args.command}: interrupted (Ctrl-C); finished outputs are kept.",
+              file=sys.stderr)
+        return INTERRUPTED
     except Exception as e:
         message = user_message(e)
         if message is None or os.environ.get("SB_MAMBA_TRACEBACK") == "1":

@@ -81,6 +81,6 @@ def pretrained_path(name=DEMO_MODEL):
     'sepmamba-librimini-8k'
     """
     path = _find("sb_mamba.pretrained", name, "shipped model")
-    if not (Path(path) / "hyperparams.yaml").is_file():
-        raise FileNotFoundError(f"The shipped model {path} has no hyperparams.yaml.")
+    if not (Path(path) / "config.json").is_file():  # sb_mamba.modelfolder.CONFIG
+        raise FileNotFoundError(f"The shipped model {path} has no config.json.")
     return path

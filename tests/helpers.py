@@ -78,6 +78,67 @@ def load_fragment(name, overrides=None):
         return load_hyperpyyaml(f, overrides)
 
 
+# ------------------------------------------------------------ model folders
+def old_layout_yaml(cls, kwargs, sample_rate, num_spks, origin=""):
+    """The inference ``hyperparams.yaml`` that ``sb-mamba export`` wrote before
+    model folders became data (config.json + safetensors), byte for byte."""
+    import json
+
+    def value(v):
+        if isinstance(v, bool) or v is None:
+            return {True: "true", False: "false", None: "null"}[v]
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, float):  # always with a dot (YAML 1.1 reads 1e-05 as a string)
+            mant, _, exp = repr(v).partition("e")
+            mant = mant if "." in mant else mant + ".0"
+            return mant + ("e" + (exp if exp[0] in "+-" else "+" + exp) if exp else "")
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(type(v))
+
+    bar = "# " + "#" * 76
+    return "\n".join([
+        bar, f"# Model: {cls.rsplit('.', 1)[-1]} ({cls}), {num_spks} speakers, "
+        f"{sample_rate} Hz", "# Inference hyperparameters of sb_mamba.inference.MambaSeparator,",
+        "# written by sb_mamba.inference.export", *([f"# from {origin}"] if origin else []),
+        bar, "", f"sample_rate: {int(sample_rate)} # Hz; inputs are resampled to this rate",
+        f"num_spks: {int(num_spks)} # number of output sources", "",
+        f"separator: !new:{cls}", *(f"    {k}: {value(v)}" for k, v in kwargs.items()), "",
+        "modules:", "    separator: !ref <separator>", "",
+        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
+        "    loadables:", "        separator: !ref <separator>", "",
+    ])
+
+
+def tiny_model_folder(folder, layout="new", extra_yaml="", seed=0, **kwargs):
+    """A real model folder of a tiny SepMamba with random weights.
+
+    ``layout="new"``: config.json + separator.safetensors
+    (:func:`sb_mamba.modelfolder.write_folder`); ``"old"``: the layout of
+    earlier exports, ``hyperparams.yaml`` (plus ``extra_yaml``) and a pickled
+    ``separator.ckpt``. Returns the separator.
+    """
+    from sb_mamba.lobes.sepmamba import SepMamba
+    from sb_mamba.modelfolder import ModelConfig, write_folder
+
+    torch.manual_seed(seed)
+    args = dict(num_spks=2, dim=8, num_blocks=1, d_state=4, ssm_backend="torch") | kwargs
+    net = SepMamba(**args).eval()
+    cls = "sb_mamba.lobes.sepmamba.SepMamba"
+    folder = Path(folder)
+    if layout == "new":
+        write_folder(folder, ModelConfig(cls, net.get_model_args(), 8000, 2), net.state_dict())
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hyperparams.yaml").write_text(
+            old_layout_yaml(cls, net.get_model_args(), 8000, 2) + extra_yaml)
+        torch.save(net.state_dict(), folder / "separator.ckpt")
+    return net
+
+
 # ------------------------------------------------------------ real mixtures
 def load_speech(utt_id):
     """Load one bundled 8 kHz utterance as a float32 tensor [T]."""

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from speechbrain.utils.logger import get_logger
 
-from sb_mamba.audio import write_audio
+from sb_mamba.audio import remove_temp_files, write_audio
 from sb_mamba.dataio._pool import pool_map
 from sb_mamba.dataio._store import (
     store_options,
@@ -180,6 +180,8 @@ def _job(job):
     return _row(opts, ds, j, split, idx, spec, written, room)
 
 
+_SAFE_NAME = re.compile(r"\w[\w.-]{0,200}")  # an ID or speaker from metadata.csv
+
 # what make-mixtures writes in OUT, besides the audio folders of its layout
 _OWN_FILES = ("metadata.csv", "metadata.json", "cache")
 
@@ -295,6 +297,10 @@ def _run(opts, out_folder, jobs, num_workers, inputs, overwrite=False):
 
 def _write_dataset(opts, out_folder, jobs, num_workers, groups):
     out_folder.mkdir(parents=True, exist_ok=True)
+    stale = remove_temp_files(out_folder)  # left by a killed run
+    if stale:
+        logger.info("Removed %d temporary files of an interrupted run from %s.", stale,
+                    out_folder)
     store_options(out_folder / "metadata.json", opts)  # first: marks the folder as ours
     if opts["simulate_bank"]:
         opts["rir_bank"] = str(out_folder.absolute() / "rir_bank")
@@ -456,7 +462,13 @@ def regenerate(metadata_csv, out_folder, *, num_workers=1, speech_folder=None,
     with open(metadata_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     jobs = []
-    for row in rows:
+    for n, row in enumerate(rows, 2):
+        for key in ("ID", "s1_speaker", "s2_speaker"):
+            if not _SAFE_NAME.fullmatch(str(row.get(key))):
+                raise UserError(f"{metadata_csv}, line {n}: {key} {row.get(key)!r} is not a "
+                                "plain file name (letters, digits, '_', '-', '.'; no '/', "
+                                "no leading '.'): the files would land outside OUT; fix the "
+                                "row.")
         spec = {"id": row["ID"], "length": int(row["length"]), "snr_db": None, "noise": None,
                 "speakers": [row["s1_speaker"], row["s2_speaker"]],
                 "files": [os.path.join(opts["speech_folder"], row[f"s{k}_file"]) for k in (1, 2)],

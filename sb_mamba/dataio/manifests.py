@@ -93,7 +93,8 @@ def _source(path, mix_wav):
 
 def _folder_rows(split_dir, mix, others, prefix=""):
     """One row per ``split_dir/mix/*.wav``; ``others`` maps column -> folder."""
-    mixes = sorted((split_dir / mix).glob("*.wav"))
+    mixes = sorted(p for p in (split_dir / mix).glob("*.wav")
+                   if not p.name.startswith("."))  # not temporary files of a killed write
     if not mixes:
         raise FileNotFoundError(
             f"No .wav files in {split_dir / mix}: the dataset is incomplete; "

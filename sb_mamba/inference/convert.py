@@ -9,8 +9,8 @@ sb_mamba's :class:`~sb_mamba.lobes.spmamba.SPMamba` and
 :class:`~sb_mamba.lobes.sepmamba.SepMamba` are the architectures of the
 official code (``JusperLee/SPMamba``, ``itsmeeandrew/SepMamba``): loaded with
 the official weights they give the official outputs. The folder written here
-has the layout of ``sb-mamba export`` (``hyperparams.yaml``,
-``separator.ckpt``, ``README.md``) and loads with
+has the layout of ``sb-mamba export`` (:mod:`sb_mamba.modelfolder`:
+``config.json``, ``separator.safetensors``, ``README.md``) and loads with
 ``MambaSeparator.from_hparams(source=OUT_DIR)``.
 
 Formats read (family and configuration are detected from the keys and the
@@ -25,13 +25,16 @@ tensors' shapes; stored training arguments fill in what no tensor holds):
   ``best_model.pth`` (``model_state_dict``, ``optimizer_state_dict``, ...),
   bidirectional or causal, with the key renames of :data:`SEPMAMBA_RENAMES`.
 
-Files are read with ``torch.load(weights_only=True)``: tensors and plain
+Files are read with ``torch.load(weights_only=True)``
+(:func:`sb_mamba.modelfolder.read_pickled_weights`): tensors and plain
 containers only, plus the harmless data classes of :data:`SAFE_GLOBALS`.
 Anything else is refused with the name of the class (unpickling it could run
 code) unless ``--trust-checkpoint`` is given. Every tensor must land in the
 model and every parameter of the model must be given (a strict load); any
 error leaves ``OUT_DIR`` untouched, since the folder is written to a
-temporary folder beside it and moved into place only when complete.
+temporary folder beside it and moved into place only when complete. The
+sample rate is checked (1 to 384 kHz), whether it comes from the file or
+``--sample-rate``.
 
 Authors
 -------
@@ -40,23 +43,17 @@ Authors
 
 import argparse
 import hashlib
-import io
 import logging
 import math
-import os
-import pickle
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.logger import get_logger
 
+from sb_mamba import modelfolder
 from sb_mamba.errors import UserError
-from sb_mamba.inference.export import inference_yaml, model_card
-from sb_mamba.modelspec import build_separator
+from sb_mamba.modelfolder import build_separator, model_card
 
 logger = get_logger(__name__)
 
@@ -111,7 +108,7 @@ def sha256(path):
 
 
 def load_checkpoint(path, trust=False):
-    """``torch.load`` a checkpoint without running code that came with it.
+    """Read a checkpoint without running code that came with it.
 
     Arguments
     ---------
@@ -128,26 +125,13 @@ def load_checkpoint(path, trust=False):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "No such checkpoint file", str(path))
-    if trust:
-        logger.warning("--trust-checkpoint: %s is unpickled with weights_only=False, "
-                       "which runs any code the file holds.", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
-        if not found:
-            raise UserError(f"Cannot read {path}: not a PyTorch checkpoint "
-                            f"({str(e).splitlines()[0][:200]}).") from None
-        raise UserError(
-            f"{path} holds a {found[0]} object, which is not one of the plain data "
-            "types a checkpoint of weights needs, so it was not loaded (unpickling "
-            "it could run code). If you trust where the file comes from, pass "
-            "--trust-checkpoint.") from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise UserError(f"Cannot read {path}: not a PyTorch checkpoint "
-                        f"({str(e).splitlines()[0][:200]}).") from None
+        return modelfolder.read_pickled_weights(path, SAFE_GLOBALS, trust=trust)
+    except UserError as e:
+        if "holds a" in str(e):
+            raise
+        raise UserError(str(e).replace("not a PyTorch weights file",
+                                       "not a PyTorch checkpoint")) from None
 
 
 def _flatten(d, prefix=""):
@@ -371,13 +355,27 @@ def spmamba_config(state, config, name):
     return state, args, notes
 
 
+def _rate(value, where, name):
+    """A sample rate as an int in :data:`~sb_mamba.modelfolder.RATE_RANGE`, or a UserError."""
+    low, high = modelfolder.RATE_RANGE
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not (rate.is_integer() and low <= rate <= high):
+        raise UserError(f"{name}: {where} is {value!r}, not a sample rate from {low} to {high} "
+                        "Hz; nothing written. Pass the rate the model was trained at, e.g. "
+                        "--sample-rate 8000.")
+    return int(rate)
+
+
 def _sample_rate(family, args, config, override, name):
     """(rate, where it came from), or the UserError that asks for --sample-rate."""
-    if override:
-        return int(override), "--sample-rate"
+    if override is not None:
+        return _rate(override, "--sample-rate", name), "--sample-rate"
     stored = _config_value(config, "sample_rate")
     if stored is not None:
-        return int(stored), "training config"
+        return _rate(stored, "its training config's sample_rate", name), "training config"
     if family == "spmamba" and args["n_fft"] in SPMAMBA_STFT:
         rate = SPMAMBA_STFT[args["n_fft"]][0]
         logger.warning("%s does not store its sample rate: %d Hz, from n_fft %d as the "
@@ -455,9 +453,9 @@ def convert(checkpoint, out_dir, model=None, sample_rate=None, num_spks=None,
     args["ssm_backend"] = "auto"
     weights = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     digest = sha256(src)
-    text = inference_yaml(cls, args, rate, args["num_spks"],
-                          origin=f"{src.name} (sha256 {digest}), by sb-mamba convert")
-    load_hyperpyyaml(io.StringIO(text))["separator"].load_state_dict(weights, strict=True)
+    config = modelfolder.ModelConfig(cls, args, rate, args["num_spks"],
+                                     origin=f"{src.name} (sha256 {digest}), by sb-mamba convert")
+    config.check(f"{src.name} (sample rate from {notes['sample_rate']})")
     card = model_card(
         name or out.resolve().name, cls, sum(p.numel() for p in net.parameters()), rate,
         args["num_spks"], "Results: see the original authors' paper and repository.",
@@ -469,7 +467,7 @@ def convert(checkpoint, out_dir, model=None, sample_rate=None, num_spks=None,
             "check the licence with the original authors before you share or use "
             "them. The weights derive from the training data; check its license too "
             "(e.g. WSJ0 needs an LDC license)."))
-    _write_folder(out, {"hyperparams.yaml": text, "README.md": card}, weights)
+    modelfolder.write_folder(out, config, weights, card=card, sources=[src])
     logger.info("Converted %s (%s, %s) to %s.", src, cls.rsplit(".", 1)[-1], fmt, out)
     return out
 
@@ -488,28 +486,6 @@ def _card_notes(src_name, digest, fmt, family, args, rate, notes):
         f"SHA-256 `{digest}`. Detected configuration:", "",
         "| argument | value | from |", "|---|---|---|", *rows, odd,
     ])
-
-
-def _write_folder(out, texts, weights):
-    """Write the folder beside ``out`` and move it into place when complete."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; pick another OUT_DIR.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # a plain folder once in place, not mkdtemp's 0700
-    try:
-        for fname, text in texts.items():
-            (tmp / fname).write_text(text, encoding="utf-8")
-        torch.save(weights, tmp / "separator.ckpt")
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def add_arguments(p):

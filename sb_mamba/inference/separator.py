@@ -18,14 +18,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.logger import get_logger
 
+from sb_mamba import modelfolder
 from sb_mamba.audio import AudioError, audio_info, read_audio, resample, write_audio
 from sb_mamba.errors import UserError
 from sb_mamba.inference.chunking import chunked_separate
-from sb_mamba.modelspec import check_model_yaml, inside
 
 logger = get_logger(__name__)
 
@@ -38,14 +37,18 @@ AUTO_CHUNK_SECONDS = 10.0  # chunk_seconds="auto": chunk length beyond it
 def normalize_sources(est, mix, mode="mixture"):
     """Rescale separated sources.
 
-    ``"mixture"`` (the default): one gain ``g = <mix, sum> / <sum, sum>`` for
-    all sources, the least-squares fit of their sum to the mixture, so the
-    sources keep the mixture's level and their relative levels; if a source
-    would then pass full scale while the mixture does not, all are scaled
-    down to a peak of 1. ``"peak"``: each source to a peak of 0.9
-    (SpeechBrain's ``separate_file`` uses 1); silent sources stay silent.
-    ``"none"``: the model's own scale (a model trained with a
-    scale-invariant loss may output sources far above full scale).
+    ``"mixture"`` (the default): one least-squares gain per source, fitted
+    jointly so that the gained sources sum as closely as possible to the
+    mixture: each source gets the mixture's level, and a source the model
+    output with inverted polarity gets a negative gain (one gain for the
+    sum would let such a pair cancel). A source more than 60 dB below the
+    loudest (e.g. the silent second output of a single talker) keeps its
+    level relative to the others: silent stays silent. If a source would
+    then pass full scale while the mixture does not, all are scaled down to
+    a peak of 1. ``"peak"``: each source to a peak of 0.9 (SpeechBrain's
+    ``separate_file`` uses 1); silent sources stay silent. ``"none"``: the
+    model's own scale (a model trained with a scale-invariant loss may
+    output sources far above full scale).
 
     Arguments
     ---------
@@ -61,13 +64,14 @@ def normalize_sources(est, mix, mode="mixture"):
 
     Example
     -------
-    >>> mix = torch.randn(1, 800)
-    >>> est = torch.stack([mix, mix], -1) / 8
-    >>> normalize_sources(est, mix, "mixture").sum(-1).allclose(mix, atol=1e-5)
+    >>> s = torch.randn(1, 800, 2) * 0.1
+    >>> mix = s.sum(-1)
+    >>> est = torch.stack([50 * s[..., 0], -30 * s[..., 1]], -1)  # one flipped
+    >>> normalize_sources(est, mix, "mixture").allclose(s, atol=1e-4)
     True
-    >>> loud = torch.stack([50 * mix, -49 * mix], -1)  # sums to the mixture
-    >>> bool(normalize_sources(loud, mix / mix.abs().max()).abs().max() <= 1)
-    True
+    >>> silent = torch.stack([40 * mix, torch.zeros_like(mix)], -1)
+    >>> normalize_sources(silent, mix)[..., 1].abs().max().item()
+    0.0
     >>> normalize_sources(est, mix, "peak").shape
     torch.Size([1, 800, 2])
     """
@@ -77,41 +81,56 @@ def normalize_sources(est, mix, mode="mixture"):
         peak = est.abs().amax(dim=1, keepdim=True)  # [B, 1, S]
         return torch.where(peak > 0, est * PEAK / peak.clamp_min(1e-12), est)
     if mode == "mixture":
-        total = est.sum(-1)  # [B, T]
-        energy = (total**2).sum(-1)  # [B]
-        gain = (mix * total).sum(-1) / energy.clamp_min(1e-12)
-        gain = torch.where(energy > 0, gain, 1)
-        est = est * gain[:, None, None]
+        est = est * source_gains(est, mix)[:, None, :]  # [B, T, S]
         peak = est.abs().flatten(1).amax(1)  # [B]
         over = (peak > 1) & (mix.abs().amax(-1) <= 1)
         return est / torch.where(over, peak, 1)[:, None, None]
     return est
 
 
-def load_weights(path):
-    """A state_dict file read with ``torch.load(weights_only=True)``: tensors
-    and plain containers only; a file that pickles anything else (which could
-    run code) is refused with one :class:`UserError` naming it."""
-    import pickle
+def source_gains(est, mix, silent_db=60.0):
+    """Least-squares gains [B, S] fitting ``sum_i g_i est_i`` to ``mix``.
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} holds Python objects beyond tensors, which could run "
-                        f"code ({first[:200]}): refusing to load it.") from None
-    except (EOFError, RuntimeError) as e:
-        raise UserError(f"{path} is not a readable weights file ({e}): re-download or "
-                        "re-export it.") from None
+    Solved in float64 on the sources scaled to unit energy, with a tiny
+    ridge (1e-6) so that near-identical sources stay bounded. Sources more
+    than ``silent_db`` below the loudest are not fitted: they take the
+    median gain of the fitted ones (their relative level is kept); an
+    all-zero source gets gain 0.
+
+    Example
+    -------
+    >>> mix = torch.randn(2, 400)
+    >>> est = torch.stack([3 * mix, torch.zeros_like(mix)], -1)
+    >>> source_gains(est, mix)
+    tensor([[0.3333, 0.0000],
+            [0.3333, 0.0000]])
+    """
+    a, y = est.double(), mix.double()  # [B, T, S], [B, T]
+    energy = (a**2).sum(1)  # [B, S]
+    gains = torch.zeros_like(energy)
+    for b in range(a.shape[0]):
+        loud = energy[b] > energy[b].max() * 10 ** (-silent_db / 10)
+        if not loud.any():
+            continue
+        norm = energy[b, loud].sqrt()  # [S']
+        u = a[b][:, loud] / norm  # [T, S'] unit-energy columns
+        gram = u.T @ u  # [S', S']
+        gram = gram + 1e-6 * torch.eye(gram.shape[0], dtype=gram.dtype)
+        h = torch.linalg.solve(gram, u.T @ y[b])  # [S']
+        gains[b, loud] = h / norm
+        rest = ~loud & (energy[b] > 0)
+        gains[b, rest] = gains[b, loud].median()
+    return gains.to(est.dtype)
 
 
-def _model_folder(source, hparams_file, savedir):
+def _model_folder(source, savedir):
     """The local folder of a model: ``source`` itself, or a fresh copy of a
-    remote model's files in ``savedir``."""
+    remote model's files in ``savedir`` (the current layout's, else the old
+    layout's, which is then read as data by the migration path)."""
     src = os.path.expanduser(str(source))
     if os.path.isdir(src):
-        if not os.path.isfile(os.path.join(src, hparams_file)):
-            raise FileNotFoundError(2, f"Not a model folder (no {hparams_file}; see "
+        if modelfolder.layout(src) is None:
+            raise FileNotFoundError(2, f"Not a model folder (no {modelfolder.CONFIG}; see "
                                     "sb-mamba export)", src)
         return Path(src).absolute()
     if str(source).startswith(("/", ".", "~")) or (
@@ -120,13 +139,21 @@ def _model_folder(source, hparams_file, savedir):
     from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
     folder = Path(savedir or os.path.join("pretrained_models", src.replace("/", "--")))
-    for name in (hparams_file, "separator.ckpt"):
-        target = folder / name
-        if target.is_symlink() or target.exists():  # never stands in for the source's
-            target.unlink()
-        fetch(name, src, savedir=folder, local_strategy=LocalStrategy.COPY,
-              fetch_config=FetchConfig(overwrite=True))
-    return folder.absolute()
+    layouts = [(modelfolder.CONFIG, modelfolder.WEIGHTS),
+               (modelfolder.OLD_YAML, modelfolder.OLD_WEIGHTS)]
+    for names in layouts:
+        for name in (*layouts[0], *layouts[1]):  # never stands in for the source's
+            target = folder / name
+            if target.is_symlink() or target.exists():
+                target.unlink()
+        try:
+            for name in names:
+                fetch(name, src, savedir=folder, local_strategy=LocalStrategy.COPY,
+                      fetch_config=FetchConfig(overwrite=True))
+            return folder.absolute()
+        except Exception as e:  # noqa: BLE001 - not in this layout (hub errors vary)
+            error = e
+    raise error
 
 
 def _is_remote(path, savedir):
@@ -167,37 +194,37 @@ class MambaSeparator(Pretrained):
     MODULES_NEEDED = ["separator"]
 
     @classmethod
-    def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None,
-                     overrides=None, run_opts=None, trust_remote_code=False, **kwargs):
-        """Load from a hub-layout folder or a HuggingFace repo id, running no
-        code that came with it.
+    def from_hparams(cls, source, hparams_file=None, savedir=None, overrides=None,
+                     run_opts=None, trust_remote_code=False, **kwargs):
+        """Load from a model folder or a HuggingFace repo id, as data.
 
-        An existing folder is read in place (offline; ``savedir`` is not
-        used for it). A hub id (or URL) is fetched into ``savedir``
-        (default ``pretrained_models/<owner>--<name>``) as plain copies,
-        refreshed from the source at every load, so a file already in
-        ``savedir`` never stands in for the source's. Before anything is
-        built, ``hyperparams.yaml`` is checked as data
-        (:func:`sb_mamba.modelspec.check_model_yaml`: only sb_mamba's
-        separators, SpeechBrain's ``Pretrainer``, references and includes of
-        the folder's own files) and the weights are read with
-        ``torch.load(weights_only=True)``.
+        A model folder is data (:mod:`sb_mamba.modelfolder`): ``config.json``
+        names one of sb_mamba's separators and its arguments, the weights are
+        ``separator.safetensors``; nothing in it is run. A folder of the old
+        layout (``hyperparams.yaml`` + ``separator.ckpt``) is read by the
+        migration path (the YAML as data, in the exact shape the old exporter
+        wrote; the weights with ``torch.load(weights_only=True)``), with a
+        warning naming ``sb-mamba migrate``. An existing folder is read in
+        place (offline; ``savedir`` is not used for it). A hub id (or URL) is
+        fetched into ``savedir`` (default ``pretrained_models/<owner>--<name>``)
+        as plain copies, refreshed from the source at every load.
 
         Arguments
         ---------
         source : str or Path
             Folder or ``owner/name`` hub id.
-        hparams_file : str
-            Inference YAML in ``source``.
+        hparams_file : None
+            Kept for SpeechBrain's signature; a model folder has no
+            hyperparameter file to choose.
         savedir : str, optional
             Where a remote model is stored.
         overrides : dict, optional
-            HyperPyYAML overrides of the inference YAML (yours: trusted).
+            Constructor arguments of the separator replacing the stored ones
+            (yours, e.g. ``{"ssm_backend": "cuda"}``).
         run_opts : dict, optional
             ``device``, ``precision``, ...
         trust_remote_code : bool
-            Skip the YAML check (with a warning): the folder's YAML may then
-            run any code. Only for models whose author you trust.
+            Has no effect (a model folder holds no code); a warning says so.
         **kwargs : dict
             Passed to the constructor (e.g. ``freeze_params``).
 
@@ -205,29 +232,18 @@ class MambaSeparator(Pretrained):
         -------
         MambaSeparator
         """
-        folder = _model_folder(source, hparams_file, savedir)
-        yaml_file = folder / hparams_file
+        if hparams_file not in (None, modelfolder.OLD_YAML, modelfolder.CONFIG):
+            raise UserError(f"hparams_file={hparams_file!r}: a model folder is read from its "
+                            f"{modelfolder.CONFIG}; leave hparams_file out.")
         if trust_remote_code:
-            logger.warning("trust_remote_code=True: %s may run any code it holds.",
-                           yaml_file)
-        else:
-            check_model_yaml(yaml_file, folder)
-        with open(yaml_file, encoding="utf-8") as f:
-            hparams = load_hyperpyyaml(f, overrides or {})
-        if "modules" not in hparams or "separator" not in hparams["modules"]:
-            raise UserError(f"{yaml_file} has no `modules: separator:`; it is not an "
-                            "sb_mamba model (see sb-mamba export).")
-        ckpt = folder / "separator.ckpt"
-        if not ckpt.is_file():
-            raise FileNotFoundError(2, "The model folder has no weights file", str(ckpt))
-        if not trust_remote_code and not inside(ckpt, folder):
-            raise UserError(f"{ckpt} leads outside the model folder: refusing to read it.")
-        state = load_weights(ckpt)
-        try:
-            hparams["modules"]["separator"].load_state_dict(state)
-        except RuntimeError as e:
-            raise UserError(f"{ckpt} does not fit the separator of {yaml_file}: {e}") from None
-        return cls(modules=hparams["modules"], hparams=hparams, run_opts=run_opts, **kwargs)
+            logger.warning("trust_remote_code=True has no effect: a model folder is data "
+                           "and nothing in it runs.")
+        folder = _model_folder(source, savedir)
+        config, state = modelfolder.read_folder(folder)
+        net = modelfolder.load_separator(config, state, str(folder), overrides)
+        hparams = {"sample_rate": config.sample_rate, "num_spks": config.num_spks,
+                   "separator": net, "modules": {"separator": net}}
+        return cls(modules={"separator": net}, hparams=hparams, run_opts=run_opts, **kwargs)
 
     @property
     def sample_rate(self):
@@ -329,7 +345,9 @@ class MambaSeparator(Pretrained):
             See :meth:`separate_signal`.
         output_dir : str, optional
             Also write ``<stem>_s1.wav``, ... (float WAV) there, each written
-            to a temporary file and renamed.
+            to a temporary file and renamed (:func:`~sb_mamba.audio.write_audio`);
+            unless ``normalize="none"``, the written files (after any
+            resampling to ``output_rate``) stay within full scale.
         output_rate : "model", "input" or int
             Rate of the written files: the model's, the input file's, or Hz.
         max_samples : int, optional
@@ -364,6 +382,9 @@ class MambaSeparator(Pretrained):
                 output_rate, output_rate)
             out = est[0].T if rate == self.sample_rate else resample(
                 est[0].T.contiguous(), self.sample_rate, int(rate))  # [S, T']
+            peak = float(out.abs().max())
+            if normalize != "none" and peak > 1:  # resampling can overshoot
+                out = out / peak  # written files stay within full scale
             for i, f in enumerate(source_paths(path, output_dir, self.num_spks)):
                 write_audio(f, out[i], int(rate))
         return est

@@ -33,12 +33,12 @@ from pathlib import Path
 
 import ruamel.yaml
 import speechbrain as sb
-import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
+from sb_mamba import modelfolder
 from sb_mamba.dataio.manifests import csv_dataset
 from sb_mamba.dataio.mixing import check_remix
 from sb_mamba.errors import USER_ERROR, UserError, user_message
@@ -184,6 +184,111 @@ def check_keys(hparams_file, text, read_keys=()):
     raise UserError(f"{hparams_file}: " + "; ".join(hints) + ".")
 
 
+def check_include_keys(hparams_file, text):
+    """Refuse keys given to an ``!include:`` that the included file lacks.
+
+    HyperPyYAML drops an override naming no key of the included file, so a
+    misspelt model argument (``model: !include:sepmamba_s.yaml`` with
+    ``dimm: 8``) would be ignored. Tags are not run: both files are only
+    composed into nodes.
+
+    Raises
+    ------
+    UserError
+        Naming the key, the included file, the closest key and the fix.
+
+    Example
+    -------
+    >>> from sb_mamba import hparams_path
+    >>> check_include_keys("r.yaml", f"model: !include:{hparams_path('models/sepmamba_s.yaml')}"
+    ...                    "\\n    dimm: 8\\n")
+    Traceback (most recent call last):
+    ...
+    sb_mamba.errors.UserError: r.yaml, line 2: dimm is not a key of sepmamba_s.yaml (included as model), so it would be ignored: did you mean dim? Fix its spelling or delete it.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:  # HyperPyYAML's own parser reports it
+        return
+    if not isinstance(root, yaml.MappingNode):
+        return
+    for key, node in root.value:
+        tag = node.tag or ""
+        if not (tag.startswith("!include:") and isinstance(node, yaml.MappingNode)):
+            continue
+        target = Path(tag[len("!include:"):].strip())
+        target = target if target.is_absolute() else Path(hparams_file).parent / target
+        try:
+            included = yaml.compose(target.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # HyperPyYAML reports a missing or broken include
+        if not isinstance(included, yaml.MappingNode):
+            continue
+        known = [k.value for k, _ in included.value if isinstance(k, yaml.ScalarNode)]
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value not in known:
+                close = difflib.get_close_matches(k.value, known, n=1, cutoff=0.6)
+                raise UserError(
+                    f"{hparams_file}, line {k.start_mark.line + 1}: {k.value} is not a key of "
+                    f"{target.name} (included as {key.value}), so it would be ignored: "
+                    + (f"did you mean {close[0]}? Fix its spelling" if close
+                       else "check its spelling") + " or delete it.")
+
+
+def check_prepare_kwargs(prepare, kwargs, hparams_file):
+    """Refuse ``prepare_kwargs`` keys that the data preparation does not take.
+
+    Example
+    -------
+    >>> def prepare(data_folder, n_valid=10): ...
+    >>> check_prepare_kwargs(prepare, {"n_vaild": 2}, "r.yaml")
+    Traceback (most recent call last):
+    ...
+    sb_mamba.errors.UserError: r.yaml: prepare_kwargs: n_vaild is not an argument of prepare: did you mean n_valid? Fix its spelling or delete it.
+    """
+    import inspect
+
+    if not isinstance(kwargs, dict):
+        raise UserError(f"{hparams_file}: prepare_kwargs must be a mapping, e.g. "
+                        "{n_valid: 2}.")
+    try:
+        params = inspect.signature(prepare).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in kwargs:
+        if key not in params:
+            close = difflib.get_close_matches(str(key), list(params), n=1, cutoff=0.6)
+            raise UserError(
+                f"{hparams_file}: prepare_kwargs: {key} is not an argument of "
+                f"{getattr(prepare, '__name__', 'the preparation')}: "
+                + (f"did you mean {close[0]}? Fix its spelling" if close
+                   else f"it takes {', '.join(params)}; check its spelling")
+                + " or delete it.")
+
+
+def check_duplicate_args(argv):
+    """Refuse a ``--key`` given twice on the command line (one would be lost).
+
+    Example
+    -------
+    >>> check_duplicate_args(["h.yaml", "--lr=1", "--N_epochs", "2", "--lr=2"])
+    Traceback (most recent call last):
+    ...
+    sb_mamba.errors.UserError: --lr is given twice on the command line (--lr=1 and --lr=2): give each key once.
+    """
+    seen = {}
+    for arg in argv:
+        if not arg.startswith("--") or arg == "--":
+            continue
+        name = arg[2:].split("=", 1)[0]
+        if name in seen:
+            raise UserError(f"--{name} is given twice on the command line ({seen[name]} and "
+                            f"{arg}): give each key once.")
+        seen[name] = arg
+
+
 def load_hparams(hparams_file, overrides=None, defaults=None, read_keys=()):
     """Load a recipe YAML with overrides; user mistakes become :class:`UserError`.
 
@@ -215,6 +320,7 @@ def load_hparams(hparams_file, overrides=None, defaults=None, read_keys=()):
     merged = merge_overrides(overrides, defaults)
     stream = _yaml_stream(hparams_file)
     check_keys(hparams_file, stream.getvalue(), read_keys)
+    check_include_keys(hparams_file, stream.getvalue())
     try:
         return load_hyperpyyaml(stream, merged or None)
     except KeyError as e:
@@ -290,9 +396,9 @@ def run_recipe(prepare, argv=None, defaults=None):
     Separation
         The trained brain (for tests and notebooks).
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(
-        sys.argv[1:] if argv is None else argv
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    check_duplicate_args(argv)
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     overrides = merge_overrides(overrides, defaults)
     hparams = load_hparams(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -301,6 +407,7 @@ def run_recipe(prepare, argv=None, defaults=None):
         save_hparams(hparams_file, overrides, hparams["output_folder"])
     save_folder = hparams["save_folder"]
     if prepare is not None:
+        check_prepare_kwargs(prepare, hparams.get("prepare_kwargs", {}), hparams_file)
         run_on_main(
             prepare,
             kwargs=dict(
@@ -365,32 +472,35 @@ def warm_start(separator, source):
     separator : torch.nn.Module
         The recipe's separator.
     source : str or Path
-        A model folder holding ``separator.ckpt`` (e.g. an exported model,
-        fp16 weights are cast to the model's dtype) or a checkpoint file.
-        A folder's ``hyperparams.yaml`` (read as data, nothing is built)
-        must describe the same class and layout (e.g. ``stride``): weights
-        of the same shapes trained for another layout are refused.
+        A model folder (e.g. an exported model; fp16 weights are cast to the
+        model's dtype), read as data by :func:`sb_mamba.modelfolder.read_folder`
+        (an old-layout folder too), whose config must describe the same class
+        and layout (e.g. ``stride``): weights of the same shapes trained for
+        another layout are refused. Or a weights file (a run's
+        ``separator.ckpt``, read with ``torch.load(weights_only=True)``, or a
+        ``.safetensors`` file).
 
     Example
     -------
-    >>> import tempfile
+    >>> import tempfile, torch
     >>> net, other = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     >>> path = Path(tempfile.mkdtemp()) / "separator.ckpt"
     >>> torch.save(other.state_dict(), path)
-    >>> warm_start(net, path.parent)
+    >>> warm_start(net, path)
     >>> torch.equal(net.weight, other.weight)
     True
     """
     path = Path(source)
-    if path.is_dir():
-        check_same_layout(separator, path / "hyperparams.yaml", source)
-        path = path / "separator.ckpt"
-    if not path.is_file():
+    if path.is_dir() and modelfolder.layout(path) is not None:
+        config, state = modelfolder.read_folder(path)
+        check_same_layout(separator, config, source)
+    elif path.is_file():
+        state = modelfolder.read_weights(path)
+    else:
         raise FileNotFoundError(
-            f"init_from={source}: no such model folder or checkpoint file; give a "
-            "folder with separator.ckpt (e.g. pretrained/sepmamba-librimini-8k) or null."
+            f"init_from={source}: no such model folder or checkpoint file; give a model "
+            "folder (e.g. pretrained/sepmamba-librimini-8k), a separator.ckpt or null."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         separator.load_state_dict(state)
     except RuntimeError as e:
@@ -401,19 +511,16 @@ def warm_start(separator, source):
     logger.info("Warm start: separator initialised from %s.", path)
 
 
-def check_same_layout(separator, hparams_file, source):
+def check_same_layout(separator, config, source):
     """Refuse ``init_from`` weights built for another class or layout.
 
-    Compares the separator arguments of a model folder's ``hyperparams.yaml``
-    (read as data) with the recipe's separator's own
+    Compares the separator arguments of a model folder's config (a
+    :class:`~sb_mamba.modelfolder.ModelConfig`, read as data) with the
+    recipe's separator's own
     (:meth:`~sb_mamba.lobes.base.ModelArgsMixin.get_model_args`; e.g.
     SepMamba's ``kernel_size``, ``stride``, ``num_levels``, ``causal``).
     """
-    if not Path(hparams_file).is_file():
-        return
-    from sb_mamba.modelspec import load_training_tree, separator_spec
-
-    cls, kwargs = separator_spec(load_training_tree(hparams_file))
+    cls, kwargs = config.separator_class, config.separator_args
     ours = f"{type(separator).__module__}.{type(separator).__name__}"
     args = separator.get_model_args() if hasattr(separator, "get_model_args") else {}
     diff = [f"class {cls} (the recipe builds {ours})"] if cls != ours else []

@@ -34,7 +34,7 @@ def test_wheel_has_fragments_demo_model_and_commands(tmp_path):
     for name in fragments:
         assert f"sb_mamba/hparams/models/{name}" in names
     demo = Path(pretrained_path())
-    for name in ("hyperparams.yaml", "separator.ckpt", "README.md", "test_mixture.wav"):
+    for name in ("config.json", "separator.safetensors", "README.md", "test_mixture.wav"):
         assert f"sb_mamba/pretrained/{demo.name}/{name}" in names
     assert any(n.startswith("sb_mamba/nnet/csrc/") and n.endswith(".cpp") for n in names)
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]

@@ -16,6 +16,7 @@ Authors
 
 import argparse
 import hashlib
+import json
 import os
 from collections import OrderedDict
 
@@ -29,7 +30,7 @@ from sb_mamba.inference.convert import convert
 from sb_mamba.lobes.sepmamba import SepMamba
 from sb_mamba.lobes.spmamba import SPMamba
 
-FILES = ["README.md", "hyperparams.yaml", "separator.ckpt"]
+FILES = ["README.md", "config.json", "separator.safetensors"]
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +153,9 @@ def check_folder(out, ref, sample_rate, source):
     assert source.name in card and digest in card
     assert "check the licence with the original authors" in card
     assert "hyperparams_train.yaml" not in card
-    assert 'ssm_backend: "auto"' in (out / "hyperparams.yaml").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["separator_args"]["ssm_backend"] == "auto"
+    assert config["sample_rate"] == sample_rate and digest in config["origin"]
     return card
 
 

@@ -11,6 +11,7 @@ Authors
 """
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
+from safetensors.torch import load_file
 from speechbrain.utils.checkpoints import Checkpointer
 
 from sb_mamba import cli
@@ -112,11 +114,12 @@ class Oracle(torch.nn.Module):
 def test_export_layout_and_card(exported):
     hub, _, _ = exported
     names = sorted(p.name for p in hub.iterdir())
-    assert names == ["README.md", "hyperparams.yaml", "hyperparams_train.yaml",
-                     "separator.ckpt", "test_results.csv"]
-    text = (hub / "hyperparams.yaml").read_text()
-    assert "!new:sb_mamba.lobes.sepmamba.SepMamba" in text and "foreign" not in text
-    assert 'ssm_backend: "auto"' in text  # the training run used "torch"
+    assert names == ["README.md", "config.json", "hyperparams_train.yaml",
+                     "separator.safetensors", "test_results.csv"]
+    config = json.loads((hub / "config.json").read_text())
+    assert config["separator_class"] == "sb_mamba.lobes.sepmamba.SepMamba"
+    assert config["separator_args"]["ssm_backend"] == "auto"  # the training run used "torch"
+    assert (config["sample_rate"], config["num_spks"], config["format_version"]) == (8000, 2, 1)
     card = (hub / "README.md").read_text()
     assert "| 13.25 | 14.50 | 11.50 | 12.50 |" in card
     assert "pip install sb_mamba" in card
@@ -149,7 +152,7 @@ def test_fp16_raw_yaml_export_and_upload(exported, monkeypatch):
     hub, model, tmp = exported
     hub16 = export_model(tmp / "recipe_out", tmp / "hub16", fp16=True,
                          hparams_file=tmp / "train.yaml", test_results={"si-snr": 1.0})
-    state = torch.load(hub16 / "separator.ckpt")
+    state = load_file(str(hub16 / "separator.safetensors"))
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
     m16 = MambaSeparator.from_hparams(source=str(hub16), run_opts={"device": "cpu"})
     assert next(m16.mods.parameters()).dtype == torch.float32

@@ -20,10 +20,10 @@ MAY_IMPORT = {  # part -> parts of sb_mamba it may import (itself always)
     "nnet": set(),
     "lobes": {"nnet"},
     "dataio": {"audio", "errors"},
-    "training": GROUND | {"nnet", "lobes", "dataio", "modelspec"},
-    "inference": GROUND | {"nnet", "lobes", "modelspec"},
-    "modelspec": {"errors", "lobes"},
-    "cli": GROUND | {"inference", "dataio", "modelspec"},
+    "training": GROUND | {"nnet", "lobes", "dataio", "modelfolder"},
+    "inference": GROUND | {"nnet", "lobes", "modelfolder"},
+    "modelfolder": {"errors", "lobes", "resources"},
+    "cli": GROUND | {"inference", "dataio", "modelfolder"},
 }
 
 

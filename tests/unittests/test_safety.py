@@ -20,25 +20,11 @@ from sb_mamba import cli
 from sb_mamba.audio import AudioError, read_audio, write_audio
 from sb_mamba.errors import UserError
 from sb_mamba.inference import MambaSeparator
-from sb_mamba.inference.export import inference_yaml
-from sb_mamba.lobes.sepmamba import SepMamba
-from sb_mamba.modelspec import separator_spec
+from sb_mamba.modelfolder import read_run_hparams
 from sb_mamba.resources import pretrained_path
-from tests.helpers import PEAK_RSS_CLI, make_mixture
+from tests.helpers import PEAK_RSS_CLI, make_mixture, tiny_model_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_model_folder(folder, extra_yaml=""):
-    """A real model folder (tiny SepMamba, random weights) plus ``extra_yaml``."""
-    torch.manual_seed(0)
-    net = SepMamba(num_spks=2, dim=8, num_blocks=1, d_state=4, ssm_backend="torch")
-    folder.mkdir(parents=True, exist_ok=True)
-    cls = "sb_mamba.lobes.sepmamba.SepMamba"
-    (folder / "hyperparams.yaml").write_text(
-        inference_yaml(cls, net.get_model_args(), 8000, 2) + extra_yaml)
-    torch.save(net.state_dict(), folder / "separator.ckpt")
-    return net
 
 
 @pytest.fixture
@@ -60,47 +46,42 @@ PAYLOADS = [
 
 
 @pytest.mark.parametrize("payload, named", PAYLOADS)
-def test_model_yaml_payloads_never_run(tmp_path, marker, payload, named):
+def test_old_layout_payloads_never_run(tmp_path, marker, payload, named):
+    """An old-layout folder is read as data: any key or tag beyond what the old
+    exporter wrote is refused with one line naming the line and the fix."""
     folder = tmp_path / "model"
-    tiny_model_folder(folder, "\n" + payload.format(m=marker) + "\n")
-    with pytest.raises(UserError, match=r"hyperparams.yaml, line \d+: '!") as e:
+    tiny_model_folder(folder, "old", "\n" + payload.format(m=marker) + "\n")
+    with pytest.raises(UserError, match=r"hyperparams.yaml, line \d+: ") as e:
         MambaSeparator.from_hparams(source=str(folder))
-    assert named in str(e.value) and "trust_remote_code" in str(e.value)
+    assert "sb-mamba export RUN_FOLDER" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_payload_through_the_cli_exits_2(tmp_path, marker, capsys):
     folder = tmp_path / "model"
-    tiny_model_folder(folder, f"\npwn: !apply:os.system [\"touch {marker}\"]\n")
+    tiny_model_folder(folder, "old", f"\npwn: !apply:os.system [\"touch {marker}\"]\n")
     write_audio(tmp_path / "in" / "a.wav", make_mixture(0.5)[0][0], 8000)
     assert cli.main(["separate", str(folder), str(tmp_path / "in"), "-o",
                      str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "!apply:os.system" in err[0]
+    assert len(err) == 1 and "unexpected key 'pwn'" in err[0]
 
 
 def test_includes_and_links_that_leave_the_folder(tmp_path, marker):
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "evil.yaml").write_text(f"x: !apply:os.system [\"touch {marker}\"]\n")
-    for extra, named in [("leak: !include:/etc/passwd", "/etc/passwd"),
-                         ("leak: !include:../outside/evil.yaml", "outside the model folder")]:
-        folder = tmp_path / f"m{len(named)}"
-        tiny_model_folder(folder, "\n" + extra + "\n")
-        with pytest.raises(UserError, match="outside the model folder") as e:
+    for extra in ("leak: !include:/etc/passwd", "leak: !include:../outside/evil.yaml",
+                  "more: !include:more.yaml"):
+        folder = tmp_path / f"m{len(extra)}"
+        tiny_model_folder(folder, "old", "\n" + extra + "\n")
+        (folder / "more.yaml").write_text("note: 1\n")
+        with pytest.raises(UserError, match="unexpected key"):
             MambaSeparator.from_hparams(source=str(folder))
-        assert named in str(e.value)
-    # an include of the folder's own file is fine, and is checked too
-    folder = tmp_path / "inc"
-    tiny_model_folder(folder, "\nmore: !include:more.yaml\n")
-    (folder / "more.yaml").write_text("note: 1\n")
-    assert MambaSeparator.from_hparams(source=str(folder)).num_spks == 2
-    (folder / "more.yaml").write_text(f"x: !apply:os.system [\"touch {marker}\"]\n")
-    with pytest.raises(UserError, match="more.yaml, line 1"):
-        MambaSeparator.from_hparams(source=str(folder))
-    # hyperparams.yaml or separator.ckpt as links out of the folder
-    for name in ("hyperparams.yaml", "separator.ckpt"):
+    # any file of either layout as a link out of the folder
+    for layout, name in [("old", "hyperparams.yaml"), ("old", "separator.ckpt"),
+                         ("new", "config.json"), ("new", "separator.safetensors")]:
         folder = tmp_path / f"link_{name}"
-        tiny_model_folder(folder)
+        tiny_model_folder(folder, layout)
         shutil.move(folder / name, outside / name)
         (folder / name).symlink_to(outside / name)
         with pytest.raises(UserError, match="outside the model folder"):
@@ -113,40 +94,38 @@ def test_weights_that_pickle_code_are_refused(tmp_path, marker):
             return (os.system, (f"touch {marker}",))
 
     folder = tmp_path / "model"
-    net = tiny_model_folder(folder)
+    net = tiny_model_folder(folder, "old")
     state = dict(net.state_dict(), extra=Payload())
     with open(folder / "separator.ckpt", "wb") as f:
         pickle.dump(state, f)  # what torch.save would write around a payload
     torch.save(state, folder / "separator.ckpt")
-    with pytest.raises(UserError, match="beyond tensors"):
+    with pytest.raises(UserError, match="holds a .*system object.*not loaded"):
         MambaSeparator.from_hparams(source=str(folder))
 
 
-def test_trust_remote_code_lifts_the_check_with_a_warning(tmp_path, caplog):
+def test_trust_remote_code_has_no_effect(tmp_path, caplog, marker):
     folder = tmp_path / "model"
-    tiny_model_folder(folder, f"\nran: !apply:os.path.join [\"{tmp_path}\", \"x\"]\n")
-    with pytest.raises(UserError):
-        MambaSeparator.from_hparams(source=str(folder))
-    with caplog.at_level("WARNING"):
-        model = MambaSeparator.from_hparams(source=str(folder), trust_remote_code=True)
-    assert model.hparams.ran == str(tmp_path / "x") and "trust_remote_code" in caplog.text
+    tiny_model_folder(folder, "old", f"\nran: !apply:os.system [\"touch {marker}\"]\n")
+    with caplog.at_level("WARNING"), pytest.raises(UserError, match="unexpected key 'ran'"):
+        MambaSeparator.from_hparams(source=str(folder), trust_remote_code=True)
+    assert "has no effect" in caplog.text
 
 
-def test_the_shipped_model_loads_without_trust():
-    model = MambaSeparator.from_hparams(source=pretrained_path())
-    assert model.num_spks == 2
+def test_the_shipped_model_loads_as_data():
+    folder = Path(pretrained_path())
+    assert sorted(p.name for p in folder.glob("*.json")) == ["config.json"]
+    assert not (folder / "hyperparams.yaml").exists()  # migrated: nothing to run
+    model = MambaSeparator.from_hparams(source=str(folder))
+    assert model.num_spks == 2 and model.sample_rate == 8000
 
 
 def test_export_resolves_the_class_not_the_string(tmp_path, marker):
-    tree = {"modules": {"separator": None}}
-    import ruamel.yaml
-
     for path in ("torch.utils.cpp_extension.subprocess.Popen",
                  "sb_mamba.lobes.sepmamba.subprocess.Popen", "os.system"):
         text = f"modules:\n    separator: !new:{path}\n        args: [touch, {marker}]\n"
-        tree = ruamel.yaml.YAML().load(text)
+        (tmp_path / "h.yaml").write_text(text)
         with pytest.raises(UserError, match="not a separator of sb_mamba"):
-            separator_spec(tree)
+            read_run_hparams(tmp_path / "h.yaml")
 
 
 # ---------------------------------------------------------------- outputs
@@ -266,7 +245,7 @@ def test_cli_memory_stays_bounded_on_huge_headers_and_long_files(tmp_path, model
 
 
 def test_hub_models_refresh_savedir_from_the_source(tmp_path, marker, monkeypatch):
-    """A hyperparams.yaml planted in savedir never stands in for the hub's."""
+    """Files planted in savedir never stand in for the hub's."""
     import speechbrain.utils.fetching as fetching
 
     hub = tmp_path / "hub" / "owner--tiny"
@@ -283,10 +262,10 @@ def test_hub_models_refresh_savedir_from_the_source(tmp_path, marker, monkeypatc
 
     monkeypatch.setattr(fetching, "fetch", fake_fetch)
     savedir = tmp_path / "savedir"
-    tiny_model_folder(savedir, f"\npwn: !apply:os.system [\"touch {marker}\"]\n")
-    (savedir / "separator.ckpt").write_bytes(b"planted")
+    tiny_model_folder(savedir, "old", f"\npwn: !apply:os.system [\"touch {marker}\"]\n")
+    (savedir / "separator.safetensors").write_bytes(b"planted")
     model = MambaSeparator.from_hparams(source="owner/tiny", savedir=str(savedir))
-    assert fetched == ["hyperparams.yaml", "separator.ckpt"]
+    assert fetched == ["config.json", "separator.safetensors"]
     for k, v in net.state_dict().items():
         assert torch.equal(model.mods.separator.state_dict()[k], v)
-    assert "pwn" not in (savedir / "hyperparams.yaml").read_text()
+    assert not (savedir / "hyperparams.yaml").exists()  # the planted one is gone
