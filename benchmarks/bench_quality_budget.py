@@ -53,6 +53,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE_DIR = ROOT / "recipes" / "LibriMini" / "separation"
 DEFAULT_YAML = RECIPE_DIR / "hparams" / "sepmamba.yaml"
 LIBRIMINI_DATA = ROOT / "recipes" / "LibriMini" / "data"
+# YAML keys a recipe's train.py sets (by recipe folder), as the train.py files do
+RECIPE_DEFAULTS = {
+    "LibriMini": {"data_folder": str(LIBRIMINI_DATA)},
+    "General": {"data_folder": str(ROOT.parent / "shared" / "data"),
+                "librimini_folder": str(LIBRIMINI_DATA),
+                "splits": str(ROOT / "recipes" / "General" / "meta" / "splits.json")},
+}
 PEER = "convtasnet"
 PEER_OVERRIDES = "{segment_seconds: 2.0, batch_size: 4, lr: 0.001, lr_schedule: plateau}"  # the issue's peer
 SCHED_PROBE_STEPS = 20
@@ -87,6 +94,11 @@ def conv_tasnet(num_spks=2, N=256, B=128, H=256, P=3, X=8, R=3, kernel_size=16):
 
 
 # ------------------------------------------------------------ one worker
+def recipe_of(yaml_file):
+    """The recipe folder name of a recipe YAML (``recipes/<name>/separation/hparams/x.yaml``)."""
+    return Path(yaml_file).resolve().parents[2].name
+
+
 def load_hparams(yaml_file, overrides, output_folder):
     """The recipe's hparams with ``overrides`` (a YAML mapping, flow or block)."""
     import io
@@ -104,8 +116,8 @@ def load_hparams(yaml_file, overrides, output_folder):
     rt.dump(merged, text)
     cwd = os.getcwd()
     os.chdir(Path(yaml_file).parent.parent)  # relative paths of the YAML start there
-    try:  # the bundled speech, as the LibriMini train.py passes it
-        return load_recipe(yaml_file, text.getvalue(), {"data_folder": str(LIBRIMINI_DATA)})
+    try:  # the data folders, as the recipe's train.py passes them
+        return load_recipe(yaml_file, text.getvalue(), RECIPE_DEFAULTS[recipe_of(yaml_file)])
     finally:
         os.chdir(cwd)
 
@@ -183,6 +195,11 @@ def worker(spec):
     out = Path(spec["folder"])
     out.mkdir(parents=True, exist_ok=True)
     hp = load_hparams(spec["yaml"], spec["overrides"], out)
+    if recipe_of(spec["yaml"]) == "General":  # its training set reads the prepared links
+        from sb_mamba.dataio.general import prepare_general
+
+        prepare_general(hp["data_folder"], hp["save_folder"], sample_rate=hp["sample_rate"],
+                        num_spks=hp["num_spks"], **hp["prepare_kwargs"])
     torch.manual_seed(hp["seed"])
     if spec["name"] == PEER:
         modules = {"separator": conv_tasnet(num_spks=hp["num_spks"])}
@@ -328,6 +345,9 @@ def markdown_table(json_files):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-hparams", nargs=2, action="append", default=[],
+                   metavar=("NAME", "YAML"), help="train run NAME from another recipe YAML "
+                   "(e.g. the General recipe's); it is still scored on --hparams' valid/test")
     p.add_argument("--run", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
                    help="a run: a name and YAML overrides, e.g. \"{model_dim: 32}\"")
     p.add_argument("--peer", action="store_true", help="add SpeechBrain's Conv-TasNet peer")
@@ -366,7 +386,8 @@ def main():
     for name, overrides in runs:
         folder = work / name
         folder.mkdir(parents=True, exist_ok=True)
-        spec = dict(name=name, overrides=overrides, yaml=str(Path(args.hparams).resolve()),
+        yaml_file = dict(args.run_hparams).get(name, args.hparams)
+        spec = dict(name=name, overrides=overrides, yaml=str(Path(yaml_file).resolve()),
                     folder=str(folder), result=str(folder / "result.json"),
                     threads=args.threads, budget_minutes=args.budget_minutes,
                     eval_minutes=evals, valid_csv=valid_csv,

@@ -462,3 +462,50 @@ BUILDERS = {
     "librimix": make_librimix,
     "echo2mix": make_echo2mix,
 }
+
+
+def make_shared_data(root, seed=0):
+    """A tiny copy of ``shared/data`` (the General recipe's input) and its split.
+
+    ``root/data``: ``speech-l2/<speaker>/<utt>.flac`` (7 speakers: LibriMini's
+    valid readers standing in for speechocean762's), ``noise/`` (the bundled
+    noise clips, with ``noise.tsv``), ``rir/`` (the bundled measured RIRs of
+    one room and two synthetic ones of another, with ``rir.tsv``);
+    ``root/splits.json`` splits them as ``recipes/General/meta/splits.json``
+    does (one simulated room per split). Returns ``(data_folder, splits)``.
+    """
+    import json
+    import shutil
+
+    root = Path(root)
+    data = root / "data"
+    spks = sorted(p for p in (LIBRIMINI_DATA / "valid").iterdir() if p.is_dir())[:7]
+    for spk in spks:
+        (data / "speech-l2" / spk.name).mkdir(parents=True, exist_ok=True)
+        for f in spk.glob("*.flac"):
+            shutil.copy(f, data / "speech-l2" / spk.name / f.name)
+    (data / "noise").mkdir(parents=True, exist_ok=True)
+    clips = sorted(NOISE_DIR.glob("*.wav"))
+    for f in clips:
+        shutil.copy(f, data / "noise" / f.name)
+    (data / "noise" / "noise.tsv").write_text(
+        "clip_id\tsource_id\n" + "".join(f"{f.stem}\t{f.stem}\n" for f in clips))
+    (data / "rir").mkdir(parents=True, exist_ok=True)
+    rows = ["rir_id\troom\tlicense"]
+    for f in sorted((SAMPLES / "rir").glob("*.wav")):
+        shutil.copy(f, data / "rir" / f.name)
+        rows.append(f"{f.stem}\tSurrey A\tMIT")
+    rng = np.random.default_rng(seed)
+    for name in ("synthB_1", "synthB_2"):
+        sf.write(data / "rir" / f"{name}.wav", _rir(rng, 8000), 8000)
+        rows.append(f"{name}\tsynthetic B\tCC0-1.0")
+    (data / "rir" / "rir.tsv").write_text("\n".join(rows) + "\n")
+    ids = [s.name for s in spks]
+    split = {"speech-l2": {"train": ids[:4], "valid": ids[4:5], "test": ids[5:]},
+             "noise": {"train": [clips[0].stem], "test": [c.stem for c in clips[1:]]},
+             "rir": {"train": [f.stem for f in sorted((SAMPLES / "rir").glob("*.wav"))],
+                     "test": ["synthB_1", "synthB_2"]},
+             "simulated_rooms": {"train": {"seed": 1, "rooms": 1},
+                                 "test": {"seed": 2, "rooms": 1}}}
+    (root / "splits.json").write_text(json.dumps(split))
+    return data, root / "splits.json"

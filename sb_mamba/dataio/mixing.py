@@ -103,6 +103,16 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         each source sits), ``scale`` (peak factor) and ``snr_db`` (if noisy).
     extensions, speaker_level
         Passed to :func:`index_speakers`.
+    length_mode : str
+        See ``segment_seconds``.
+    noise_prob : float
+        With ``noise_folder``: the share of mixtures that get noise (the
+        others carry a silent ``noise_sig``, so batches still collate).
+    single_prob : float
+        The share of items with a single talker: sources 2.. are silent
+        (zero targets), as in a pause of a conversation. Train them with a
+        loss defined for silent targets
+        (:func:`sb_mamba.metrics.pit_si_snr_silence_loss`).
 
     Example
     -------
@@ -123,9 +133,12 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         segment_seconds=4.0, gain_db_range=(-2.5, 2.5), noise_folder=None,
         snr_db_range=(-6.0, 3.0), seed=1234, cache_folder=None, peak=0.9, speakers=None,
         min_seconds=1.0, return_meta=False, extensions=(".wav", ".flac"), speaker_level=1,
-        length_mode="max",
+        length_mode="max", noise_prob=1.0, single_prob=0.0,
     ):  # fmt: skip
         ok = gain_db_range[0] <= gain_db_range[1] and snr_db_range[0] <= snr_db_range[1]
+        for name, p in (("noise_prob", noise_prob), ("single_prob", single_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise UserError(f"{name} is a probability in [0, 1]; got {p}.")
         ok = ok and (segment_seconds is None or segment_seconds > 0)
         if length_mode not in ("max", "min"):
             raise UserError(f"length_mode must be 'max' or 'min'; got {length_mode!r}.")
@@ -137,6 +150,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         self.gain_db_range, self.snr_db_range = tuple(gain_db_range), tuple(snr_db_range)
         self.seed, self.epoch, self.peak, self.cache_folder = seed, 0, peak, cache_folder
         self.return_meta, self.length_mode = return_meta, length_mode
+        self.noise_prob, self.single_prob = float(noise_prob), float(single_prob)
         index = index_speakers(speaker_folder, extensions, speaker_level, num_spks)
         if speakers is not None:
             if unknown := sorted({str(s) for s in speakers} - set(index)):
@@ -200,6 +214,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
                             "spans": [[s["offset"], s["offset"] + s["length"]]
                                       for s in spec["sources"]]}  # fmt: skip
             item["meta"].update({} if spec["noise"] is None else {"snr_db": spec["snr_db"]})
+            item["meta"].update({"silent": spec["silent"]} if "silent" in spec else {})
             item["meta"].update(self._extra_meta(spec, out))
         return item
 
@@ -209,7 +224,8 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         ``id``, ``length`` (samples), ``speakers``, ``files``, ``gains_db``,
         ``sources`` (per source: ``begin`` in its file, ``length``,
         ``offset`` in the item), ``noise`` (``file``, ``begin``, ``roll``
-        or None) and ``snr_db``: all :meth:`render` needs, so a stored spec
+        or None), ``snr_db`` and, for a single talker, ``silent`` (the
+        sources left out): all :meth:`render` needs, so a stored spec
         re-creates the item exactly.
         """
         rng = np.random.default_rng([self.seed, self.epoch, idx])
@@ -226,12 +242,15 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         spec = {"id": f"{idx:06d}_" + "_".join(Path(f).stem for f in files), "length": int(T),
                 "speakers": spks, "files": files, "gains_db": gains.tolist(),
                 "sources": sources, "noise": None, "snr_db": None}  # fmt: skip
-        if self.noise_files:  # random file and crop, looped if shorter than T
+        noisy = self.noise_files and (self.noise_prob >= 1 or rng.uniform() < self.noise_prob)
+        if noisy:  # random file and crop, looped if shorter than T
             f = self.noise_files[rng.integers(len(self.noise_files))]
             L = self._frames[f]
             begin, roll = (int(rng.integers(L - T + 1)), 0) if L >= T else (0, int(rng.integers(L)))
             spec["noise"] = {"file": f, "begin": begin, "roll": roll}
             spec["snr_db"] = float(rng.uniform(*self.snr_db_range))
+        if self.single_prob > 0 and rng.uniform() < self.single_prob:
+            spec["silent"] = list(range(1, self.num_spks))  # one talker: the others silent
         self._draw_extra(rng, spec, idx)
         return spec
 
@@ -274,6 +293,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         crops = [self._read(f, s["begin"], s["begin"] + s["length"])
                  for f, s in zip(spec["files"], spec["sources"])]  # fmt: skip
         images, targets, extra = self._images(spec, crops)
+        for k in spec.get("silent", ()):  # a single talker: the other sources are silent
+            images[k], targets[k] = 0.0, 0.0
+            for x in extra.values():
+                x[k] = 0.0
         speech, noise = images.sum(0), None  # [T]
         if spec["noise"] is not None:
             f, nz = spec["noise"]["file"], spec["noise"]
@@ -285,6 +308,8 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             if not np.any(noise):
                 raise AudioError(f"Noise file {f} is silent: remove it from the noise folder.")
             noise *= np.sqrt(np.sum(speech**2) / (np.sum(noise**2) * 10 ** (spec["snr_db"] / 10)))
+        elif self.noise_files:  # a clean item of a noisy set (noise_prob < 1)
+            noise = np.zeros(T)
         mix = speech if noise is None else speech + noise
         signals = [mix, images, targets, *extra.values()] + [noise] * (noise is not None)
         top = max(np.abs(x).max() for x in signals)
@@ -313,9 +338,13 @@ class ReverbDynamicMixing(DynamicMixingDataset):
         apply).
     use_reverb : bool
         False: exactly :class:`DynamicMixingDataset` (dry mixtures).
-    rir_bank : str or Path, optional
+    reverb_prob : float
+        With ``use_reverb``: the share of reverberant mixtures (the others
+        dry, their targets the dry sources).
+    rir_bank : str, Path or list, optional
         Bank folder (:func:`~sb_mamba.dataio.rir_bank.make_rir_bank`) or a folder of measured ``.wav``
-        RIRs. Each mixture takes one room at random and ``num_spks``
+        RIRs, or a list of them (each mixture picks a bank uniformly, e.g.
+        measured and simulated rooms alike often). Each mixture takes one room at random and ``num_spks``
         distinct source positions of it. None: a room is drawn from
         ``room_ranges`` and simulated per item (seconds per item: for
         tests and data generation, not for training).
@@ -354,7 +383,7 @@ class ReverbDynamicMixing(DynamicMixingDataset):
     def __init__(self, speaker_folder, use_reverb=True, rir_bank=None,
                  reverb_target="anechoic", early_ms=50.0, room_ranges=None,
                  rir_choice="random", room_offset=0, mic=0, extra_targets=(),
-                 **kwargs):  # fmt: skip
+                 reverb_prob=1.0, **kwargs):  # fmt: skip
         for kind in (reverb_target, *extra_targets):
             if kind not in TARGETS:
                 raise UserError(f"reverb_target must be one of {list(TARGETS)}; got {kind!r}.")
@@ -362,41 +391,48 @@ class ReverbDynamicMixing(DynamicMixingDataset):
             raise UserError(f"rir_choice must be 'random' or 'index'; got {rir_choice!r}.")
         if early_ms < 0:
             raise UserError(f"early_ms must be >= 0; got {early_ms}.")
+        if not 0.0 <= reverb_prob <= 1.0:
+            raise UserError(f"reverb_prob is a probability in [0, 1]; got {reverb_prob}.")
         super().__init__(speaker_folder, **kwargs)
         self.use_reverb, self.reverb_target, self.early_ms = bool(use_reverb), reverb_target, early_ms
         self.rir_choice, self.room_offset = rir_choice, int(room_offset)
         self.mic, self.extra_targets = int(mic), tuple(extra_targets)
         self.ranges = room.room_ranges(dict(room_ranges) if room_ranges else None)
-        self.bank = None
-        if not self.use_reverb:
-            return
-        if rir_bank is not None:
-            check_bank(rir_bank)
-            self.bank = RirBank(rir_bank, self.sample_rate, self.mic, min_sources=self.num_spks)
-        else:
+        self.reverb_prob, self.banks = float(reverb_prob), []
+        if self.use_reverb and rir_bank is not None:
+            for folder in [rir_bank] if isinstance(rir_bank, (str, Path)) else rir_bank:
+                check_bank(folder)
+                self.banks.append(RirBank(folder, self.sample_rate, self.mic,
+                                          min_sources=self.num_spks))  # fmt: skip
+        self.bank = self.banks[0] if self.banks else None  # the bank (one-bank datasets)
+        if self.use_reverb and not self.banks:
             logger.warning("use_reverb without rir_bank: a room is simulated for every "
                            "mixture (0.1-5 s each); for training, precompute a bank with "
                            "sb-mamba make-rir-bank and set rir_bank.")  # fmt: skip
 
     def _draw_extra(self, rng, spec, idx):
         """One room and ``num_spks`` distinct source positions in it."""
-        if not self.use_reverb:
+        if not self.use_reverb or (self.reverb_prob < 1 and rng.uniform() >= self.reverb_prob):
             return
         if self.bank is None:
             spec["room"] = room.draw_room(rng, self.ranges, self.num_spks, num_mics=1)
             return
-        n = len(self.bank)
+        bank = self.bank
+        if len(self.banks) > 1:
+            spec["bank"] = int(rng.integers(len(self.banks)))
+            bank = self.banks[spec["bank"]]
+        n = len(bank)
         pick = (self.room_offset + idx) % n if self.rir_choice == "index" else rng.integers(n)
-        rir_ids = self.bank.rooms[int(pick)]  # the source positions of one room
+        rir_ids = bank.rooms[int(pick)]  # the source positions of one room
         spec["rirs"] = [rir_ids[j] for j in rng.choice(len(rir_ids), self.num_spks, replace=False)]
 
     def _extra_meta(self, spec, out):
-        return {k: spec[k] for k in ("rirs", "room") if k in spec}
+        return {k: spec[k] for k in ("rirs", "room", "bank") if k in spec}
 
     def rirs(self, spec):
         """Per source: ``full``, ``direct`` RIR and ``direct_index`` (at the item rate)."""
         if "rirs" in spec:
-            bank = self.bank
+            bank = self.banks[spec.get("bank", 0)] if self.banks else None
             if bank is None:
                 raise UserError("This mixture names RIRs of a bank but the dataset has no "
                                 "rir_bank: pass the bank it was made with.")
@@ -415,7 +451,7 @@ class ReverbDynamicMixing(DynamicMixingDataset):
 
     def _images(self, spec, crops):
         """Reverberant images, targets and the ``extra_targets`` (see the module)."""
-        if not self.use_reverb:
+        if "rirs" not in spec and "room" not in spec:  # a dry item
             return super()._images(spec, crops)
         S, T = self.num_spks, spec["length"]
         dry = np.zeros((S, T))
