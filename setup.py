@@ -65,6 +65,7 @@ setup(
             "sb-mamba-make-mixtures=sb_mamba.cli:make_mixtures_main",
             "sb-mamba-make-rir-bank=sb_mamba.cli:make_rir_bank_main",
             "sb-mamba-convert=sb_mamba.cli:convert_main",
+            "sb-mamba-migrate=sb_mamba.cli:migrate_main",
         ]
     },
     extras_require={

@@ -230,8 +230,8 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
                     except AttributeError:  # soundfile internals moved: files stay valid
                         pass
                     f.write(wav)
-            except (RuntimeError, sf.LibsndfileError) as e:
-                if failed:
+            except (RuntimeError, AssertionError, sf.LibsndfileError) as e:
+                if failed:  # (soundfile asserts that every frame was written)
                     raise failed[0] from None
                 raise OSError(errno.EIO, f"Cannot write audio ({e})") from None
         os.replace(tmp, path)

@@ -12,7 +12,8 @@
 
 The old names ``sb-mamba-separate``, ``sb-mamba-export``,
 ``sb-mamba-make-mixtures`` and ``sb-mamba-make-rir-bank`` stay as aliases of
-the subcommands for one release (``sb-mamba-convert`` is new).
+the subcommands for one release (``sb-mamba-convert`` and ``sb-mamba-migrate``
+are new).
 
 Error policy (every subcommand, and the recipes' ``train.py``): a user error
 (a missing file, a bad argument, a dataset folder in the wrong layout: a
@@ -377,6 +378,7 @@ export_main = _alias("export")
 make_mixtures_main = _alias("make-mixtures")
 make_rir_bank_main = _alias("make-rir-bank")
 convert_main = _alias("convert")
+migrate_main = _alias("migrate")
 
 if __name__ == "__main__":
     sys.exit(main())

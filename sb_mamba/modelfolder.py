@@ -142,7 +142,7 @@ def build_separator(path, kwargs):
             logger.info("%s no longer takes %s; ignored.", path, name)
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
         raise UserError(f"Cannot build {path} from its stored arguments: "
                         f"{' '.join(str(e).split())}.") from None
 

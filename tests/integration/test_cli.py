@@ -23,6 +23,7 @@ def _missing_input_cases(tmp):
         "make-mixtures": [str(tmp / "set"), "--speech", str(missing)],
         "make-rir-bank": [str(tmp / "bank"), "--index-measured", str(missing)],
         "convert": [str(missing) + ".ckpt", str(tmp / "model")],
+        "migrate": [str(missing)],
     }
 
 

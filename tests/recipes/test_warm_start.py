@@ -12,9 +12,9 @@ import shutil
 
 import torch
 
-from sb_mamba.inference.export import inference_yaml
 from sb_mamba.lobes.sepmamba import SepMamba
-from tests.helpers import RECIPES, run_train_py
+from sb_mamba.modelfolder import ModelConfig, write_folder
+from tests.helpers import RECIPES, old_layout_yaml, run_train_py
 
 TINY = [
     "--model_dim=8", "--epoch_size=4", "--batch_size=2", "--segment_seconds=0.5",
@@ -24,15 +24,20 @@ TINY = [
 DEMO = RECIPES / "LibriMini" / "separation" / "demo"
 
 
-def tiny_model_folder(folder, seed, stride=4):
-    """An exported-style model folder of the SepMamba the recipe builds with TINY."""
+def tiny_model_folder(folder, seed, stride=4, layout="new"):
+    """An exported model folder (fp16 weights) of the SepMamba the recipe builds with
+    TINY; ``layout="old"``: as exported before model folders became data."""
     torch.manual_seed(seed)
     kwargs = dict(num_spks=2, dim=8, num_blocks=1, stride=stride, output="mask")
     model = SepMamba(**kwargs)
+    if layout == "new":
+        write_folder(folder, ModelConfig("sb_mamba.lobes.sepmamba.SepMamba", kwargs, 8000, 2),
+                     model.state_dict(), fp16=True)
+        return model.state_dict()
     folder.mkdir(parents=True)
     torch.save({k: v.half() for k, v in model.state_dict().items()}, folder / "separator.ckpt")
     (folder / "hyperparams.yaml").write_text(
-        inference_yaml("sb_mamba.lobes.sepmamba.SepMamba", kwargs, 8000, 2))
+        old_layout_yaml("sb_mamba.lobes.sepmamba.SepMamba", kwargs, 8000, 2))
     return model.state_dict()
 
 
@@ -44,7 +49,7 @@ def saved_separator(out):
 
 def test_init_from_warm_starts_then_checkpoint_wins(tmp_path):
     init = tiny_model_folder(tmp_path / "model_a", seed=1)
-    tiny_model_folder(tmp_path / "model_b", seed=2)
+    tiny_model_folder(tmp_path / "model_b", seed=2, layout="old")
     out = tmp_path / "run"
     # lr 0 (cosine: no lr floor): training leaves the weights as initialised
     zero_lr = ["--lr=0.0", "--lr_schedule=warmup_cosine"]
@@ -72,18 +77,18 @@ def test_init_from_errors_are_clear(tmp_path):
     tiny_model_folder(tmp_path / "model", seed=1)  # dim 8: the default dim 32 does not fit
     proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'b'}",
                       f"--init_from={tmp_path / 'model'}", *TINY[1:], check=False, timeout=300)
-    assert proc.returncode == 2  # read from the folder's hyperparams.yaml, nothing built
+    assert proc.returncode == 2  # read from the folder's config.json, nothing built
     assert "was trained with dim=8 (the recipe builds 32)" in proc.stdout
 
-    # a bare checkpoint file (no hyperparams.yaml to compare): the load itself refuses
+    # a bare weights file (no config to compare): the load itself refuses
     proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'b2'}",
-                      f"--init_from={tmp_path / 'model' / 'separator.ckpt'}", *TINY[1:],
+                      f"--init_from={tmp_path / 'model' / 'separator.safetensors'}", *TINY[1:],
                       check=False, timeout=300)
     assert proc.returncode == 2
     assert "does not fit the recipe's separator" in proc.stdout and "model_dim" in proc.stdout
 
     # same shapes, other layout: weights trained with stride 2 are refused
-    tiny_model_folder(tmp_path / "stride2", seed=1, stride=2)
+    tiny_model_folder(tmp_path / "stride2", seed=1, stride=2, layout="old")
     proc = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={tmp_path / 'c'}",
                       f"--init_from={tmp_path / 'stride2'}", *TINY, "--model_stride=4",
                       check=False, timeout=300)
