@@ -269,3 +269,41 @@ def test_hub_models_refresh_savedir_from_the_source(tmp_path, marker, monkeypatc
     for k, v in net.state_dict().items():
         assert torch.equal(model.mods.separator.state_dict()[k], v)
     assert not (savedir / "hyperparams.yaml").exists()  # the planted one is gone
+
+
+def test_hub_models_in_the_old_layout_load_as_data(tmp_path, monkeypatch, caplog):
+    """A hub repo exported before model folders became data: its old files are
+    fetched and read by the migration path (with the hint to migrate)."""
+    import speechbrain.utils.fetching as fetching
+
+    hub = tmp_path / "hub"
+    net = tiny_model_folder(hub, "old")
+
+    def fake_fetch(filename, source, savedir=None, local_strategy=None, fetch_config=None):
+        if not (hub / filename).exists():
+            raise ValueError(f"{filename} not found in {source}")
+        shutil.copy(hub / filename, Path(savedir) / filename)
+        return Path(savedir) / filename
+
+    monkeypatch.setattr(fetching, "fetch", fake_fetch)
+    (tmp_path / "savedir").mkdir()
+    with caplog.at_level("WARNING"):
+        model = MambaSeparator.from_hparams(source="owner/old", savedir=str(tmp_path / "savedir"))
+    assert "sb-mamba migrate" in caplog.text
+    assert torch.equal(model.mods.separator.decoder.weight, net.decoder.weight)
+
+
+def test_export_over_an_old_layout_folder_replaces_it(tmp_path):
+    """Re-exporting into a folder of the old layout (e.g. a shipped model) leaves
+    the new layout only; other files (training log, figures) are kept."""
+    from sb_mamba.modelfolder import ModelConfig, write_folder
+
+    folder = tmp_path / "model"
+    net = tiny_model_folder(folder, "old")
+    (folder / "train_log.txt").write_text("kept")
+    config = ModelConfig("sb_mamba.lobes.sepmamba.SepMamba", net.get_model_args(), 8000, 2)
+    write_folder(folder, config, net.state_dict(), card="# card\n", fp16=True)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "config.json", "separator.safetensors", "train_log.txt"]
+    model = MambaSeparator.from_hparams(source=str(folder))
+    assert next(model.mods.parameters()).dtype == torch.float32
