@@ -201,7 +201,7 @@ class ModelConfig:
         """Parse and check ``config.json`` text (``where`` names it in errors)."""
         try:
             data = json.loads(text, parse_constant=_no_constant)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise UserError(f"{where} is not valid JSON ({e}): re-export the model.") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"{where} is not an sb_mamba model config (no \"format\": "
@@ -470,6 +470,8 @@ def _compose(path, what):
     """The YAML file as a node tree: parsed, nothing constructed, no tag run."""
     try:
         return yaml.compose(_read_text(path, what), Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a {what}.") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())[:300]}") from None
 

@@ -536,3 +536,14 @@ def test_ctrl_c_ends_with_one_line(tmp_path):
     assert err.count(line) == 1 and err.count("interrupted") == 1, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_deeply_nested_or_oversized_descriptions_are_one_line(tmp_path):
+    folder = tmp_path / "json"
+    tiny_model_folder(folder)
+    (folder / "config.json").write_text("[" * 100000 + "]" * 100000)
+    assert "not valid JSON" in _refused(folder)
+    (folder / "config.json").write_text(" " * (5 << 20))
+    assert "too big" in _refused(folder)
+    folder = _old_folder_with(tmp_path, "x: " + "[" * 50000 + "]" * 50000, "yaml")
+    assert "nested too deeply" in _refused(folder)
