@@ -379,6 +379,14 @@ def read_weights(path):
     -------
     dict
         Parameter name -> tensor.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "separator.ckpt"
+    >>> torch.save({"w": torch.ones(2, 3)}, path)
+    >>> read_weights(path)["w"].shape
+    torch.Size([2, 3])
     """
     path = Path(path)
     state = (read_safetensors(path) if path.suffix == ".safetensors"
@@ -405,6 +413,13 @@ def read_folder(folder, migrate_hint=True):
     config : ModelConfig
     state : dict
         Parameter name -> tensor (as stored, e.g. fp16).
+
+    Example
+    -------
+    >>> from sb_mamba.resources import pretrained_path
+    >>> config, state = read_folder(pretrained_path())
+    >>> config.sample_rate, config.num_spks, state["decoder.weight"].dtype
+    (8000, 2, torch.float16)
     """
     folder = Path(folder)
     kind = layout(folder)
@@ -984,6 +999,12 @@ def migrate(folder, target=None):
     -------
     Path
         The folder in the current layout.
+
+    Example
+    -------
+    >>> from sb_mamba.resources import pretrained_path
+    >>> migrate(pretrained_path()).name  # already in the current layout
+    'sepmamba-librimini-8k'
     """
     folder = Path(folder)
     kind = layout(folder)
