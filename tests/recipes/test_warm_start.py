@@ -6,7 +6,6 @@ Authors
 """
 
 import csv
-import importlib.util
 import math
 import shutil
 
@@ -14,14 +13,14 @@ import torch
 
 from sb_mamba.lobes.sepmamba import SepMamba
 from sb_mamba.modelfolder import ModelConfig, write_folder
-from tests.helpers import RECIPES, old_layout_yaml, run_train_py
+from sb_mamba.training import notes
+from tests.helpers import old_layout_yaml, run_train_py
 
 TINY = [
     "--model_dim=8", "--epoch_size=4", "--batch_size=2", "--segment_seconds=0.5",
     "--prepare_kwargs={n_valid: 2, n_test: 2, segment_seconds: 1.0}",
     "--n_audio_to_save=0", "--N_epochs=1",
 ]
-DEMO = RECIPES / "LibriMini" / "separation" / "demo"
 
 
 def tiny_model_folder(folder, seed, stride=4, layout="new"):
@@ -109,9 +108,6 @@ def test_demo_learning_curve_continues_the_history(tmp_path):
                     "batch_size", "segment_seconds", "valid_si_snri"])
         w.writerow(["run 1", 1, 100, 1.5, 1, 0.001, 4, 1.0, 2.5])
     shutil.copy(history, out / "history.csv")
-    spec = importlib.util.spec_from_file_location("training_notes", DEMO / "training_notes.py")
-    notes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(notes)
     (tmp_path / "notes").mkdir()  # the evaluation of export_demo.sh writes this first
     (tmp_path / "notes" / "test_results.csv").write_text(
         "snt_id,sdr,sdr_i,si-snr,si-snr_i\na,1,1,1,1\navg,1,1,1,1.0\n")
@@ -135,9 +131,6 @@ def test_demo_learning_curve_continues_the_history(tmp_path):
 
 
 def test_demo_extrapolation_solves_the_fit():
-    spec = importlib.util.spec_from_file_location("training_notes", DEMO / "training_notes.py")
-    notes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(notes)
     rows = [dict(cpu_hours=h, valid_si_snri=3 + 0.5 * math.log2(h)) for h in (0.5, 1, 2, 4)]
     b, hours = notes.extrapolate(rows, 5.0)  # 3 + 0.5 * log2(16) = 5
     assert abs(b - 0.5) < 1e-9 and abs(hours - 16) < 1e-6

@@ -19,7 +19,7 @@ cp -r "$BEST" "$EVAL/save/"
 source "$(dirname "$0")/recipe_args.sh"  # the layout that was trained
 python train.py hparams/sepmamba.yaml --output_folder="$EVAL" \
     "${DEMO_MODEL_ARGS[@]}" "${DEMO_TRAIN_ARGS[@]}" --test_only --n_audio_to_save=3
-python demo/training_notes.py "$RUN" "$EVAL"  # notes.md, learning_curve.{csv,png}
+python -m sb_mamba.training.notes "$RUN" "$EVAL"  # notes.md, learning_curve.{csv,png}
 sb-mamba export "$EVAL" "$TARGET" --fp16 --name sepmamba-librimini-8k \
     --license cc-by-4.0 --notes "$EVAL/notes.md" --hparams-file "$RUN/hyperparams.yaml"
 cp "$RUN/train_log.txt" "$TARGET/train_log.txt"

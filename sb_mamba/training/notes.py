@@ -1,12 +1,13 @@
-#!/usr/bin/env python3
-"""Learning curve and model-card section of the demo model.
+"""Learning curve and model-card training section of a long CPU training run.
 
-    python demo/training_notes.py RUN_FOLDER OUT_FOLDER
+    python -m sb_mamba.training.notes RUN_FOLDER OUT_FOLDER --name NAME \
+        --recipe-dir recipes/<Recipe>/separation --train-script demo/train_X.sh \
+        --export-script demo/export_X.sh --data "..." --eval "..."
 
 Reads ``RUN_FOLDER/train_log.txt`` (one line per epoch, with the epoch's
 training CPU minutes), ``RUN_FOLDER/hyperparams.yaml`` (epoch and batch
 size) and, if present, ``RUN_FOLDER/history.csv``: the learning curve of the
-model the run was warm-started from (``demo/train_demo.sh`` copies the
+model the run was warm-started from (the demo training scripts copy the
 shipped model's ``learning_curve.csv`` there on the first start). Writes to
 ``OUT_FOLDER``:
 
@@ -15,36 +16,39 @@ shipped model's ``learning_curve.csv`` there on the first start). Writes to
 * ``learning_curve.png``: validation SI-SNRi against steps and CPU-hours;
 * ``notes.md``: the model card's training section, with a log-linear fit of
   the curve (dB per doubling of CPU-hours) and the CPU-hours it predicts for
-  8 dB SI-SNRi on the test speakers (from ``OUT_FOLDER/test_results.csv``,
-  written by the evaluation in ``demo/export_demo.sh``, the gap between the
+  a target SI-SNRi on the test speakers (from ``OUT_FOLDER/test_results.csv``,
+  written by the export script's evaluation; the gap between the
   validation and the test speakers is carried over).
+
+The LibriMini demo model (``recipes/LibriMini/separation/demo``) and the
+general model (``recipes/General/separation/demo``) both use it.
 
 Authors
 -------
  * sb_mamba developers
 """
 
+import argparse
 import csv
 import math
 import re
-import sys
 from pathlib import Path
 
 import yaml
 
-from sb_mamba.inference.export import read_test_results
+from sb_mamba.modelfolder import read_test_results
 
 FIELDS = ["run", "epoch", "steps", "cpu_hours", "cpu_estimated", "lr", "batch_size",
           "segment_seconds", "valid_si_snri"]
 
 
-def run_rows(run, history):
+def run_rows(run, history, label=None):
     """This run's epochs as curve rows, continuing ``history``'s counters."""
     hp = yaml.safe_load(re.sub(r"!\S+", "", (run / "hyperparams.yaml").read_text()))
     steps_per_epoch = -(-int(hp["epoch_size"]) // int(hp["batch_size"]))
     steps = int(history[-1]["steps"]) if history else 0
     hours = float(history[-1]["cpu_hours"]) if history else 0.0
-    label = "run %d" % (len({r["run"] for r in history}) + 1)
+    label = label or "run %d" % (len({r["run"] for r in history}) + 1)
     rows = []
     for line in (run / "train_log.txt").read_text().splitlines():
         epoch = re.search(r"epoch: (\d+)", line)
@@ -63,7 +67,7 @@ def run_rows(run, history):
     return rows
 
 
-def plot(rows, png):
+def plot(rows, png, name="model"):
     """Validation SI-SNRi against optimizer steps and against CPU-hours."""
     import matplotlib
 
@@ -82,7 +86,7 @@ def plot(rows, png):
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("sepmamba-librimini-8k: learning curve")
+    fig.suptitle(f"{name}: learning curve")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
@@ -115,32 +119,37 @@ def extrapolate(rows, target_db, from_hours=1.0):
     return float(b), (float(2 ** ((target_db - a) / b)) if b > 0 else math.inf)
 
 
-def notes(rows, hp_text, test_db=None, target_db=8.0):
+def notes(rows, hp_text, test_db=None, target_db=8.0, card=None):
+    """The model card's training section (markdown).
+
+    ``card`` holds the run's description: ``recipe_dir``, ``train_script``,
+    ``export_script``, ``data`` (what the training mixes) and ``eval`` (the
+    validation and test sets), as :func:`main`'s options.
+    """
+    card = {**CARD_DEFAULTS, **(card or {})}
     hp = yaml.safe_load(re.sub(r"!\S+", "", hp_text))
     last = rows[-1]
     out = [
         "## Training", "",
         "![learning curve](learning_curve.png)", "",
-        "Trained on CPU (a 2-core machine shared with development work) with the LibriMini",
-        "recipe, in several sessions, each resumed from the last checkpoint (a new machine",
-        "warm-starts from these weights):", "",
+        "Trained on CPU (a 2-core machine shared with development work), in several",
+        "sessions, each resumed from the last checkpoint (a new machine warm-starts from",
+        "these weights):", "",
         "```bash",
-        "cd recipes/LibriMini/separation",
-        "bash demo/train_demo.sh RUN_FOLDER     # resumable; kill it any time",
-        "bash demo/export_demo.sh RUN_FOLDER    # test + export the best checkpoint here",
+        f"cd {card['recipe_dir']}",
+        f"bash {card['train_script']} RUN_FOLDER     # resumable; kill it any time",
+        f"bash {card['export_script']} RUN_FOLDER    # test + export the best checkpoint",
         "```", "",
         f"SepMamba dim {hp['model_dim']}, {hp['model_blocks']} Mamba block(s) per direction, "
         f"stride {hp.get('model_stride', 2)}, {hp.get('model_output', 'mapping')} output; "
-        f"dynamic mixing of the bundled LibriMini train speakers at 8 kHz; now batch "
+        f"{card['data']}; now batch "
         f"{hp['batch_size']} x {hp['segment_seconds']} s, lr {hp['lr']} "
         f"({hp.get('lr_schedule', 'plateau')}).",
         f"So far: {last['steps']} optimizer steps, {float(last['cpu_hours']):.1f} CPU-hours "
         "(process CPU time of training"
         + ("; the first run's are estimated from its wall time)."
            if any(str(r.get("cpu_estimated")) == "1" for r in rows) else ")."),
-        "Validation: 50 fixed 4 s mixtures of 20 held-out speakers; test: 100 mixtures of",
-        "20 other held-out speakers. `learning_curve.csv` and `train_log.txt` hold the",
-        "full record.", "",
+        f"{card['eval']} `learning_curve.csv` and `train_log.txt` hold the full record.", "",
     ]
     best = max(rows, key=lambda r: float(r["valid_si_snri"]))
     gap = float(best["valid_si_snri"]) - test_db if test_db is not None else 0.0
@@ -165,24 +174,46 @@ def notes(rows, hp_text, test_db=None, target_db=8.0):
     return "\n".join(out) + "\n"
 
 
-def main(run, out):
+CARD_DEFAULTS = {  # the LibriMini demo model's
+    "name": "sepmamba-librimini-8k",
+    "recipe_dir": "recipes/LibriMini/separation",
+    "train_script": "demo/train_demo.sh",
+    "export_script": "demo/export_demo.sh",
+    "data": "dynamic mixing of the bundled LibriMini train speakers at 8 kHz",
+    "eval": "Validation: 50 fixed 4 s mixtures of 20 held-out speakers; test: 100 mixtures "
+            "of 20 other held-out speakers.",
+    "run_label": "",  # the curve's label of this run; empty: "run N" after the history's
+}
+
+
+def main(run, out, card=None, target_db=8.0):
+    """Write ``learning_curve.{csv,png}`` and ``notes.md`` of ``run`` into ``out``."""
+    card = {**CARD_DEFAULTS, **(card or {})}
     run, out = Path(run), Path(out)
-    results = out / "test_results.csv"  # export_demo.sh evaluates before this
+    results = out / "test_results.csv"  # the export script evaluates before this
     test_si_snri = read_test_results(results)["si-snr_i"] if results.is_file() else None
     history = []
     if (run / "history.csv").is_file():
         with open(run / "history.csv", newline="") as f:
             history = list(csv.DictReader(f))
-    rows = history + run_rows(run, history)
+    rows = history + run_rows(run, history, card["run_label"] or None)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "learning_curve.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out / "learning_curve.png")
+    plot(rows, out / "learning_curve.png", card["name"])
     (out / "notes.md").write_text(
-        notes(rows, (run / "hyperparams.yaml").read_text(), test_si_snri))
+        notes(rows, (run / "hyperparams.yaml").read_text(), test_si_snri, target_db, card))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", help="the training run's output folder")
+    parser.add_argument("out", help="where learning_curve.* and notes.md go")
+    for key, value in CARD_DEFAULTS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, default=value)
+    parser.add_argument("--target-db", type=float, default=8.0,
+                        help="test SI-SNRi the fit is solved for")
+    args = vars(parser.parse_args())
+    main(args.pop("run"), args.pop("out"), target_db=args.pop("target_db"), card=args)
