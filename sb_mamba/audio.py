@@ -234,6 +234,8 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
                 if failed:  # (soundfile asserts that every frame was written)
                     raise failed[0] from None
                 raise OSError(errno.EIO, f"Cannot write audio ({e})") from None
+            if failed:  # e.g. a Ctrl-C inside a callback that libsndfile survived
+                raise failed[0]
         os.replace(tmp, path)
     except OSError as e:
         if e.errno is None:
@@ -246,7 +248,8 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
 
 
 class _ErrnoFile:
-    """A binary file whose write errors are recorded (not raised into libsndfile)."""
+    """A binary file whose errors are recorded, not raised into libsndfile's
+    callbacks (where cffi would print and swallow them, a Ctrl-C included)."""
 
     def __init__(self, f, failed):
         self.f, self.failed = f, failed
@@ -265,9 +268,23 @@ class _ErrnoFile:
     def write(self, data):
         try:
             return self.f.write(data)
-        except OSError as e:
+        except BaseException as e:  # noqa: BLE001 - re-raised by write_audio
             self.failed.append(e)
             return 0
+
+    def seek(self, *args):
+        try:
+            return self.f.seek(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised by write_audio
+            self.failed.append(e)
+            return -1
+
+    def tell(self):
+        try:
+            return self.f.tell()
+        except BaseException as e:  # noqa: BLE001 - re-raised by write_audio
+            self.failed.append(e)
+            return -1
 
     def __getattr__(self, name):
         return getattr(self.f, name)

@@ -517,6 +517,30 @@ def test_a_full_disk_is_named_by_its_errno(tmp_path, monkeypatch, capsys):
     assert not list((tmp_path / "out").iterdir())
 
 
+def test_ctrl_c_inside_a_write_is_not_swallowed(tmp_path, monkeypatch, capfd):
+    """A Ctrl-C that lands in libsndfile's write callback (cffi would print and
+    swallow it) stops the write: the interrupt goes on, no file is left."""
+    import sb_mamba.audio as audio
+
+    class Interrupted:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise KeyboardInterrupt
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    init = audio._ErrnoFile.__init__
+    monkeypatch.setattr(audio._ErrnoFile, "__init__",
+                        lambda self, f, failed: init(self, Interrupted(f), failed))
+    with pytest.raises(KeyboardInterrupt):
+        write_audio(tmp_path / "a.wav", torch.zeros(8000), 8000)
+    assert not list(tmp_path.iterdir())
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_ctrl_c_ends_with_one_line(tmp_path):
     folder = tmp_path / "model"
     tiny_model_folder(folder)
@@ -526,9 +550,10 @@ def test_ctrl_c_ends_with_one_line(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sb_mamba.cli", "separate", "--model",
                              str(folder), str(tmp_path / "in"), "-o", str(tmp_path / "out")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
+    deadline = time.time() + 400  # a loaded machine starts slowly
     while time.time() < deadline and not (tmp_path / "out" / "000_s2.wav").exists():
         time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before Ctrl-C"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
