@@ -192,20 +192,25 @@ def _build_lock(folder):
 
 
 def _ensure_ninja_on_path():
-    """Put the ``ninja`` pip package's binary on ``PATH`` if needed.
+    """Put the ``ninja`` pip package's binary first on ``PATH`` when installed.
 
-    torch runs ``ninja`` through ``PATH``; a ``pip install ninja`` inside a
-    virtual environment that is not activated is otherwise not found.
+    torch runs ``ninja`` through ``PATH``. Every process of one environment
+    must run the same ninja on the shared build folder: two versions (the
+    pip package's in an activated environment, the system's in one that is
+    not) rewrite each other's build log ("build log version is too old;
+    starting over") and so recompile the kernel at every load. The pip
+    package's binary, when installed, belongs to the environment and wins;
+    otherwise the first ``ninja`` on ``PATH`` is used.
     """
-    if shutil.which("ninja") is not None:
-        return
     try:
         import ninja
     except ImportError:
         return
     bin_dir = getattr(ninja, "BIN_DIR", None)
     if bin_dir and os.path.isdir(bin_dir):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        found = shutil.which("ninja")
+        if found is None or os.path.dirname(os.path.abspath(found)) != os.path.abspath(bin_dir):
+            os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
 def _failure_reason(exc):

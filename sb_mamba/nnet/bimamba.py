@@ -88,6 +88,16 @@ class MambaBlock(nn.Module):
         return (residual + hidden).to(x.dtype)
 
 
+    def forward_chunk(self, x, chunk_state):
+        """The next frames of a stream: [B, L, N] -> [B, L, N] (see
+        :meth:`Mamba.forward_chunk`; ``chunk_state`` is updated in place)."""
+        hidden = self.mixer.forward_chunk(self.norm(x.to(self.norm.weight.dtype)), chunk_state)
+        if hidden.dtype == x.dtype and not self.residual_in_fp32:
+            return hidden.add_(x)
+        residual = x.float() if self.residual_in_fp32 else x
+        return (residual + hidden).to(x.dtype)
+
+
 class BiMamba(nn.Module):
     """Stacks of Mamba blocks over time and over reversed time.
 
@@ -154,6 +164,56 @@ class BiMamba(nn.Module):
     def forward(self, x):
         """[B, L, N] -> [B, L, N] (sum) or [B, L, 2N] (concat)."""
         return self._contiguous_grad(self._forward(x))
+
+    def allocate_chunk_state(self, batch_size, device=None):
+        """Zero states of every block for :meth:`forward_chunk` (causal only).
+
+        Arguments
+        ---------
+        batch_size : int
+            Number of streams.
+        device : torch.device, optional
+            Defaults to the parameters' device.
+
+        Returns
+        -------
+        list of dict
+            One :meth:`Mamba.allocate_chunk_state` per forward block.
+        """
+        if self.bidirectional:
+            raise ValueError("A bidirectional BiMamba reads the future (its backward "
+                             "stack): it cannot stream; build it with bidirectional=False.")
+        return [blk.mixer.allocate_chunk_state(batch_size, device)
+                for blk in self.forward_blocks]
+
+    def forward_chunk(self, x, chunk_state):
+        """The next frames of a stream, [B, L, N] -> [B, L, N] (causal only).
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            [B, L, N], the next frames.
+        chunk_state : list of dict
+            From :meth:`allocate_chunk_state`, updated in place.
+
+        Returns
+        -------
+        torch.Tensor
+            [B, L, N]: fed in pieces, the stream gives :meth:`forward` of
+            the whole sequence.
+
+        Example
+        -------
+        >>> bm = BiMamba(8, num_blocks=2, bidirectional=False, d_state=4).eval()
+        >>> x, st = torch.randn(1, 20, 8), bm.allocate_chunk_state(1)
+        >>> with torch.no_grad():
+        ...     y = torch.cat([bm.forward_chunk(x[:, a:b], st) for a, b in ((0, 3), (3, 20))], 1)
+        ...     torch.allclose(y, bm(x), atol=1e-5)
+        True
+        """
+        for blk, state in zip(self.forward_blocks, chunk_state):
+            x = blk.forward_chunk(x, state)
+        return x
 
     @staticmethod
     def _contiguous_grad(y):

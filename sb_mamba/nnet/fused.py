@@ -23,7 +23,9 @@ layout that ``nn.Linear`` produces::
   without autograd nothing is stored and ``inplace=True`` overwrites ``xz``;
 * :func:`mamba_mixer_inference_cpu`: a whole mixer (with both projections) on
   the kernels without autograd, over segments of time, so that the working
-  memory no longer grows with the length.
+  memory no longer grows with the length; it can continue a stream from the
+  convolution's last inputs and the scan's state, as
+  :func:`mamba_mixer_chunk_cpu` does for the few frames of a real-time chunk.
 
 ``reverse=True`` computes the mixer on the time-reversed sequence and returns
 the result in the original order (what BiMamba's backward stack does); the
@@ -95,7 +97,8 @@ def causal_depthwise_conv1d(x, weight, bias=None):
 
 
 def mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                    dt_proj_bias, A_log, D, reverse=False, backend="torch"):
+                    dt_proj_bias, A_log, D, reverse=False, backend="torch", hist=None,
+                    state=None):
     """Mamba's inner path in PyTorch, [B, L, 2Di] -> [B, L, Di] (any device, dtype).
 
     Arguments
@@ -120,6 +123,14 @@ def mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
         Run on the time-reversed sequence (output in the original order).
     backend : str
         Backend of the selective scan (see :func:`~sb_mamba.nnet.scan.selective_scan`).
+    hist : torch.Tensor, optional
+        [B, K - 1, Di], the convolution's last ``K - 1`` inputs before
+        ``xz`` (zeros by default); overwritten with the last ones of ``xz``.
+    state : torch.Tensor, optional
+        [B, S, Di] float32, the scan's state before ``xz`` (zeros by
+        default); overwritten with the final state. With ``hist`` and
+        ``state`` a sequence mixed in pieces gives the whole sequence's
+        output (streaming; not with ``reverse``).
 
     Returns
     -------
@@ -131,9 +142,22 @@ def mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
     >>> Di, R, S = 8, 1, 2
     >>> params = [torch.randn(Di, 1, 4), None, torch.randn(R + 2 * S, Di),
     ...           torch.randn(Di, R), torch.randn(Di), torch.randn(Di, S), torch.ones(Di)]
-    >>> mamba_inner_ref(torch.randn(1, 5, 2 * Di), *params).shape  # [B, L, Di]
+    >>> xz = torch.randn(1, 5, 2 * Di)
+    >>> y = mamba_inner_ref(xz, *params)
+    >>> hist, state = torch.zeros(1, 3, Di), torch.zeros(1, S, Di)
+    >>> parts = [mamba_inner_ref(xz[:, a:b], *params, hist=hist, state=state)
+    ...          for a, b in ((0, 2), (2, 5))]
+    >>> torch.allclose(torch.cat(parts, 1), y, atol=1e-5)
+    True
+    >>> y.shape  # [B, L, Di]
     torch.Size([1, 5, 8])
     """
+    if hist is not None or state is not None:
+        if reverse:
+            raise ValueError("mamba_inner_ref: hist/state continue a sequence forward in "
+                             "time; they do not go with reverse=True.")
+        return _inner_ref_continued(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                                    dt_proj_bias, A_log, D, backend, hist, state)
     if reverse:
         return mamba_inner_ref(
             xz.flip(1), conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
@@ -157,6 +181,32 @@ def mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
         delta_softplus=True,
         backend=backend,
     )  # [B, Di, L]
+    return y.transpose(1, 2)
+
+
+def _inner_ref_continued(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                         dt_proj_bias, A_log, D, backend, hist, state):
+    """:func:`mamba_inner_ref` continuing from ``hist`` / ``state`` (updated in place)."""
+    R, S, K = dt_proj_weight.shape[1], A_log.shape[1], conv_weight.shape[-1]
+    Bn, L, Di = xz.shape[0], xz.shape[1], xz.shape[2] // 2
+    x, z = xz.transpose(1, 2).chunk(2, dim=1)  # [B, Di, L] each
+    if hist is None:
+        hist = x.new_zeros(Bn, K - 1, Di)
+    xp = torch.cat([hist.transpose(1, 2).to(x.dtype), x], dim=-1)  # [B, Di, K - 1 + L]
+    if K > 1:
+        hist.copy_(xp[..., L:].transpose(1, 2))  # the last K - 1 inputs
+    x = F.silu(causal_depthwise_conv1d(xp, conv_weight, conv_bias)[..., K - 1:])
+    x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # [B, L, R + 2S]
+    dt, B, C = torch.split(x_dbl, [R, S, S], dim=-1)
+    dt = (dt @ dt_proj_weight.t()).transpose(1, 2)  # [B, Di, L]
+    x0 = None if state is None else state.transpose(1, 2)  # [B, Di, S]
+    y, last = selective_scan(
+        x, dt, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+        D.float(), z=z, delta_bias=dt_proj_bias.float(), delta_softplus=True,
+        return_last_state=True, backend=backend, initial_state=x0,
+    )  # [B, Di, L], [B, Di, S]
+    if state is not None:
+        state.copy_(last.transpose(1, 2))
     return y.transpose(1, 2)
 
 
@@ -231,6 +281,8 @@ def mamba_mixer_inference_cpu(
     out_proj_bias,
     reverse=False,
     segment=None,
+    hist=None,
+    state=None,
 ):
     """A whole Mamba mixer on the fused CPU kernels without autograd, [B, L, N] -> [B, L, N].
 
@@ -255,6 +307,14 @@ def mamba_mixer_inference_cpu(
     segment : int, optional
         Time steps per segment; by default ``SEGMENT_BYTES`` of in_proj's
         output (at least 256 steps).
+    hist : torch.Tensor, optional
+        [B, K - 1, Di] contiguous, the convolution's last ``K - 1`` inputs
+        before this sequence in processing order (zeros by default);
+        overwritten with the sequence's own last ones.
+    state : torch.Tensor, optional
+        [B, S, Di] contiguous float32, the scan's state before the sequence
+        (zeros by default); overwritten with the final state. With both, a
+        stream mixed piece by piece gives the output of the whole stream.
 
     Returns
     -------
@@ -277,6 +337,11 @@ def mamba_mixer_inference_cpu(
     >>> ref = F.linear(mamba_inner_ref(F.linear(h, w[0]), *w[2:9]), w[9])
     >>> torch.allclose(y, ref, rtol=1e-4, atol=1e-5)
     True
+    >>> hist, state = torch.zeros(2, 3, Di), torch.zeros(2, S, Di)  # a stream
+    >>> parts = [mamba_mixer_inference_cpu(h[:, a:b], *w, hist=hist, state=state)
+    ...          for a, b in ((0, 1), (1, 37), (37, 100))]
+    >>> torch.allclose(torch.cat(parts, 1), y, rtol=1e-5, atol=1e-6)
+    True
     >>> y.shape
     torch.Size([2, 100, 8])
     """
@@ -288,8 +353,11 @@ def mamba_mixer_inference_cpu(
         A = -torch.exp(A_log)
         wdt, bdt, Dc = dt_proj_weight.contiguous(), dt_proj_bias.contiguous(), D.contiguous()
         out = hidden_states.new_empty(B, L, out_proj_weight.shape[0])
-        hist = hidden_states.new_zeros(B, K - 1, Di)  # last inputs of the conv
-        state = hidden_states.new_zeros(B, A.shape[1], Di)  # the scan's state
+        hist_out = hist
+        if hist is None:
+            hist = hidden_states.new_zeros(B, K - 1, Di)  # last inputs of the conv
+        if state is None:
+            state = hidden_states.new_zeros(B, A.shape[1], Di)  # the scan's state
         if segment is None:
             segment = max(256, SEGMENT_BYTES // (B * 2 * Di * 4))
         starts = list(range(0, L, segment))
@@ -306,7 +374,78 @@ def mamba_mixer_inference_cpu(
             k.mamba_scan_fwd(x, z, xdbl, wdt, bdt, A, Dc, x, reverse,
                              FUSED_CHECKPOINT_STEPS, False, state)
             out[:, t0:t1] = F.linear(x, out_proj_weight, out_proj_bias)
+        if hist_out is not None and hist_out is not hist:
+            hist_out.copy_(hist)
         return out
+
+
+def mamba_mixer_chunk_cpu(hidden_states, in_proj_weight, in_proj_bias, conv_weight2d,
+                          conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
+                          out_proj_weight, out_proj_bias, hist, state):
+    """The next frames of a stream through a Mamba mixer on the fused CPU kernels.
+
+    :func:`mamba_mixer_inference_cpu` with ``hist`` and ``state``, lean for
+    the few frames of a real-time chunk: one pass, the weights already in
+    the kernels' layout (prepared once per stream by
+    :meth:`~sb_mamba.nnet.mamba.Mamba.allocate_chunk_state`), no autograd.
+
+    Arguments
+    ---------
+    hidden_states : torch.Tensor
+        [B, L, N] float32, the next L >= 1 frames.
+    in_proj_weight, in_proj_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, D,
+    out_proj_weight, out_proj_bias : torch.Tensor
+        As in :func:`mamba_mixer_inference_cpu` (contiguous).
+    conv_weight2d : torch.Tensor
+        [Di, K] contiguous, the depthwise convolution's weight.
+    conv_bias : torch.Tensor or None
+        [Di].
+    A : torch.Tensor
+        [Di, S] contiguous, ``-exp(A_log)``.
+    hist : torch.Tensor
+        [B, K - 1, Di] contiguous, the convolution's last inputs; updated.
+    state : torch.Tensor
+        [B, S, Di] contiguous float32, the scan's state; updated.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, L, N_out].
+
+    Example
+    -------
+    >>> from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
+    >>> if load_cpu_kernel() is None:  # not built: nothing to show
+    ...     import pytest; pytest.skip("the fused CPU kernels are not available")
+    >>> g = torch.Generator().manual_seed(0)
+    >>> N, Di, R, S = 8, 16, 1, 4
+    >>> shapes = [(2 * Di, N), (Di, 1, 4), (Di,), (R + 2 * S, Di), (Di, R), (Di,),
+    ...           (Di, S), (Di,), (N, Di)]
+    >>> w = [0.3 * torch.randn(s, generator=g) for s in shapes]
+    >>> w = w[:1] + [None] + w[1:] + [None]  # no in_proj / out_proj bias
+    >>> h = torch.randn(1, 50, N, generator=g)
+    >>> y = mamba_mixer_inference_cpu(h, *w)
+    >>> k = w[:2] + [w[2].reshape(Di, 4)] + w[3:7] + [-torch.exp(w[7])] + w[8:]
+    >>> hist, state = torch.zeros(1, 3, Di), torch.zeros(1, S, Di)
+    >>> parts = [mamba_mixer_chunk_cpu(h[:, a:b], *k, hist, state)
+    ...          for a, b in ((0, 1), (1, 3), (3, 50))]
+    >>> torch.allclose(torch.cat(parts, 1), y, rtol=1e-5, atol=1e-6)
+    True
+    """
+    k = _kernels()
+    L, Di, K = hidden_states.shape[1], conv_weight2d.shape[0], conv_weight2d.shape[1]
+    xz = F.linear(hidden_states, in_proj_weight, in_proj_bias)  # [B, L, 2 Di]
+    x, z = xz[..., :Di], xz[..., Di:]
+    if K > 1:  # the next hist: the last K - 1 inputs, read before x is overwritten
+        last = x[:, L - K + 1:] if L >= K - 1 else torch.cat([hist, x], 1)[:, L:]
+        last = last.clone(memory_format=torch.contiguous_format)
+    k.conv_silu_fwd(x, conv_weight2d, conv_bias, x, False, hist)
+    if K > 1:
+        hist.copy_(last)
+    xdbl = F.linear(x, x_proj_weight)  # [B, L, R + 2S]
+    k.mamba_scan_fwd(x, z, xdbl, dt_proj_weight, dt_proj_bias, A, D, x, False,
+                     FUSED_CHECKPOINT_STEPS, False, state)
+    return F.linear(x, out_proj_weight, out_proj_bias)
 
 
 def _inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,

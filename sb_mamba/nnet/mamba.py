@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from sb_mamba.nnet.fused import (
     mamba_inner_cpu,
     mamba_inner_ref,
+    mamba_mixer_chunk_cpu,
     mamba_mixer_inference_cpu,
 )
 from sb_mamba.nnet.scan import BACKENDS, mamba_ssm_ops, resolve_backend
@@ -278,6 +279,93 @@ class Mamba(nn.Module):
         y = mamba_inner_ref(xz, *self._inner_params(), backend=self.ssm_backend)
         y = self.out_proj(y)  # [B, L, N]
         return y.flip(1) if reverse else y
+
+    def allocate_chunk_state(self, batch_size, device=None):
+        """Zero states for :meth:`forward_chunk` (the kernels' time-major layout).
+
+        Arguments
+        ---------
+        batch_size : int
+            Number of streams.
+        device : torch.device, optional
+            Defaults to the parameters' device.
+
+        Returns
+        -------
+        dict
+            ``hist`` [B, d_conv - 1, Di] and ``ssm`` [B, d_state, Di],
+            float32: the convolution's last inputs and the scan's state;
+            on the fused CPU path also ``kernel``, the weights in the
+            kernels' layout, taken now (allocate again after changing them).
+        """
+        device = device or self.in_proj.weight.device
+        state = {"hist": torch.zeros(batch_size, self.d_conv - 1, self.d_inner, device=device),
+                 "ssm": torch.zeros(batch_size, self.d_state, self.d_inner, device=device),
+                 "kernel": None}
+        if self.uses_fused_path(state["ssm"]):
+            with torch.no_grad():
+                w = [t if t is None else t.detach().contiguous() for t in (
+                    self.in_proj.weight, self.in_proj.bias,
+                    self.conv1d.weight.reshape(self.d_inner, -1), self.conv1d.bias,
+                    self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                    -torch.exp(self.A_log), self.D, self.out_proj.weight, self.out_proj.bias)]
+            state["kernel"] = tuple(w)
+        return state
+
+    def forward_chunk(self, hidden_states, chunk_state):
+        """Mix the next frames of a stream, continuing from ``chunk_state``.
+
+        The frames go through as one sequence (a scan from the carried state,
+        not a Python loop over frames) on the fused CPU kernels or the
+        PyTorch path; mamba-ssm's kernel takes no initial state, so the
+        ``cuda`` backend runs :meth:`step` frame by frame. Feeding a sequence
+        in pieces gives :meth:`forward` of the whole sequence.
+
+        Arguments
+        ---------
+        hidden_states : torch.Tensor
+            [B, L, N], the next L frames (L >= 1).
+        chunk_state : dict
+            From :meth:`allocate_chunk_state`, updated in place.
+
+        Returns
+        -------
+        torch.Tensor
+            [B, L, N].
+
+        Example
+        -------
+        >>> m = Mamba(d_model=8, d_state=4).eval()
+        >>> x = torch.randn(2, 30, 8)
+        >>> st = m.allocate_chunk_state(2)
+        >>> with torch.no_grad():
+        ...     y = torch.cat([m.forward_chunk(x[:, :7], st), m.forward_chunk(x[:, 7:], st)], 1)
+        ...     torch.allclose(y, m(x), atol=1e-5)
+        True
+        >>> y.shape
+        torch.Size([2, 30, 8])
+        """
+        hist, ssm, kernel = chunk_state["hist"], chunk_state["ssm"], chunk_state["kernel"]
+        if (kernel is not None and hidden_states.dtype == torch.float32
+                and not torch.is_grad_enabled()):
+            return mamba_mixer_chunk_cpu(hidden_states, *kernel, hist, ssm)  # [B, L, N]
+        if resolve_backend(self.ssm_backend, hidden_states.device) == "cuda":
+            return self._chunk_by_steps(hidden_states, hist, ssm)
+        xz = self.in_proj(hidden_states)  # [B, L, 2 * Di]
+        y = mamba_inner_ref(xz, *self._inner_params(), backend=self.ssm_backend,
+                            hist=hist, state=ssm)
+        return self.out_proj(y)  # [B, L, N]
+
+    def _chunk_by_steps(self, hidden_states, hist, ssm):
+        """:meth:`forward_chunk` as one :meth:`step` per frame (the cuda path)."""
+        dtype = self.in_proj.weight.dtype
+        conv_state = F.pad(hist.transpose(1, 2), (1, 0)).to(dtype).contiguous()
+        ssm_state = ssm.transpose(1, 2).contiguous()  # [B, Di, S]
+        out = [self.step(hidden_states[:, t:t + 1], conv_state, ssm_state)[0]
+               for t in range(hidden_states.shape[1])]
+        hist.copy_(conv_state[..., 1:].transpose(1, 2))
+        ssm.copy_(ssm_state.transpose(1, 2))
+        return torch.cat(out, dim=1)  # [B, L, N]
 
     def allocate_inference_cache(self, batch_size, dtype=None, device=None):
         """Zero states for :meth:`step`.

@@ -280,6 +280,7 @@ def selective_scan(
     delta_softplus=False,
     return_last_state=False,
     backend="auto",
+    initial_state=None,
 ):
     """Selective scan with the interface of mamba-ssm's ``selective_scan_fn``.
 
@@ -308,6 +309,12 @@ def selective_scan(
         Also return the final state, (batch, dim, N) float32 (no gradient).
     backend : str
         ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or ``"cuda"``.
+    initial_state : torch.Tensor, optional
+        (batch, dim, N), the state before the first step (zeros by
+        default), e.g. the ``last_state`` of the previous piece of a
+        stream: pieces scanned one after the other give the whole scan.
+        It receives no gradient. mamba-ssm's kernel takes none, so with
+        it the ``cuda`` backend runs the ``torch`` scan.
 
     Returns
     -------
@@ -324,6 +331,12 @@ def selective_scan(
     >>> y = selective_scan(u, delta, A, B, C, backend="torch")
     >>> y.shape
     torch.Size([2, 8, 50])
+    >>> y1, h = selective_scan(u[..., :20], delta[..., :20], A, B[..., :20], C[..., :20],
+    ...                        return_last_state=True, backend="torch")
+    >>> y2 = selective_scan(u[..., 20:], delta[..., 20:], A, B[..., 20:], C[..., 20:],
+    ...                     initial_state=h, backend="torch")  # the stream goes on
+    >>> torch.allclose(torch.cat([y1, y2], -1), y, atol=1e-5)
+    True
     """
     if A.is_complex():
         raise ValueError(
@@ -336,6 +349,8 @@ def selective_scan(
             f"and {tuple(delta.shape)}."
         )
     impl = resolve_backend(backend, u.device)
+    if impl == "cuda" and initial_state is not None:
+        impl = "torch"  # mamba-ssm's selective_scan_fn takes no initial state
     if impl == "cuda":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
@@ -353,7 +368,13 @@ def selective_scan(
         delta32 = F.softplus(delta32)
     Bt = _time_major(B, batch, dim, L, "B")
     Ct = _time_major(C, batch, dim, L, "C")
-    y, last_state = _ScanCore.apply(u32, delta32, A.float(), Bt, Ct, impl)
+    x0 = None
+    if initial_state is not None:
+        if initial_state.shape != (batch, dim, A.shape[1]):
+            raise ValueError(f"initial_state must be (batch, dim, N) = {(batch, dim, A.shape[1])}, "
+                             f"got {tuple(initial_state.shape)}.")
+        x0 = initial_state.detach().float().contiguous()
+    y, last_state = _ScanCore.apply(u32, delta32, A.float(), Bt, Ct, impl, x0)
     if D is not None:
         y = y + D.float()[:, None] * u32
     if z is not None:
@@ -383,32 +404,33 @@ def _time_major(M, batch, dim, L, name):
 class _ScanCore(torch.autograd.Function):
     """y = C x over the recurrence x = exp(delta A) x + delta B u.
 
-    Inputs are float32: u, delta (b, d, L); A (d, N); Bt, Ct (b, G, L, N).
+    Inputs are float32: u, delta (b, d, L); A (d, N); Bt, Ct (b, G, L, N);
+    x0 (b, d, N) contiguous or None (zeros; it gets no gradient).
     Returns y (b, d, L) and the final state (b, d, N).
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, Bt, Ct, impl):
+    def forward(ctx, u, delta, A, Bt, Ct, impl, x0=None):
         """Run the scan forward with ``impl`` ('torch' or 'cpu_kernel')."""
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
         Bt, Ct = Bt.contiguous(), Ct.contiguous()
         ctx.impl = impl
-        if impl == "cpu_kernel":
-            y, ckpt = _cpu_kernel().scan_fwd(u, delta, A, Bt, Ct, SCAN_CHECKPOINT_STEPS)
+        if impl == "cpu_kernel":  # its first checkpoint is x0
+            y, ckpt = _cpu_kernel().scan_fwd(u, delta, A, Bt, Ct, SCAN_CHECKPOINT_STEPS, x0)
             ctx.save_for_backward(u, delta, A, Bt, Ct, ckpt)
             return y, ckpt[:, :, -1]
-        y, xs = scan_fwd_torch(u, delta, A, Bt, Ct)
-        ctx.save_for_backward(u, delta, A, Bt, Ct, xs)
+        y, xs = scan_fwd_torch(u, delta, A, Bt, Ct, x0)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, xs, x0)
         return y, xs[-1]
 
     @staticmethod
     def backward(ctx, gy, _g_last):
         """Reverse-time scan for all input gradients."""
-        u, delta, A, Bt, Ct, saved = ctx.saved_tensors
+        u, delta, A, Bt, Ct, saved, *x0 = ctx.saved_tensors
         gy = gy.float().contiguous()
         if ctx.impl == "cpu_kernel":
             grads = _cpu_kernel().scan_bwd(u, delta, A, Bt, Ct, saved, gy,
                                            SCAN_CHECKPOINT_STEPS)
         else:
-            grads = scan_bwd_torch(u, delta, A, Bt, Ct, saved, gy)
-        return (*grads, None)
+            grads = scan_bwd_torch(u, delta, A, Bt, Ct, saved, gy, *x0)
+        return (*grads, None, None)

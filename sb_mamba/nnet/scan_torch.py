@@ -31,7 +31,7 @@ def _group_sum(M, G):
     return M.reshape(L, b, G, dim // G, N).sum(3).permute(1, 2, 0, 3)
 
 
-def scan_fwd_torch(u, delta, A, Bt, Ct):
+def scan_fwd_torch(u, delta, A, Bt, Ct, x0=None):
     """The recurrence ``x = exp(delta A) x + delta B u``, ``y = C x``, in PyTorch.
 
     Arguments
@@ -42,6 +42,10 @@ def scan_fwd_torch(u, delta, A, Bt, Ct):
         (d, N).
     Bt, Ct : torch.Tensor
         (b, G, L, N), time-major, ``d % G == 0``.
+    x0 : torch.Tensor, optional
+        (b, d, N), the state before the first step (zeros by default): a
+        sequence scanned in pieces, each from the last one's final state
+        ``xs[-1]``, gives the states and outputs of one scan.
 
     Returns
     -------
@@ -57,20 +61,25 @@ def scan_fwd_torch(u, delta, A, Bt, Ct):
     >>> y, xs = scan_fwd_torch(u, delta, A, Bt, Ct)
     >>> y.shape, xs.shape
     (torch.Size([2, 4, 9]), torch.Size([9, 2, 4, 3]))
+    >>> y1, xs1 = scan_fwd_torch(u[..., :4], delta[..., :4], A, Bt[:, :, :4], Ct[:, :, :4])
+    >>> y2, _ = scan_fwd_torch(u[..., 4:], delta[..., 4:], A, Bt[:, :, 4:], Ct[:, :, 4:],
+    ...                        x0=xs1[-1])
+    >>> torch.allclose(torch.cat([y1, y2], -1), y, atol=1e-6)
+    True
     """
     b, dim, L = u.shape
     dT = delta.permute(2, 0, 1).unsqueeze(-1)  # (L, b, d, 1)
     dA = torch.exp(dT * A)  # (L, b, d, N)
     dBu = (dT * u.permute(2, 0, 1).unsqueeze(-1)) * _per_channel(Bt, dim)
     xs = torch.empty_like(dA)
-    x = torch.zeros_like(dA[0])
+    x = torch.zeros_like(dA[0]) if x0 is None else x0.to(dA.dtype).expand_as(dA[0])
     for t in range(L):
         x = torch.addcmul(dBu[t], dA[t], x, out=xs[t])
     y = (xs * _per_channel(Ct, dim)).sum(-1)  # (L, b, d)
     return y.permute(1, 2, 0).contiguous(), xs
 
 
-def scan_bwd_torch(u, delta, A, Bt, Ct, xs, gy):
+def scan_bwd_torch(u, delta, A, Bt, Ct, xs, gy, x0=None):
     """Gradients of :func:`scan_fwd_torch` by a reverse-time scan, in PyTorch.
 
     Arguments
@@ -81,6 +90,9 @@ def scan_bwd_torch(u, delta, A, Bt, Ct, xs, gy):
         (L, b, d, N), the states that :func:`scan_fwd_torch` returned.
     gy : torch.Tensor
         (b, d, L), the gradient of ``y``.
+    x0 : torch.Tensor, optional
+        (b, d, N), the initial state of the forward (zeros by default); it
+        receives no gradient.
 
     Returns
     -------
@@ -105,7 +117,8 @@ def scan_bwd_torch(u, delta, A, Bt, Ct, xs, gy):
     gxs = gT * Cc  # direct gradient of each state, then accumulated in place
     for t in range(L - 2, -1, -1):
         gxs[t].addcmul_(gxs[t + 1], dA[t + 1])
-    x_prev = torch.cat([torch.zeros_like(xs[:1]), xs[:-1]])
+    first = torch.zeros_like(xs[:1]) if x0 is None else x0.to(xs.dtype).expand_as(xs[:1])
+    x_prev = torch.cat([first, xs[:-1]])
     g_logdA = gxs * x_prev * dA  # gradient w.r.t. (delta * A)
     gB_part = gxs * Bc  # (L, b, d, N)
     ddelta = (g_logdA * A).sum(-1) + gB_part.sum(-1) * uT[..., 0]
@@ -133,6 +146,7 @@ def selective_scan_ref(
     delta_bias=None,
     delta_softplus=False,
     return_last_state=False,
+    initial_state=None,
 ):
     """Plain sequential reference of :func:`selective_scan` (autograd loop).
 
@@ -142,7 +156,7 @@ def selective_scan_ref(
 
     Arguments
     ---------
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
         As in :func:`selective_scan` (B and C: (batch, N, L) or
         (batch, G, N, L)).
 
@@ -170,7 +184,7 @@ def selective_scan_ref(
     rep = dim // B.shape[1]
     Bd = B.repeat_interleave(rep, dim=1)  # (batch, dim, N, L)
     Cd = C.repeat_interleave(rep, dim=1)
-    x = u.new_zeros(batch, dim, A.shape[1])
+    x = u.new_zeros(batch, dim, A.shape[1]) if initial_state is None else initial_state
     ys = []
     for t in range(L):
         dt = delta[:, :, t, None]  # (batch, dim, 1)

@@ -10,9 +10,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sb_mamba CPU kernels: selective scan and the fused Mamba inner path.";
   // The GIL is released while the kernels run (they touch no Python object).
   using release = py::call_guard<py::gil_scoped_release>;
-  m.def("scan_fwd", &scan_fwd, "Selective scan forward -> (y, ckpt)", py::arg("u"),
-        py::arg("delta"), py::arg("A"), py::arg("Bt"), py::arg("Ct"), py::arg("chunk"),
-        release());
+  m.def("scan_fwd", &scan_fwd,
+        "Selective scan forward -> (y, ckpt); x0: (b, d, N) initial state, or None for "
+        "zeros; ckpt[:, :, -1] is the final state",
+        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("Bt"), py::arg("Ct"),
+        py::arg("chunk"), py::arg("x0") = py::none(), release());
   m.def("scan_bwd", &scan_bwd, "Selective scan backward -> (du, ddelta, dA, dBt, dCt)",
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("Bt"), py::arg("Ct"),
         py::arg("ckpt"), py::arg("gy"), py::arg("chunk"), release());

@@ -26,7 +26,8 @@
 
 // selective_scan_cpu.cpp
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& Bt, const at::Tensor& Ct, int64_t chunk);
+                                 const at::Tensor& Bt, const at::Tensor& Ct, int64_t chunk,
+                                 const c10::optional<at::Tensor>& x0);
 std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& Bt, const at::Tensor& Ct, const at::Tensor& ckpt,
                                  const at::Tensor& gy, int64_t chunk);

@@ -5,7 +5,9 @@
 //     y_l  = sum_n x_n * C_{l,n}
 // is run sequentially in time, vectorised over the state dimension N and
 // parallelised over the (batch * channel) pairs with at::parallel_for.
-// The forward pass stores the state at chunk boundaries only; the backward
+// The forward pass can start from a given state (x0: streaming, or a long
+// sequence in segments); it stores the state at chunk boundaries only (the
+// first is the initial state, the last the final one); the backward
 // pass recomputes one chunk of states at a time from those checkpoints, so
 // no (b, d, L, N) tensor is ever materialised.
 //
@@ -150,9 +152,17 @@ std::vector<int64_t> check_inputs(const at::Tensor& u, const at::Tensor& delta,
 }  // namespace
 
 std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& Bt, const at::Tensor& Ct, int64_t chunk) {
+                                 const at::Tensor& Bt, const at::Tensor& Ct, int64_t chunk,
+                                 const c10::optional<at::Tensor>& x0) {
   const auto s = check_inputs(u, delta, A, Bt, Ct, chunk);
   const int64_t b = s[0], d = s[1], L = s[2], N = s[3], G = s[4], dpg = d / G;
+  if (x0.has_value()) {
+    check_tensor(*x0, "x0", 3);
+    TORCH_CHECK(x0->size(0) == b && x0->size(1) == d && x0->size(2) == N,
+                "selective_scan_cpu: x0 must be (b, d, N) = (", b, ", ", d, ", ", N, "), got ",
+                x0->sizes());
+  }
+  const float* px0 = x0.has_value() ? x0->data_ptr<float>() : nullptr;
   const int64_t n_chunks = (L + chunk - 1) / chunk;
   auto y = at::empty({b, d, L}, u.options());
   auto ckpt = at::empty({b, d, n_chunks + 1, N}, u.options());
@@ -166,7 +176,8 @@ std::vector<at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, c
       // The task's channels of one (batch, group) slab advance together chunk
       // by chunk, so the chunk's rows of B and C stay in cache across them.
       const int64_t slab = p / dpg, q = std::min(end, (slab + 1) * dpg);
-      x.assign((q - p) * N, 0.0f);
+      if (px0 == nullptr) x.assign((q - p) * N, 0.0f);
+      else x.assign(px0 + p * N, px0 + q * N);  // the caller's initial states
       for (int64_t k = 0; k <= n_chunks; ++k) {
         for (int64_t i = p; i < q; ++i) {
           float* xi = x.data() + (i - p) * N;
