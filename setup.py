@@ -66,6 +66,7 @@ setup(
             "sb-mamba-make-rir-bank=sb_mamba.cli:make_rir_bank_main",
             "sb-mamba-convert=sb_mamba.cli:convert_main",
             "sb-mamba-migrate=sb_mamba.cli:migrate_main",
+            "sb-mamba-stream=sb_mamba.cli:stream_main",
         ]
     },
     extras_require={

@@ -9,6 +9,7 @@
     sb-mamba migrate old-model                   # an old-layout model folder, rewritten once
     sb-mamba make-mixtures OUT --speech SPEECH --layout whamr --noise NOISE
     sb-mamba make-rir-bank BANK --rooms 1000 --workers 8
+    arecord -f S16_LE -r 8000 -c 1 | sb-mamba stream MODEL | aplay -f S16_LE -r 8000 -c 2
 
 The old names ``sb-mamba-separate``, ``sb-mamba-export``,
 ``sb-mamba-make-mixtures`` and ``sb-mamba-make-rir-bank`` stay as aliases of
@@ -141,6 +142,9 @@ def add_arguments(p):
                         "one pass up to 30 s, 10 s chunks beyond; 0: always one pass")
     p.add_argument("--overlap", type=float, default=0.25,
                    help="overlap fraction of consecutive chunks")
+    p.add_argument("--stream", action="store_true",
+                   help="run through the streaming path of a causal model (sb-mamba "
+                        "stream's; the same output as one offline pass)")
     p.add_argument("--normalize", choices=["mixture", "peak", "none"], default="mixture",
                    help="output scaling: 'mixture' (default) keeps the mixture's level, "
                         "never above full scale when the input is not; 'peak': each "
@@ -252,6 +256,8 @@ def _separate(args):
     except Exception as e:  # a folder, a hub id or a URL: many ways to fail
         raise UserError(f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
                         "give a folder written by `sb-mamba export` or a hub id.") from e
+    if args.stream:
+        model.stream()  # a model that cannot stream is refused here, once
     done, skipped, failed, seen = 0, 0, len(missing), set()
     for path, rel in tqdm(files, desc="separating", unit="file", dynamic_ncols=True):
         targets = source_paths(rel, out / rel.parent, model.num_spks)
@@ -274,7 +280,8 @@ def _separate(args):
             model.separate_file(path, chunk_seconds=args.chunk_seconds,
                                 overlap=args.overlap, normalize=args.normalize,
                                 output_dir=out / rel.parent, output_rate=args.sample_rate,
-                                max_samples=int(args.max_hours * 3600 * 16000))
+                                max_samples=int(args.max_hours * 3600 * 16000),
+                                stream=args.stream)
             done += 1
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):  # every next file would fail too
@@ -303,6 +310,9 @@ COMMANDS = {
                       "simulate or index room impulse responses"),
     "convert": ("sb_mamba.inference.convert",
                 "convert an official SPMamba / SepMamba checkpoint to a model folder"),
+    "stream": ("sb_mamba.inference.stream_cli",
+               "separate a live mixture: raw 16-bit PCM on stdin -> the speakers as "
+               "interleaved channels on stdout (causal models)"),
     "migrate": ("sb_mamba.modelfolder",
                 "rewrite an old-layout model folder (hyperparams.yaml + separator.ckpt) "
                 "as config.json + separator.safetensors"),
@@ -379,6 +389,7 @@ make_mixtures_main = _alias("make-mixtures")
 make_rir_bank_main = _alias("make-rir-bank")
 convert_main = _alias("convert")
 migrate_main = _alias("migrate")
+stream_main = _alias("stream")
 
 if __name__ == "__main__":
     sys.exit(main())

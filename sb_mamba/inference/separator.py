@@ -267,8 +267,23 @@ class MambaSeparator(Pretrained):
 
     forward = separate_batch  # [B, T] -> [B, T, S], as SpeechBrain's interfaces
 
+    def stream(self):
+        """A real-time separator fed chunk by chunk (causal SepMamba only).
+
+        Returns
+        -------
+        sb_mamba.inference.streaming.StreamingSeparator
+            ``feed(chunk [n]) -> [n_ready, num_spks]``, ``flush()``,
+            ``reset()``; a model that is not a causal SepMamba raises
+            :class:`~sb_mamba.errors.UserError`.
+        """
+        from sb_mamba.inference.streaming import StreamingSeparator
+
+        self.mods.eval()
+        return StreamingSeparator(self.mods.separator, self.sample_rate)
+
     def separate_signal(self, mix, chunk_seconds="auto", overlap=0.25, normalize="mixture",
-                        progress=None):
+                        progress=None, stream=False):
         """Separate one mono signal at the model rate, in chunks if asked.
 
         Arguments
@@ -287,6 +302,10 @@ class MambaSeparator(Pretrained):
             (:func:`normalize_sources`).
         progress : bool or None
             A tqdm bar over the chunks; ``None`` (default): only on a terminal.
+        stream : bool
+            Run through the streaming path (:meth:`stream`, causal models
+            only; ``chunk_seconds`` and ``overlap`` are not used): the same
+            output as one offline pass.
 
         Returns
         -------
@@ -311,7 +330,9 @@ class MambaSeparator(Pretrained):
         if chunk_seconds == "auto":
             long = T > AUTO_ONE_PASS_SECONDS * self.sample_rate
             chunk_seconds = AUTO_CHUNK_SECONDS if long else None
-        if chunk_seconds is None:
+        if stream:
+            est = self.stream().separate(mix)[None]
+        elif chunk_seconds is None:
             est = self.separate_batch(mix[None]).cpu()
         else:
             chunk = round(chunk_seconds * self.sample_rate)
@@ -330,7 +351,7 @@ class MambaSeparator(Pretrained):
 
     def separate_file(self, path, savedir=None, chunk_seconds="auto", overlap=0.25,
                       normalize="mixture", output_dir=None, output_rate="model",
-                      max_samples=None, progress=None):
+                      max_samples=None, progress=None, stream=False):
         """Separate an audio file of any rate and number of channels: it is
         averaged to mono and resampled to :attr:`sample_rate` (logged), then
         separated with :meth:`separate_signal`.
@@ -341,7 +362,7 @@ class MambaSeparator(Pretrained):
             Local file, URL or HuggingFace ``owner/repo/file`` path.
         savedir : str, optional
             Where a fetched remote file is stored (as in SpeechBrain).
-        chunk_seconds, overlap, normalize, progress
+        chunk_seconds, overlap, normalize, progress, stream
             See :meth:`separate_signal`.
         output_dir : str, optional
             Also write ``<stem>_s1.wav``, ... (float WAV) there, each written
@@ -376,7 +397,7 @@ class MambaSeparator(Pretrained):
         ) + [f"averaged {info.channels} channels"] * (info.channels > 1)
         logger.info("%s: %.2f s, %s.", path, info.frames / info.samplerate,
                     ", ".join(done) or f"mono at {self.sample_rate} Hz as is")
-        est = self.separate_signal(wav, chunk_seconds, overlap, normalize, progress)
+        est = self.separate_signal(wav, chunk_seconds, overlap, normalize, progress, stream)
         if output_dir is not None:
             rate = {"model": self.sample_rate, "input": info.samplerate}.get(
                 output_rate, output_rate)

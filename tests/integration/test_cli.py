@@ -24,6 +24,7 @@ def _missing_input_cases(tmp):
         "make-rir-bank": [str(tmp / "bank"), "--index-measured", str(missing)],
         "convert": [str(missing) + ".ckpt", str(tmp / "model")],
         "migrate": [str(missing)],
+        "stream": [str(missing)],
     }
 
 
