@@ -417,7 +417,7 @@ def read_folder(folder, migrate_hint=True):
     Example
     -------
     >>> from sb_mamba.resources import pretrained_path
-    >>> config, state = read_folder(pretrained_path())
+    >>> config, state = read_folder(pretrained_path("sepmamba-librimini-8k"))
     >>> config.sample_rate, config.num_spks, state["decoder.weight"].dtype
     (8000, 2, torch.float16)
     """
@@ -1003,7 +1003,7 @@ def migrate(folder, target=None):
     Example
     -------
     >>> from sb_mamba.resources import pretrained_path
-    >>> migrate(pretrained_path()).name  # already in the current layout
+    >>> migrate(pretrained_path("sepmamba-librimini-8k")).name  # already in the current layout
     'sepmamba-librimini-8k'
     """
     folder = Path(folder)
