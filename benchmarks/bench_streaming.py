@@ -97,18 +97,21 @@ def memory_run(stream, minutes, rate, every_s=10.0):
     g = torch.Generator().manual_seed(1)
     block = 0.1 * torch.randn(int(every_s * rate), generator=g)  # recycled audio
     stream.reset()
-    t_audio, rss, times, fed = [], [], [], 0
-    start = time.perf_counter()
-    while fed < n:
+    per_block = -(-len(block) // chunk)
+    n_blocks = -(-n // len(block))
+    # preallocated: the benchmark's own bookkeeping must not grow the RSS
+    times, t_audio, rss = np.zeros(n_blocks * per_block), [0.0] * n_blocks, [0.0] * n_blocks
+    start, i = time.perf_counter(), 0
+    for b in range(n_blocks):
         for a in range(0, len(block), chunk):
             t0 = time.thread_time()
             stream.feed(block[a:a + chunk])
-            times.append(time.thread_time() - t0)
-        fed += len(block)
-        t_audio.append(fed / rate)
-        rss.append(_rss_mb())
+            times[i] = time.thread_time() - t0
+            i += 1
+        t_audio[b] = (b + 1) * len(block) / rate
+        rss[b] = _rss_mb()
     stream.flush()
-    times = np.array(times[20:])
+    times = times[20:]
     return {"minutes": minutes, "chunk_samples": chunk, "wall_s": time.perf_counter() - start,
             "audio_s": t_audio, "rss_mb": rss,
             "rss_growth_mb": rss[-1] - rss[min(1, len(rss) - 1)],

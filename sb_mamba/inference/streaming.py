@@ -247,7 +247,7 @@ class StreamingSeparator:
         x = torch.as_tensor(chunk).to(self._decoder.weight.device, torch.float32)
         if x.dim() != 1:
             raise UserError(f"feed() takes one mono chunk [n], got shape {tuple(x.shape)}.")
-        return x.view(1, 1, -1)  # [1, 1, n]
+        return x.reshape(1, 1, -1)  # [1, 1, n]
 
     def _push(self, x):
         """New input samples [1, 1, n] -> the new up-path frames of level 0."""
