@@ -46,7 +46,6 @@ Authors
 import argparse
 import errno
 import importlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -55,46 +54,12 @@ from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from sb_mamba.errors import USER_ERROR, UserError, user_message
+from sb_mamba.logs import setup_cli_logging
 
 logger = get_logger(__name__)
 
 DEFAULT_EXT = "wav,flac,ogg,mp3,opus,aiff,aif"
 INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT)
-
-
-class _TqdmHandler(logging.Handler):
-    """Log records written with ``tqdm.write`` (keeps the progress bar intact)."""
-
-    def emit(self, record):
-        tqdm.write(self.format(record), file=sys.stderr)
-
-
-def _setup_logging(verbose=False):
-    """Route the CLI's messages, warnings and errors through tqdm.
-
-    Per-file details (resampling, chunking) and SpeechBrain's INFO messages
-    are shown only with ``verbose``. Returns a function that restores the
-    previous logging set-up.
-    """
-    handler = _TqdmHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    handler.addFilter(lambda r: verbose or r.levelno >= logging.WARNING  # and the
-                      or r.name in (__name__, "sb_mamba.nnet._cpu_kernel"))  # compile notice
-    saved = []
-    for name, level in (("sb_mamba", logging.INFO), ("speechbrain", logging.WARNING)):
-        log = logging.getLogger(name)
-        saved.append((log, log.level, log.propagate))
-        log.addHandler(handler)
-        log.setLevel(level)
-        log.propagate = False
-
-    def restore():
-        for log, level, propagate in saved:
-            log.removeHandler(handler)
-            log.setLevel(level)
-            log.propagate = propagate
-
-    return restore
 
 
 def find_inputs(paths, exts):
@@ -217,7 +182,7 @@ def run(args):
                             f"{args.sample_rate!r}.") from None
     if args.model is None:
         args.model, args.inputs = split_model(args.inputs)
-    restore = _setup_logging(args.verbose)
+    restore = setup_cli_logging(args.verbose)
     try:
         return _separate(args)
     finally:
@@ -345,6 +310,9 @@ def build_parser(command=None):
     """
     parser = _Parser(prog="sb-mamba", description="sb_mamba: state-space speech "
                      "separation (SepMamba, SPMamba, S4M) for SpeechBrain.")
+    from importlib.metadata import version
+
+    parser.add_argument("--version", action="version", version=f"sb-mamba {version('sb_mamba')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module, summary) in COMMANDS.items():

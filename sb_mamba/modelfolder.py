@@ -845,7 +845,7 @@ def model_card(name, cls, params, sample_rate, num_spks, results, ckpt_note,
         f"- Paper: {PAPERS.get(short, 'see the sb_mamba documentation')}.",
         f"- Files: `{CONFIG}` (class, arguments, rate) and `{WEIGHTS}`: data only, "
         "loading runs no code from this folder.",
-        "", "## Usage", "", "```bash", "pip install sb_mamba", "```", "",
+        "", "## Usage", "", "```bash", "pip install .  # in a clone of sb_mamba (it is not on PyPI yet)", "```", "",
         "```python", "from sb_mamba.inference import MambaSeparator", "",
         f'model = MambaSeparator.from_hparams(source="<this repo or folder>", '
         f'savedir="pretrained_models/{name}")',
@@ -1034,8 +1034,8 @@ def add_arguments(p):
 
 def run(args):
     """``sb-mamba migrate FOLDER [TARGET]``."""
-    import logging
+    from sb_mamba.logs import setup_cli_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_cli_logging()
     migrate(args.folder, args.target)
     return 0

@@ -1,4 +1,4 @@
-"""Files that ship inside the package: model fragments and the demo model.
+"""Files that ship inside the package: model fragments and the shipped models.
 
 ``hparams/`` and ``pretrained/`` sit at the top of the repository and are
 installed as the packages ``sb_mamba.hparams`` and ``sb_mamba.pretrained``
@@ -14,7 +14,8 @@ Authors
 import importlib.resources
 from pathlib import Path
 
-DEMO_MODEL = "sepmamba-librimini-8k"
+DEFAULT_MODEL = "sepmamba-8k"  # the general model: rooms, noise, many voices, single talkers
+DEMO_MODEL = "sepmamba-librimini-8k"  # the clean LibriSpeech demo of the LibriMini recipe
 
 
 def _package_root(package):
@@ -63,13 +64,15 @@ def hparams_path(name):
     return _find("sb_mamba.hparams", name, "model fragment")
 
 
-def pretrained_path(name=DEMO_MODEL):
+def pretrained_path(name=DEFAULT_MODEL):
     """Folder of a shipped model (hub layout), for ``MambaSeparator.from_hparams``.
 
     Arguments
     ---------
     name : str
-        Folder name under ``pretrained/``; the demo model by default.
+        Folder name under ``pretrained/``: ``sepmamba-8k`` (the default model
+        of ``sb-mamba separate`` and ``MambaSeparator.from_hparams()``) or
+        ``sepmamba-librimini-8k`` (:data:`DEMO_MODEL`).
 
     Returns
     -------
@@ -77,8 +80,8 @@ def pretrained_path(name=DEMO_MODEL):
 
     Example
     -------
-    >>> Path(pretrained_path()).name
-    'sepmamba-librimini-8k'
+    >>> Path(pretrained_path()).name, Path(pretrained_path(DEMO_MODEL)).name
+    ('sepmamba-8k', 'sepmamba-librimini-8k')
     """
     path = _find("sb_mamba.pretrained", name, "shipped model")
     if not (Path(path) / "config.json").is_file():  # sb_mamba.modelfolder.CONFIG

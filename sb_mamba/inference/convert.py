@@ -43,7 +43,6 @@ Authors
 
 import argparse
 import hashlib
-import logging
 import math
 import re
 from pathlib import Path
@@ -505,7 +504,9 @@ def add_arguments(p):
 
 def run(args):
     """``sb-mamba convert CHECKPOINT OUT_DIR [--model ...] [--sample-rate N]``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from sb_mamba.logs import setup_cli_logging
+
+    setup_cli_logging()
     convert(args.checkpoint, args.out_dir, model=args.model, sample_rate=args.sample_rate,
             num_spks=args.num_spks, trust_checkpoint=args.trust_checkpoint, name=args.name)
     return 0

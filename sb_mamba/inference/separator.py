@@ -194,7 +194,7 @@ class MambaSeparator(Pretrained):
     MODULES_NEEDED = ["separator"]
 
     @classmethod
-    def from_hparams(cls, source, hparams_file=None, savedir=None, overrides=None,
+    def from_hparams(cls, source=None, hparams_file=None, savedir=None, overrides=None,
                      run_opts=None, trust_remote_code=False, **kwargs):
         """Load from a model folder or a HuggingFace repo id, as data.
 
@@ -211,8 +211,9 @@ class MambaSeparator(Pretrained):
 
         Arguments
         ---------
-        source : str or Path
-            Folder or ``owner/name`` hub id.
+        source : str or Path, optional
+            Folder or ``owner/name`` hub id; left out, the shipped default
+            model ``sepmamba-8k`` (:func:`sb_mamba.pretrained_path`).
         hparams_file : None
             Kept for SpeechBrain's signature; a model folder has no
             hyperparameter file to choose.
@@ -232,6 +233,10 @@ class MambaSeparator(Pretrained):
         -------
         MambaSeparator
         """
+        if source is None:
+            from sb_mamba.resources import pretrained_path
+
+            source = pretrained_path()
         if hparams_file not in (None, modelfolder.OLD_YAML, modelfolder.CONFIG):
             raise UserError(f"hparams_file={hparams_file!r}: a model folder is read from its "
                             f"{modelfolder.CONFIG}; leave hparams_file out.")

@@ -79,9 +79,9 @@ def _read_chunk(fd, nbytes, pending):
 
 def run(args):
     """``sb-mamba stream``: returns the exit status."""
-    from sb_mamba.cli import _setup_logging
+    from sb_mamba.logs import setup_cli_logging
 
-    restore = _setup_logging(args.verbose)
+    restore = setup_cli_logging(args.verbose)
     try:
         return _stream(args, sys.stdin.buffer.fileno(), sys.stdout.buffer)
     finally:

@@ -151,9 +151,11 @@ def notes(rows, hp_text, test_db=None, target_db=8.0, card=None):
            if any(str(r.get("cpu_estimated")) == "1" for r in rows) else ")."),
         f"{card['eval']} `learning_curve.csv` and `train_log.txt` hold the full record.", "",
     ]
-    best = max(rows, key=lambda r: float(r["valid_si_snri"]))
+    # a run validated on another set than its history's is fitted on its own epochs
+    own = [r for r in rows if r["run"] == last["run"]] if card["own_curve"] else rows
+    best = max(own, key=lambda r: float(r["valid_si_snri"]))
     gap = float(best["valid_si_snri"]) - test_db if test_db is not None else 0.0
-    per_doubling, hours = extrapolate(rows, target_db + gap)
+    per_doubling, hours = extrapolate(own, target_db + gap)
     out += [
         f"How far from {target_db:g} dB? A straight line through the curve against log2 of "
         f"the CPU-hours (epochs after the steep start) gains {per_doubling:.2f} dB per "
@@ -163,8 +165,11 @@ def notes(rows, hp_text, test_db=None, target_db=8.0, card=None):
            f"{target_db:g} dB on the test speakers needs about "
            f"{target_db + gap:.1f} dB on validation:" if test_db is not None else "")
         + (f" the fit reaches it after about **{hours:,.0f} CPU-hours** of this recipe "
-           f"({max(0.0, hours - float(last['cpu_hours'])):,.0f} more)." if math.isfinite(hours)
-           else " the fit does not rise, so it gives no estimate.")
+           f"({max(0.0, hours - float(last['cpu_hours'])):,.0f} more)."
+           if math.isfinite(hours) and hours < 1000 else
+           " the fit rises too slowly (the curve is still short and flat) to give a useful "
+           "estimate." if math.isfinite(hours) else " the fit does not rise, so it gives no "
+           "estimate.")
         + " A rough guide, not a promise: the curve is noisy and each run changed the recipe.",
         "",
         "| run | epoch | steps | CPU-hours | lr | valid SI-SNRi (dB) |", "|---|---|---|---|---|---|",
@@ -183,6 +188,7 @@ CARD_DEFAULTS = {  # the LibriMini demo model's
     "eval": "Validation: 50 fixed 4 s mixtures of 20 held-out speakers; test: 100 mixtures "
             "of 20 other held-out speakers.",
     "run_label": "",  # the curve's label of this run; empty: "run N" after the history's
+    "own_curve": "",  # non-empty: fit only this run's epochs (its validation set differs)
 }
 
 

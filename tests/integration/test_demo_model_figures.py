@@ -23,7 +23,7 @@ from sb_mamba.audio import read_audio
 from sb_mamba.dataio.librimini import prepare_librimini
 from sb_mamba.inference import MambaSeparator
 from sb_mamba.metrics import pit_metric, si_snr
-from sb_mamba.resources import pretrained_path
+from sb_mamba.resources import DEMO_MODEL, pretrained_path
 
 N_CHECKED = 12  # the first test mixtures (all 100 take ~1 min on one core)
 LIBRIMINI = Path(__file__).resolve().parents[2] / "recipes" / "LibriMini" / "data"
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def test_shipped_model_matches_its_test_results(tmp_path):
     published = {}
-    with open(Path(pretrained_path()) / "test_results.csv") as f:
+    with open(Path(pretrained_path(DEMO_MODEL)) / "test_results.csv") as f:
         for row in csv.DictReader(f):
             published[row["snt_id"]] = row
     avg = published.pop("avg")
@@ -46,7 +46,7 @@ def test_shipped_model_matches_its_test_results(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["ID"] for r in rows] == list(published)[:N_CHECKED], "mixtures differ"
 
-    model = MambaSeparator.from_hparams(source=pretrained_path(), savedir=pretrained_path())
+    model = MambaSeparator.from_hparams(source=pretrained_path(DEMO_MODEL))
     ours, theirs = [], []
     for r in rows:
         mix = read_audio(r["mix_wav"], 8000)

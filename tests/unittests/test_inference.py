@@ -122,7 +122,7 @@ def test_export_layout_and_card(exported):
     assert (config["sample_rate"], config["num_spks"], config["format_version"]) == (8000, 2, 1)
     card = (hub / "README.md").read_text()
     assert "| 13.25 | 14.50 | 11.50 | 12.50 |" in card
-    assert "pip install sb_mamba" in card
+    assert "pip install .  # in a clone of sb_mamba" in card
 
 
 def test_from_hparams_offline_subprocess_matches_memory(exported):

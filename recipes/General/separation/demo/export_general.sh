@@ -27,9 +27,9 @@ python train.py hparams/sepmamba.yaml --data_folder="$DATA" --output_folder="$EV
     "${GENERAL_MODEL_ARGS[@]}" "${GENERAL_TRAIN_ARGS[@]}" --test_only --n_audio_to_save=3
 python -m sb_mamba.training.notes "$RUN" "$EVAL" --name sepmamba-8k \
     --recipe-dir recipes/General/separation --train-script demo/train_general.sh \
-    --export-script demo/export_general.sh --run-label "general $(basename "$RUN")" \
+    --export-script demo/export_general.sh --run-label "general $(basename "$RUN")" --own-curve yes \
     --data "dynamic mixing of 251 speakers (LibriMini's 156 LibriSpeech readers and 95 speechocean762 children and non-native adults) at 8 kHz, half of the mixtures in a room (measured RIRs and simulated rooms), half with real noise at -6 to 10 dB SNR, relative levels up to 10 dB, 10 % single talkers; warm-started from the LibriMini demo model (its curve comes first)" \
-    --eval "Validation: 60 fixed 4 s mixtures of 30 held-out speakers in the training conditions (the first curve's validation: clean LibriMini speakers); test: 100 mixtures of 40 other held-out speakers, held-out noise recordings and rooms."
+    --eval "Validation: 60 fixed 4 s mixtures of 30 held-out speakers in the training conditions (the LibriMini part of the curve: 50 clean mixtures of LibriMini readers); test: 100 mixtures of 40 other held-out speakers, held-out noise recordings and rooms."
 # a first export, scored on the robustness test sets beside the LibriMini demo model
 sb-mamba export "$EVAL" "$EVAL/model" --fp16 --name sepmamba-8k --hparams-file "$RUN/hyperparams.yaml"
 python "$ROOT/benchmarks/bench_robustness.py" --data "$DATA" \
