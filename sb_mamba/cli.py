@@ -54,7 +54,7 @@ from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from sb_mamba.errors import USER_ERROR, UserError, user_message
-from sb_mamba.logs import setup_cli_logging
+from sb_mamba.logs import ALWAYS_INFO, setup_cli_logging
 
 logger = get_logger(__name__)
 
@@ -182,11 +182,7 @@ def run(args):
                             f"{args.sample_rate!r}.") from None
     if args.model is None:
         args.model, args.inputs = split_model(args.inputs)
-    restore = setup_cli_logging(args.verbose)
-    try:
-        return _separate(args)
-    finally:
-        restore()
+    return _separate(args)
 
 
 def _separate(args):
@@ -329,6 +325,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv)
+    # one logging set-up for every subcommand: a command with --verbose shows its details
+    # only then; one without shows its own module's INFO lines (what it wrote)
+    own = () if hasattr(args, "verbose") else (COMMANDS[args.command][0],)
+    restore = setup_cli_logging(getattr(args, "verbose", False), always=(*ALWAYS_INFO, *own))
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -341,6 +341,8 @@ def main(argv=None):
             raise
         print(f"sb-mamba {args.command}: error: {message}", file=sys.stderr)
         return USER_ERROR
+    finally:
+        restore()
 
 
 def _alias(command):

@@ -1,6 +1,6 @@
 """The one logging set-up of sb_mamba's command-line tools.
 
-Every ``sb-mamba`` subcommand calls :func:`setup_cli_logging` (recipes log
+``sb_mamba.cli.main`` calls :func:`setup_cli_logging` around every subcommand (recipes log
 through SpeechBrain's own set-up, which ``speechbrain.core`` makes): messages,
 warnings and errors go to stderr through ``tqdm.write``, so progress bars stay
 intact, as ``LEVEL message`` lines.

@@ -1034,8 +1034,5 @@ def add_arguments(p):
 
 def run(args):
     """``sb-mamba migrate FOLDER [TARGET]``."""
-    from sb_mamba.logs import setup_cli_logging
-
-    setup_cli_logging()
     migrate(args.folder, args.target)
     return 0

@@ -504,9 +504,6 @@ def add_arguments(p):
 
 def run(args):
     """``sb-mamba convert CHECKPOINT OUT_DIR [--model ...] [--sample-rate N]``."""
-    from sb_mamba.logs import setup_cli_logging
-
-    setup_cli_logging()
     convert(args.checkpoint, args.out_dir, model=args.model, sample_rate=args.sample_rate,
             num_spks=args.num_spks, trust_checkpoint=args.trust_checkpoint, name=args.name)
     return 0

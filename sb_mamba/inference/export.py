@@ -186,9 +186,6 @@ def add_arguments(p):
 
 def run(args):
     """``sb-mamba export OUTPUT_FOLDER TARGET [--fp16] [--upload REPO]``."""
-    from sb_mamba.logs import setup_cli_logging
-
-    setup_cli_logging()
     if args.notes and not Path(args.notes).is_file():
         raise FileNotFoundError(2, "No such notes file", args.notes)
     notes = Path(args.notes).read_text() if args.notes else ""

@@ -79,13 +79,7 @@ def _read_chunk(fd, nbytes, pending):
 
 def run(args):
     """``sb-mamba stream``: returns the exit status."""
-    from sb_mamba.logs import setup_cli_logging
-
-    restore = setup_cli_logging(args.verbose)
-    try:
-        return _stream(args, sys.stdin.buffer.fileno(), sys.stdout.buffer)
-    finally:
-        restore()
+    return _stream(args, sys.stdin.buffer.fileno(), sys.stdout.buffer)
 
 
 def _stream(args, fd_in, out):
