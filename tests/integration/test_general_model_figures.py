@@ -69,6 +69,7 @@ def test_a_lone_talker_leaves_the_second_output_quiet(tmp_path, shipped):
     ds = DynamicMixingDataset(readers, epoch_size=8, segment_seconds=4.0, single_prob=1.0)
     csv_file = ds.export(tmp_path / "single", 8, subtype="PCM_16")
     ratios = [s["ratio_db"] for s in bench.score_folder(model, csv_file, single=True)]
-    # the published median on the benchmark's single-talker set, give or take 3 dB
-    assert statistics.median(ratios) > published["single"]["ratio_db_median"] - 3.0, ratios
-    assert min(ratios) > 3.0, ratios  # never split evenly over both outputs
+    # the target: the quieter output at least 20 dB below the louder (the benchmark's
+    # single-talker set, both corpora, is published beside it); never split over both
+    assert published["single"]["ratio_db_median"] >= 20.0
+    assert statistics.median(ratios) >= 20.0 and min(ratios) > 10.0, ratios
