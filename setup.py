@@ -34,9 +34,19 @@ setup(
     package_data={
         "sb_mamba": ["nnet/csrc/*.cpp", "nnet/csrc/*.h"],
         "sb_mamba.hparams": ["*.md", "models/*.yaml"],
-        "sb_mamba.pretrained": ["*.md", "*/*.json", "*/*.safetensors", "*/*.yaml",
-                                "*/*.ckpt", "*/*.md", "*/*.csv", "*/*.png", "*/*.flac",
-                                "*/*.wav", "*/LICENSE*"],
+        "sb_mamba.pretrained": [
+            "*.md",
+            "*/*.json",
+            "*/*.safetensors",
+            "*/*.yaml",
+            "*/*.ckpt",
+            "*/*.md",
+            "*/*.csv",
+            "*/*.png",
+            "*/*.flac",
+            "*/*.wav",
+            "*/LICENSE*",
+        ],
     },
     install_requires=[
         # torch 2.14.1 + torchaudio 2.11.0 is the tested pair (see README).
@@ -59,14 +69,6 @@ setup(
     entry_points={
         "console_scripts": [
             "sb-mamba=sb_mamba.cli:main",
-            # the names before the one sb-mamba command: aliases for one release
-            "sb-mamba-separate=sb_mamba.cli:separate_main",
-            "sb-mamba-export=sb_mamba.cli:export_main",
-            "sb-mamba-make-mixtures=sb_mamba.cli:make_mixtures_main",
-            "sb-mamba-make-rir-bank=sb_mamba.cli:make_rir_bank_main",
-            "sb-mamba-convert=sb_mamba.cli:convert_main",
-            "sb-mamba-migrate=sb_mamba.cli:migrate_main",
-            "sb-mamba-stream=sb_mamba.cli:stream_main",
         ]
     },
     extras_require={
@@ -74,7 +76,8 @@ setup(
         # "Installing the CUDA kernels", and benchmarks/gpu_check.py. The
         # published SepMamba / SPMamba code used mamba-ssm 1.2.0.post1.
         "cuda": ["mamba-ssm>=1.2.0.post1", "causal-conv1d>=1.2.0"],
-        "dev": ["pytest>=7", "ruff>=0.4", "mir_eval>=0.7", "matplotlib>=3.5"],
+        # ruff pinned: its formatter's output changes between versions
+        "dev": ["pytest>=7", "ruff==0.17.6", "mir_eval>=0.7", "matplotlib>=3.5"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

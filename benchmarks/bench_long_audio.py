@@ -57,8 +57,11 @@ def speech_streams(seconds, sample_rate=8000):
     T = int(seconds * sample_rate)
     streams = []
     for group in (speakers[0::2], speakers[1::2]):
-        utts = [read_audio(f, sample_rate, resample_to_rate=True)
-                for spk in group for f in sorted(spk.glob("*.flac"))]
+        utts = [
+            read_audio(f, sample_rate, resample_to_rate=True)
+            for spk in group
+            for f in sorted(spk.glob("*.flac"))
+        ]
         utts = [u / (u.std() + 1e-8) * 0.1 for u in utts]
         one = torch.cat(utts)
         streams.append(one.repeat(T // one.numel() + 1)[:T])
@@ -68,28 +71,33 @@ def speech_streams(seconds, sample_rate=8000):
 def load_model(model, device):
     """MambaSeparator from a folder / hub id, or a fresh small SepMamba."""
     import torch
-    from hyperpyyaml import load_hyperpyyaml
 
     from sb_mamba.inference import MambaSeparator
+    from sb_mamba.resources import load_fragment
 
     if model:
         return MambaSeparator.from_hparams(source=model, run_opts={"device": device})
     torch.manual_seed(0)
-    with open(ROOT / "hparams" / "models" / "sepmamba_s.yaml") as f:
-        hp = load_hyperpyyaml(f, {"dim": 32, "num_blocks": 1})
+    hp = load_fragment("sepmamba_s", {"dim": 32, "num_blocks": 1})
     hparams = {"sample_rate": hp["sample_rate"], "num_spks": hp["num_spks"]}
-    return MambaSeparator({"separator": hp["separator"]}, hparams,
-                          run_opts={"device": device})
+    return MambaSeparator({"separator": hp["separator"]}, hparams, run_opts={"device": device})
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default = str(DEFAULT_MODEL) if DEFAULT_MODEL.is_dir() else ""
-    p.add_argument("--model", default=default,
-                   help="model folder or hub id (default: see the module docstring)")
+    p.add_argument(
+        "--model",
+        default=default,
+        help="model folder or hub id (default: see the module docstring)",
+    )
     p.add_argument("--seconds", type=float, default=600.0, help="recording length")
-    p.add_argument("--chunk-seconds", type=float, default=10.0,
-                   help="0: one pass (default 10: what chunk_seconds='auto' uses)")
+    p.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=10.0,
+        help="0: one pass (default 10: what chunk_seconds='auto' uses)",
+    )
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -113,8 +121,9 @@ def main(argv=None):
         rss_before = _peak_rss_mb()
         load_before = os.getloadavg()[0]
         start, cpu_start = time.perf_counter(), time.process_time()
-        est = model.separate_file(wav, chunk_seconds=args.chunk_seconds or None,
-                                  overlap=args.overlap, progress=True)
+        est = model.separate_file(
+            wav, chunk_seconds=args.chunk_seconds or None, overlap=args.overlap, progress=True
+        )
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         load_after = os.getloadavg()[0]
     refs = torch.stack([s1, s2], -1)[None]
@@ -123,22 +132,32 @@ def main(argv=None):
     res = {
         "model": args.model or "fresh SepMamba (dim 32, 1 block), untrained",
         "params_M": sum(q.numel() for q in model.mods.parameters()) / 1e6,
-        "audio_s": mix.numel() / sr, "chunk_s": args.chunk_seconds,
-        "overlap": args.overlap, "device": args.device,
-        "threads": torch.get_num_threads(), "wall_s": wall,
-        "rtf": wall / (mix.numel() / sr), "cpu_s": cpu,
+        "audio_s": mix.numel() / sr,
+        "chunk_s": args.chunk_seconds,
+        "overlap": args.overlap,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "wall_s": wall,
+        "rtf": wall / (mix.numel() / sr),
+        "cpu_s": cpu,
         "cpu_rtf": cpu / (mix.numel() / sr),  # process CPU time: the same under load
         "load_avg_1min": [load_before, load_after],
-        "peak_rss_mb": _peak_rss_mb(), "peak_rss_before_mb": rss_before,
-        "length_ok": est.shape[1] == mix.numel(), "si_snri_db": si - base,
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_before_mb": rss_before,
+        "length_ok": est.shape[1] == mix.numel(),
+        "si_snri_db": si - base,
     }
-    print(f"{res['audio_s']:.0f} s of 8 kHz speech, {res['model']} "
-          f"({res['params_M']:.2f} M params), chunks {args.chunk_seconds:g} s, "
-          f"overlap {args.overlap:g}, {args.device}, {res['threads']} threads")
-    print(f"wall {wall:.1f} s | RTF {res['rtf']:.3f} (CPU time: {res['cpu_rtf']:.3f}; "
-          f"load {load_before:.1f} -> {load_after:.1f}) | peak RSS "
-          f"{res['peak_rss_mb']:.0f} MB (before separation {rss_before:.0f} MB) | "
-          f"length ok: {res['length_ok']} | SI-SNRi {res['si_snri_db']:.2f} dB")
+    print(
+        f"{res['audio_s']:.0f} s of 8 kHz speech, {res['model']} "
+        f"({res['params_M']:.2f} M params), chunks {args.chunk_seconds:g} s, "
+        f"overlap {args.overlap:g}, {args.device}, {res['threads']} threads"
+    )
+    print(
+        f"wall {wall:.1f} s | RTF {res['rtf']:.3f} (CPU time: {res['cpu_rtf']:.3f}; "
+        f"load {load_before:.1f} -> {load_after:.1f}) | peak RSS "
+        f"{res['peak_rss_mb']:.0f} MB (before separation {rss_before:.0f} MB) | "
+        f"length ok: {res['length_ok']} | SI-SNRi {res['si_snri_db']:.2f} dB"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0 if res["length_ok"] else 1

@@ -55,35 +55,67 @@ def build_baseline(name, num_spks=2):
     from speechbrain.lobes.models import conv_tasnet, dual_path
 
     enc = dual_path.Encoder(kernel_size=16, out_channels=256)
-    dec = dual_path.Decoder(
-        in_channels=256, out_channels=1, kernel_size=16, stride=8, bias=False
-    )
+    dec = dual_path.Decoder(in_channels=256, out_channels=1, kernel_size=16, stride=8, bias=False)
     if name == "convtasnet":  # recipes/WSJ0Mix/separation/hparams/convtasnet.yaml
         mask = conv_tasnet.MaskNet(
-            N=256, B=256, H=512, P=3, X=6, R=4, C=num_spks,
-            norm_type="gLN", causal=True, mask_nonlinear="relu",
+            N=256,
+            B=256,
+            H=512,
+            P=3,
+            X=6,
+            R=4,
+            C=num_spks,
+            norm_type="gLN",
+            causal=True,
+            mask_nonlinear="relu",
         )
     elif name == "dprnn":  # .../hparams/dprnn.yaml
+
         def rnn():
             return dual_path.SBRNNBlock(
-                num_layers=1, input_size=256, hidden_channels=256,
-                dropout=0, bidirectional=True,
+                num_layers=1,
+                input_size=256,
+                hidden_channels=256,
+                dropout=0,
+                bidirectional=True,
             )
+
         mask = dual_path.Dual_Path_Model(
-            num_spks=num_spks, in_channels=256, out_channels=256, num_layers=6,
-            K=250, intra_model=rnn(), inter_model=rnn(), norm="ln",
-            linear_layer_after_inter_intra=True, skip_around_intra=True,
+            num_spks=num_spks,
+            in_channels=256,
+            out_channels=256,
+            num_layers=6,
+            K=250,
+            intra_model=rnn(),
+            inter_model=rnn(),
+            norm="ln",
+            linear_layer_after_inter_intra=True,
+            skip_around_intra=True,
         )
     elif name == "sepformer":  # .../hparams/sepformer.yaml
+
         def tf():
             return dual_path.SBTransformerBlock(
-                num_layers=8, d_model=256, nhead=8, d_ffn=1024, dropout=0,
-                use_positional_encoding=True, norm_before=True,
+                num_layers=8,
+                d_model=256,
+                nhead=8,
+                d_ffn=1024,
+                dropout=0,
+                use_positional_encoding=True,
+                norm_before=True,
             )
+
         mask = dual_path.Dual_Path_Model(
-            num_spks=num_spks, in_channels=256, out_channels=256, num_layers=2,
-            K=250, intra_model=tf(), inter_model=tf(), norm="ln",
-            linear_layer_after_inter_intra=False, skip_around_intra=True,
+            num_spks=num_spks,
+            in_channels=256,
+            out_channels=256,
+            num_layers=2,
+            K=250,
+            intra_model=tf(),
+            inter_model=tf(),
+            norm="ln",
+            linear_layer_after_inter_intra=False,
+            skip_around_intra=True,
         )
     else:
         raise ValueError(name)
@@ -114,10 +146,9 @@ def build(name):
     """Return (module, sample_rate) for a fragment or a baseline name."""
     if name in BASELINES:
         return build_baseline(name)
-    from hyperpyyaml import load_hyperpyyaml
+    from sb_mamba.resources import load_fragment
 
-    with open(ROOT / "hparams" / "models" / f"{name}.yaml") as f:
-        hp = load_hyperpyyaml(f)
+    hp = load_fragment(name)
     return hp["separator"], hp["sample_rate"]
 
 
@@ -209,8 +240,12 @@ def worker(args):
     macs = count_macs(model, torch.randn(1, sr) * 0.1)  # one second of audio
 
     row = {
-        "model": args.model, "params_M": params / 1e6, "GMACs_per_s": macs / 1e9,
-        "sample_rate": sr, "fwd_s": statistics.median(times), "fwd_peak_MB": max(peak, 0.0),
+        "model": args.model,
+        "params_M": params / 1e6,
+        "GMACs_per_s": macs / 1e9,
+        "sample_rate": sr,
+        "fwd_s": statistics.median(times),
+        "fwd_peak_MB": max(peak, 0.0),
         "train_step_s": None,
     }
     if args.train_repeats == 0:
@@ -239,7 +274,9 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train-repeats", type=int, default=2)
     p.add_argument(
-        "--no-train", nargs="*", default=[],
+        "--no-train",
+        nargs="*",
+        default=[],
         help="models whose training step is not timed (e.g. too much memory on CPU)",
     )
     p.add_argument("--json", help="also write the results here")
@@ -251,10 +288,21 @@ def main():
 
     rows = []
     for name in args.models:
-        cmd = [sys.executable, __file__, "--worker", "--model", name,
-               "--seconds", str(args.seconds), "--threads", str(args.threads),
-               "--repeats", str(args.repeats),
-               "--train-repeats", str(0 if name in args.no_train else args.train_repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--model",
+            name,
+            "--seconds",
+            str(args.seconds),
+            "--threads",
+            str(args.threads),
+            "--repeats",
+            str(args.repeats),
+            "--train-repeats",
+            str(0 if name in args.no_train else args.train_repeats),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             row = {"model": name, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
@@ -263,8 +311,10 @@ def main():
         rows.append(row)
         print(f"  {row}", file=sys.stderr, flush=True)
 
-    print(f"\n{args.seconds:g} s of audio at the model's rate, batch 1, {args.threads} CPU "
-          "threads, fp32\n")
+    print(
+        f"\n{args.seconds:g} s of audio at the model's rate, batch 1, {args.threads} CPU "
+        "threads, fp32\n"
+    )
     print("| model | params (M) | GMAC/s | fwd (s) | fwd peak (MB) | train step (s) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -273,8 +323,10 @@ def main():
             continue
         rate = "" if r["sample_rate"] == 8000 else f" ({r['sample_rate'] // 1000} kHz)"
         step = "not run" if r["train_step_s"] is None else f"{r['train_step_s']:.2f}"
-        print(f"| {r['model']}{rate} | {r['params_M']:.2f} | {r['GMACs_per_s']:.2f} | "
-              f"{r['fwd_s']:.2f} | {r['fwd_peak_MB']:.0f} | {step} |")
+        print(
+            f"| {r['model']}{rate} | {r['params_M']:.2f} | {r['GMACs_per_s']:.2f} | "
+            f"{r['fwd_s']:.2f} | {r['fwd_peak_MB']:.0f} | {step} |"
+        )
     by = {r["model"]: r for r in rows if "error" not in r}
     if "sepmamba_s" in by and "sepformer" in by and by["sepformer"]["train_step_s"]:
         s, f = by["sepmamba_s"], by["sepformer"]
@@ -285,8 +337,10 @@ def main():
         ]
         print("\nSepMamba-S relative to SepFormer:")
         for what, ratio, target in checks:
-            print(f"- {what}: {ratio:.3f}x (target <= {target}) "
-                  f"{'PASS' if ratio <= target else 'FAIL'}")
+            print(
+                f"- {what}: {ratio:.3f}x (target <= {target}) "
+                f"{'PASS' if ratio <= target else 'FAIL'}"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"config": vars(args), "rows": rows}, fh, indent=1)

@@ -56,12 +56,16 @@ LIBRIMINI_DATA = ROOT / "recipes" / "LibriMini" / "data"
 # YAML keys a recipe's train.py sets (by recipe folder), as the train.py files do
 RECIPE_DEFAULTS = {
     "LibriMini": {"data_folder": str(LIBRIMINI_DATA)},
-    "General": {"data_folder": str(ROOT.parent / "shared" / "data"),
-                "librimini_folder": str(LIBRIMINI_DATA),
-                "splits": str(ROOT / "recipes" / "General" / "meta" / "splits.json")},
+    "General": {
+        "data_folder": str(ROOT.parent / "shared" / "data"),
+        "librimini_folder": str(LIBRIMINI_DATA),
+        "splits": str(ROOT / "recipes" / "General" / "meta" / "splits.json"),
+    },
 }
 PEER = "convtasnet"
-PEER_OVERRIDES = "{segment_seconds: 2.0, batch_size: 4, lr: 0.001, lr_schedule: plateau}"  # the issue's peer
+PEER_OVERRIDES = (
+    "{segment_seconds: 2.0, batch_size: 4, lr: 0.001, lr_schedule: plateau}"  # the issue's peer
+)
 SCHED_PROBE_STEPS = 20
 
 
@@ -77,11 +81,16 @@ def conv_tasnet(num_spks=2, N=256, B=128, H=256, P=3, X=8, R=3, kernel_size=16):
             super().__init__()
             self.num_spks = num_spks
             self.encoder = Encoder(kernel_size=kernel_size, out_channels=N)
-            self.masknet = MaskNet(N, B, H, P, X, R, num_spks, norm_type="gLN",
-                                   causal=False, mask_nonlinear="relu")
-            self.decoder = Decoder(in_channels=N, out_channels=1,
-                                   kernel_size=kernel_size, stride=kernel_size // 2,
-                                   bias=False)
+            self.masknet = MaskNet(
+                N, B, H, P, X, R, num_spks, norm_type="gLN", causal=False, mask_nonlinear="relu"
+            )
+            self.decoder = Decoder(
+                in_channels=N,
+                out_channels=1,
+                kernel_size=kernel_size,
+                stride=kernel_size // 2,
+                bias=False,
+            )
 
         def forward(self, mix):
             w = self.encoder(mix)  # [B, N, L]
@@ -149,15 +158,18 @@ def csv_pairs(csv_file, num_spks):
     import csv
 
     with open(csv_file, newline="") as f:
-        return [(r["mix_wav"], [r[f"s{i + 1}_wav"] for i in range(num_spks)])
-                for r in csv.DictReader(f)]
+        return [
+            (r["mix_wav"], [r[f"s{i + 1}_wav"] for i in range(num_spks)]) for r in csv.DictReader(f)
+        ]
 
 
 def dir_pairs(folder):
     """(mix, [s1, s2, ...]) of a ``mix/ s1/ s2/`` folder, by file name."""
     folder = Path(folder)
-    spk_dirs = sorted((d for d in folder.iterdir() if d.is_dir() and d.name[0] == "s"
-                       and d.name[1:].isdigit()), key=lambda d: int(d.name[1:]))
+    spk_dirs = sorted(
+        (d for d in folder.iterdir() if d.is_dir() and d.name[0] == "s" and d.name[1:].isdigit()),
+        key=lambda d: int(d.name[1:]),
+    )
     if not (folder / "mix").is_dir() or len(spk_dirs) < 2:
         raise SystemExit(f"--eval-dir {folder}: expected mix/ s1/ s2/ subfolders.")
     pairs = []
@@ -179,8 +191,13 @@ def train_loader(brain, hp):
     """
     import speechbrain as sb
 
-    return brain.make_dataloader(hp["dm_dataset"](), sb.Stage.TRAIN,
-                                 batch_size=hp["batch_size"], shuffle=False, num_workers=0)
+    return brain.make_dataloader(
+        hp["dm_dataset"](),
+        sb.Stage.TRAIN,
+        batch_size=hp["batch_size"],
+        shuffle=False,
+        num_workers=0,
+    )
 
 
 def worker(spec):
@@ -198,16 +215,26 @@ def worker(spec):
     if recipe_of(spec["yaml"]) == "General":  # its training set reads the prepared links
         from sb_mamba.dataio.general import prepare_general
 
-        prepare_general(hp["data_folder"], hp["save_folder"], sample_rate=hp["sample_rate"],
-                        num_spks=hp["num_spks"], **hp["prepare_kwargs"])
+        prepare_general(
+            hp["data_folder"],
+            hp["save_folder"],
+            sample_rate=hp["sample_rate"],
+            num_spks=hp["num_spks"],
+            **hp["prepare_kwargs"],
+        )
     torch.manual_seed(hp["seed"])
     if spec["name"] == PEER:
         modules = {"separator": conv_tasnet(num_spks=hp["num_spks"])}
     else:
         modules = hp["modules"]
     params = sum(p.numel() for p in modules["separator"].parameters())
-    brain = Separation(modules=modules, opt_class=hp["optimizer"], hparams=hp,
-                       run_opts={"device": "cpu"}, checkpointer=None)
+    brain = Separation(
+        modules=modules,
+        opt_class=hp["optimizer"],
+        hparams=hp,
+        run_opts={"device": "cpu"},
+        checkpointer=None,
+    )
     brain.on_fit_start()
     loader = train_loader(brain, hp)
     valid = csv_pairs(spec["valid_csv"], hp["num_spks"])
@@ -215,8 +242,14 @@ def worker(spec):
     per_step = getattr(sched, "per_step", False)
     budget = spec["budget_minutes"] * 60
     evals = sorted(m * 60 for m in spec["eval_minutes"] if m * 60 <= budget)
-    result = dict(name=spec["name"], overrides=spec["overrides"], params=params,
-                  threads=spec["threads"], curve=[], lr=[])
+    result = dict(
+        name=spec["name"],
+        overrides=spec["overrides"],
+        params=params,
+        threads=spec["threads"],
+        curve=[],
+        lr=[],
+    )
 
     def save():
         Path(spec["result"]).write_text(json.dumps(result, indent=1))
@@ -226,11 +259,21 @@ def worker(spec):
         t0 = time.time()
         sisnri, _ = si_snri_of(brain.modules.separator, valid, hp["sample_rate"])
         brain.modules.train()
-        result["curve"].append(dict(budget_point=point / 60, cpu_minutes=cpu / 60, wall_minutes=(time.time() - start) / 60,
-                                    steps=brain.optimizer_step, valid_si_snri=sisnri,
-                                    eval_seconds=time.time() - t0))
-        print(f"[{spec['name']}] {cpu / 60:.1f} CPU-min, {brain.optimizer_step} steps: "
-              f"valid SI-SNRi {sisnri:.2f} dB", flush=True)
+        result["curve"].append(
+            dict(
+                budget_point=point / 60,
+                cpu_minutes=cpu / 60,
+                wall_minutes=(time.time() - start) / 60,
+                steps=brain.optimizer_step,
+                valid_si_snri=sisnri,
+                eval_seconds=time.time() - t0,
+            )
+        )
+        print(
+            f"[{spec['name']}] {cpu / 60:.1f} CPU-min, {brain.optimizer_step} steps: "
+            f"valid SI-SNRi {sisnri:.2f} dB",
+            flush=True,
+        )
         save()
 
     spent, epoch, start = 0.0, 0, time.time()
@@ -265,11 +308,13 @@ def worker(spec):
     if spec.get("test_csv"):
         test = csv_pairs(spec["test_csv"], hp["num_spks"])
         result["test_si_snri"], result["test_sdri"] = si_snri_of(
-            brain.modules.separator, test, hp["sample_rate"])
+            brain.modules.separator, test, hp["sample_rate"]
+        )
         print(f"[{spec['name']}] test SI-SNRi {result['test_si_snri']:.2f} dB", flush=True)
     if spec.get("eval_dir"):
         result["eval_dir_si_snri"], result["eval_dir_sdri"] = si_snri_of(
-            brain.modules.separator, dir_pairs(spec["eval_dir"]), hp["sample_rate"])
+            brain.modules.separator, dir_pairs(spec["eval_dir"]), hp["sample_rate"]
+        )
     torch.save(brain.modules.separator.state_dict(), out / "separator.ckpt")
     save()
 
@@ -294,8 +339,13 @@ def prepare_data(yaml_file, folder):
     from sb_mamba.dataio.librimini import prepare_librimini
 
     hp = load_hparams(yaml_file, "", folder)
-    prepare_librimini(hp["data_folder"], folder, sample_rate=hp["sample_rate"],
-                      num_spks=hp["num_spks"], **hp["prepare_kwargs"])
+    prepare_librimini(
+        hp["data_folder"],
+        folder,
+        sample_rate=hp["sample_rate"],
+        num_spks=hp["num_spks"],
+        **hp["prepare_kwargs"],
+    )
     return str(Path(folder) / "valid.csv"), str(Path(folder) / "test.csv")
 
 
@@ -327,8 +377,11 @@ def markdown_table(json_files):
     """One markdown row per run of ``json_files`` (outputs of this script)."""
     reports = [json.loads(Path(f).read_text()) for f in json_files]
     points = sorted({c["budget_point"] for r in reports for run in r["runs"] for c in run["curve"]})
-    head = ("| run | overrides | params | steps | " + " | ".join(f"{m:g} min" for m in points)
-            + " | test SI-SNRi | test SDRi | load avg |")
+    head = (
+        "| run | overrides | params | steps | "
+        + " | ".join(f"{m:g} min" for m in points)
+        + " | test SI-SNRi | test SDRi | load avg |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in reports:
         loads = [v for _, v in r["load_average"]] or [float("nan")]
@@ -336,20 +389,36 @@ def markdown_table(json_files):
             pts = {c["budget_point"]: c["valid_si_snri"] for c in run["curve"]}
             cells = [f"{pts[m]:.2f}" if m in pts else "" for m in points]
             test = [f"{run[k]:.2f}" if k in run else "" for k in ("test_si_snri", "test_sdri")]
-            lines.append(f"| {run['name']} | `{run['overrides']}` | {run['params'] / 1e6:.2f}M | "
-                         f"{run['steps']} | " + " | ".join(cells + test)
-                         + f" | {min(loads):.1f}-{max(loads):.1f} |")
+            lines.append(
+                f"| {run['name']} | `{run['overrides']}` | {run['params'] / 1e6:.2f}M | "
+                f"{run['steps']} | "
+                + " | ".join(cells + test)
+                + f" | {min(loads):.1f}-{max(loads):.1f} |"
+            )
     return "\n".join(lines)
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-hparams", nargs=2, action="append", default=[],
-                   metavar=("NAME", "YAML"), help="train run NAME from another recipe YAML "
-                   "(e.g. the General recipe's); it is still scored on --hparams' valid/test")
-    p.add_argument("--run", nargs=2, action="append", default=[], metavar=("NAME", "OVERRIDES"),
-                   help="a run: a name and YAML overrides, e.g. \"{model_dim: 32}\"")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--run-hparams",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "YAML"),
+        help="train run NAME from another recipe YAML "
+        "(e.g. the General recipe's); it is still scored on --hparams' valid/test",
+    )
+    p.add_argument(
+        "--run",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "OVERRIDES"),
+        help='a run: a name and YAML overrides, e.g. "{model_dim: 32}"',
+    )
     p.add_argument("--peer", action="store_true", help="add SpeechBrain's Conv-TasNet peer")
     p.add_argument("--peer-overrides", default=PEER_OVERRIDES)
     p.add_argument("--hparams", default=str(DEFAULT_YAML), help="recipe YAML")
@@ -359,10 +428,17 @@ def main():
     p.add_argument("--no-test", action="store_true", help="skip the test mixtures")
     p.add_argument("--eval-dir", help="also score a mix/ s1/ s2/ folder")
     p.add_argument("--work", help="working folder (default: a temporary one)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality_budget"),
-                   help="output path without extension (.json and .png are written)")
-    p.add_argument("--table", nargs="+", metavar="JSON",
-                   help="print the runs of earlier outputs as one markdown table, and exit")
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "quality_budget"),
+        help="output path without extension (.json and .png are written)",
+    )
+    p.add_argument(
+        "--table",
+        nargs="+",
+        metavar="JSON",
+        help="print the runs of earlier outputs as one markdown table, and exit",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -387,16 +463,29 @@ def main():
         folder = work / name
         folder.mkdir(parents=True, exist_ok=True)
         yaml_file = dict(args.run_hparams).get(name, args.hparams)
-        spec = dict(name=name, overrides=overrides, yaml=str(Path(yaml_file).resolve()),
-                    folder=str(folder), result=str(folder / "result.json"),
-                    threads=args.threads, budget_minutes=args.budget_minutes,
-                    eval_minutes=evals, valid_csv=valid_csv,
-                    test_csv=None if args.no_test else test_csv, eval_dir=args.eval_dir)
+        spec = dict(
+            name=name,
+            overrides=overrides,
+            yaml=str(Path(yaml_file).resolve()),
+            folder=str(folder),
+            result=str(folder / "result.json"),
+            threads=args.threads,
+            budget_minutes=args.budget_minutes,
+            eval_minutes=evals,
+            valid_csv=valid_csv,
+            test_csv=None if args.no_test else test_csv,
+            eval_dir=args.eval_dir,
+        )
         (folder / "spec.json").write_text(json.dumps(spec))
         log = open(folder / "log.txt", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(folder / "spec.json")],
-            stdout=log, stderr=subprocess.STDOUT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(folder / "spec.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
         specs.append(spec)
         print(f"started {name}: {overrides} (log: {folder / 'log.txt'})", flush=True)
     loads = []
@@ -422,22 +511,33 @@ def main():
         results.append(json.loads(Path(spec["result"]).read_text()))
     busy = {k: v for k, v in others.items() if v > 0.05 * wall * 60}
     report = dict(
-        date=time.strftime("%Y-%m-%d %H:%M"), host=platform.node(), cpus=os.cpu_count(),
-        command=" ".join(sys.argv), budget_minutes=args.budget_minutes,
-        wall_minutes=wall, load_average=loads, other_processes_cpu_seconds=others,
-        quiet=not busy, runs=results,
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        host=platform.node(),
+        cpus=os.cpu_count(),
+        command=" ".join(sys.argv),
+        budget_minutes=args.budget_minutes,
+        wall_minutes=wall,
+        load_average=loads,
+        other_processes_cpu_seconds=others,
+        quiet=not busy,
+        runs=results,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     plot(results, out.with_suffix(".png"), args.budget_minutes)
-    print(f"\n{'run':<24}{'params':>10}{'steps':>8}" + "".join(
-        f"{m:>9g}m" for m in evals) + f"{'test':>9}")
+    print(
+        f"\n{'run':<24}{'params':>10}{'steps':>8}"
+        + "".join(f"{m:>9g}m" for m in evals)
+        + f"{'test':>9}"
+    )
     for r in results:
         pts = {c["budget_point"]: c["valid_si_snri"] for c in r["curve"]}
         row = "".join(f"{pts.get(m, float('nan')):>10.2f}" for m in evals)
-        print(f"{r['name']:<24}{r['params']:>10,}{r['steps']:>8}{row}"
-              f"{r.get('test_si_snri', float('nan')):>9.2f}")
+        print(
+            f"{r['name']:<24}{r['params']:>10,}{r['steps']:>8}{row}"
+            f"{r.get('test_si_snri', float('nan')):>9.2f}"
+        )
     print("other processes (CPU s): " + (json.dumps(others) if others else "none"))
     if busy:
         print("WARNING: the machine was not quiet: " + ", ".join(busy))

@@ -58,8 +58,9 @@ def loader_rate(dataset, n, workers):
     import torch
 
     subset = torch.utils.data.Subset(dataset, range(n))
-    loader = torch.utils.data.DataLoader(subset, batch_size=1, num_workers=workers,
-                                         collate_fn=sb.dataio.batch.PaddedBatch)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=1, num_workers=workers, collate_fn=sb.dataio.batch.PaddedBatch
+    )
     t0 = None
     for i, _ in enumerate(loader):
         if i == 0:
@@ -70,14 +71,13 @@ def loader_rate(dataset, n, workers):
 def train_step_seconds(seconds, threads, repeats=3):
     """Median time of one SepMamba-S training step on one mixture of ``seconds``."""
     import torch
-    from hyperpyyaml import load_hyperpyyaml
 
     from sb_mamba.metrics import pit_si_snr_loss
+    from sb_mamba.resources import load_fragment
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    with open(ROOT / "hparams" / "models" / "sepmamba_s.yaml") as f:
-        model = load_hyperpyyaml(f)["separator"]
+    model = load_fragment("sepmamba_s")["separator"]
     opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4)
     targets = torch.randn(1, int(seconds * 8000), 2) * 0.1
     times = []
@@ -99,12 +99,20 @@ def main():
     p.add_argument("--bank-folder", help="bank to (re)use (default: a temporary folder)")
     p.add_argument("--bank-items", type=int, default=200, help="mixtures timed from the bank")
     p.add_argument("--sim-items", type=int, default=12, help="mixtures timed when simulating")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
-                   help="DataLoader workers to time (0: in the main process)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="DataLoader workers to time (0: in the main process)",
+    )
     p.add_argument("--train-seconds", type=float, default=4.0, help="SepMamba-S step crop (s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the train step")
-    p.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_reverb.json"),
-                   help="write the results here")
+    p.add_argument(
+        "--json",
+        default=str(Path(__file__).parent / "results" / "bench_reverb.json"),
+        help="write the results here",
+    )
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from sb_mamba.dataio.mixing import ReverbDynamicMixing
@@ -119,19 +127,33 @@ def main():
     with open(bank / "rir_bank.csv", newline="") as f:
         rooms = {r["room_id"]: r for r in csv.DictReader(f)}.values()
     err = [float(r["rt60_measured"]) / float(r["rt60_target"]) - 1 for r in rooms]
-    rt60 = {"rooms": len(err), "median_abs_error": statistics.median(map(abs, err)),
-            "max_abs_error": max(map(abs, err)),
-            "within_20_percent": sum(abs(e) <= 0.2 for e in err) / len(err)}  # fmt: skip
-    common = dict(sample_rate=8000, num_spks=2, epoch_size=max(args.bank_items, args.sim_items),
-                  segment_seconds=args.seconds, noise_folder=NOISE, snr_db_range=(-6, 3),
-                  cache_folder=Path(tmp) / "cache", seed=1)  # fmt: skip
+    rt60 = {
+        "rooms": len(err),
+        "median_abs_error": statistics.median(map(abs, err)),
+        "max_abs_error": max(map(abs, err)),
+        "within_20_percent": sum(abs(e) <= 0.2 for e in err) / len(err),
+    }
+    common = dict(
+        sample_rate=8000,
+        num_spks=2,
+        epoch_size=max(args.bank_items, args.sim_items),
+        segment_seconds=args.seconds,
+        noise_folder=NOISE,
+        snr_db_range=(-6, 3),
+        cache_folder=Path(tmp) / "cache",
+        seed=1,
+    )
     sets = {
-        "dry (no reverb)": (ReverbDynamicMixing(SPEECH, use_reverb=False, **common),
-                            args.bank_items),
-        "reverb, from a RIR bank": (ReverbDynamicMixing(SPEECH, rir_bank=bank, **common),
-                                    args.bank_items),
+        "dry (no reverb)": (
+            ReverbDynamicMixing(SPEECH, use_reverb=False, **common),
+            args.bank_items,
+        ),
+        "reverb, from a RIR bank": (
+            ReverbDynamicMixing(SPEECH, rir_bank=bank, **common),
+            args.bank_items,
+        ),
         "reverb, simulate per mixture": (ReverbDynamicMixing(SPEECH, **common), args.sim_items),
-    }  # fmt: skip
+    }
     rows = []
     for name, (ds, n) in sets.items():
         for w in args.workers:
@@ -140,32 +162,56 @@ def main():
             print(f"  {name}, {w} workers: {rate:.2f} mixtures/s", file=sys.stderr, flush=True)
     step = train_step_seconds(args.train_seconds, args.threads)
     step4 = step * args.seconds / args.train_seconds
-    train = {"train_seconds": args.train_seconds, "threads": args.threads, "step_s": step,
-             "step_s_at_seconds": step4, "mixtures_per_s": 1 / step4}  # fmt: skip
+    train = {
+        "train_seconds": args.train_seconds,
+        "threads": args.threads,
+        "step_s": step,
+        "step_s_at_seconds": step4,
+        "mixtures_per_s": 1 / step4,
+    }
     load1 = os.getloadavg()[0]
     busy = f"load average {load0:.2f} at start, {load1:.2f} at end on {os.cpu_count()} cores"
-    print(f"\n{args.seconds:g} s mixtures at 8 kHz, 2 speakers + noise, WHAMR! rooms; "
-          f"{busy}{' (one core busy with another job)' if load0 >= 0.8 else ''}.\n")
+    print(
+        f"\n{args.seconds:g} s mixtures at 8 kHz, 2 speakers + noise, WHAMR! rooms; "
+        f"{busy}{' (one core busy with another job)' if load0 >= 0.8 else ''}.\n"
+    )
     print("| data | DataLoader workers | mixtures/s |")
     print("|---|---|---|")
     for r in rows:
         print(f"| {r['data']} | {r['workers']} | {r['mixtures_per_s']:.2f} |")
-    print(f"| RIR bank build (make_rir_bank, 2 processes) | - | "
-          f"{args.bank_rooms / bank_s:.2f} rooms/s |")
-    print(f"| SepMamba-S training ({args.threads} thread{'s' * (args.threads > 1)}; "
-          f"{args.train_seconds:g} s step {step:.2f} s -> {args.seconds:g} s step {step4:.2f} s) "
-          f"| - | {1 / step4:.3f} |")
-    print(f"\nRT60 of the bank's {rt60['rooms']} rooms (T30, measure_rt60) vs. target: "
-          f"median |error| {100 * rt60['median_abs_error']:.1f} %, max "
-          f"{100 * rt60['max_abs_error']:.1f} %, {100 * rt60['within_20_percent']:.0f} % "
-          "within +-20 %.")
+    print(
+        f"| RIR bank build (make_rir_bank, 2 processes) | - | "
+        f"{args.bank_rooms / bank_s:.2f} rooms/s |"
+    )
+    print(
+        f"| SepMamba-S training ({args.threads} thread{'s' * (args.threads > 1)}; "
+        f"{args.train_seconds:g} s step {step:.2f} s -> {args.seconds:g} s step {step4:.2f} s) "
+        f"| - | {1 / step4:.3f} |"
+    )
+    print(
+        f"\nRT60 of the bank's {rt60['rooms']} rooms (T30, measure_rt60) vs. target: "
+        f"median |error| {100 * rt60['median_abs_error']:.1f} %, max "
+        f"{100 * rt60['max_abs_error']:.1f} %, {100 * rt60['within_20_percent']:.0f} % "
+        "within +-20 %."
+    )
     best = max(r["mixtures_per_s"] for r in rows if r["data"] == "reverb, from a RIR bank")
-    print(f"\nMixing from the bank supplies {best * step4:.0f}x what SepMamba-S training "
-          "consumes on this CPU.")
+    print(
+        f"\nMixing from the bank supplies {best * step4:.0f}x what SepMamba-S training "
+        "consumes on this CPU."
+    )
     with open(args.json, "w") as f:
-        json.dump({"config": vars(args), "load_average": [load0, load1],
-                   "bank_rooms_per_s": args.bank_rooms / bank_s, "rt60": rt60, "rows": rows,
-                   "train": train}, f, indent=1)  # fmt: skip
+        json.dump(
+            {
+                "config": vars(args),
+                "load_average": [load0, load1],
+                "bank_rooms_per_s": args.bank_rooms / bank_s,
+                "rt60": rt60,
+                "rows": rows,
+                "train": train,
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

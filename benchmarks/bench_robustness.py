@@ -68,13 +68,19 @@ def score_folder(model, csv_file, single=False, limit=None):
     out = []
     for row in rows:
         mix = read_audio(row["mix_wav"], model.sample_rate)
-        targets = torch.stack([read_audio(row[f"s{k + 1}_wav"], model.sample_rate)
-                               for k in range(model.num_spks)], -1)[None]  # fmt: skip
+        targets = torch.stack(
+            [read_audio(row[f"s{k + 1}_wav"], model.sample_rate) for k in range(model.num_spks)], -1
+        )[None]
         est = model.separate_batch(mix[None]).cpu()  # [1, T, S]
         if single:
             louder = est[0].pow(2).sum(0).argmax()
-            out.append({"id": row["ID"], "ratio_db": float(output_level_ratio(est)[0]),
-                        "louder_si_snr": float(si_snr(est[0, :, louder], targets[0, :, 0]))})
+            out.append(
+                {
+                    "id": row["ID"],
+                    "ratio_db": float(output_level_ratio(est)[0]),
+                    "louder_si_snr": float(si_snr(est[0, :, louder], targets[0, :, 0])),
+                }
+            )
             continue
         base = pit_metric(targets, mix[None, :, None].expand_as(targets))[0]
         out.append({"id": row["ID"], "si_snri": float(pit_metric(targets, est)[0] - base)})
@@ -83,16 +89,20 @@ def score_folder(model, csv_file, single=False, limit=None):
 
 def summarize(scores, single):
     keys = ("ratio_db", "louder_si_snr") if single else ("si_snri",)
-    return {f"{k}_{stat}": round(fn([s[k] for s in scores]), 3) for k in keys
-            for stat, fn in (("mean", statistics.mean), ("median", statistics.median))} | {
-        "n": len(scores)}  # fmt: skip
+    return {
+        f"{k}_{stat}": round(fn([s[k] for s in scores]), 3)
+        for k in keys
+        for stat, fn in (("mean", statistics.mean), ("median", statistics.median))
+    } | {"n": len(scores)}
 
 
 def markdown(results, conditions):
     head = [c for c in conditions if c in TWO_TALKER]
     cols = [f"{c} SI-SNRi" for c in head] + (
         ["single: quieter output below louder (median)", "single: louder output SI-SNR"]
-        if "single" in conditions else [])  # fmt: skip
+        if "single" in conditions
+        else []
+    )
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, res in results.items():
         cells = [f"{res[c]['si_snri_mean']:.2f}" for c in head]
@@ -113,11 +123,20 @@ def plot(results, conditions, png):
     head = [c for c in conditions if c in TWO_TALKER]
     panels = [("SI-SNRi (dB), two talkers", head, "si_snri_mean")]
     if "single" in conditions:
-        panels.append(("single talker: quieter output below louder (dB, median)", ["single"],
-                       "ratio_db_median"))  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 2.2 * len(head), 4),
-                             gridspec_kw={"width_ratios": [len(p[1]) for p in panels]},
-                             squeeze=False)  # fmt: skip
+        panels.append(
+            (
+                "single talker: quieter output below louder (dB, median)",
+                ["single"],
+                "ratio_db_median",
+            )
+        )
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(4 + 2.2 * len(head), 4),
+        gridspec_kw={"width_ratios": [len(p[1]) for p in panels]},
+        squeeze=False,
+    )
     width = 0.8 / max(len(results), 1)
     for ax, (title, conds, key) in zip(axes[0], panels):
         x = np.arange(len(conds))
@@ -136,17 +155,30 @@ def plot(results, conditions, png):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", action="append", required=True,
-                        help="NAME=FOLDER (or FOLDER) of a model folder; repeat to compare")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
-                        help="the shared data folder (speech-l2/, noise/, rir/)")
-    parser.add_argument("--prep", default=str(ROOT / "results" / "robustness_data"),
-                        help="folder of the prepared test sets (made if needed)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="NAME=FOLDER (or FOLDER) of a model folder; repeat to compare",
+    )
+    parser.add_argument(
+        "--data",
+        default=str(ROOT.parent / "shared" / "data"),
+        help="the shared data folder (speech-l2/, noise/, rir/)",
+    )
+    parser.add_argument(
+        "--prep",
+        default=str(ROOT / "results" / "robustness_data"),
+        help="folder of the prepared test sets (made if needed)",
+    )
     parser.add_argument("--conditions", nargs="+", default=None, help="default: all")
     parser.add_argument("--limit", type=int, default=None, help="first N mixtures per set")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "robustness"),
-                        help="writes OUT.json, OUT.md, OUT.png")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "robustness"),
+        help="writes OUT.json, OUT.md, OUT.png",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -156,8 +188,12 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     conditions = args.conditions or list(CONDITIONS)
-    prepare_general(args.data, args.prep, librimini_folder=ROOT / "recipes" / "LibriMini" / "data",
-                    splits=GENERAL / "meta" / "splits.json")  # fmt: skip
+    prepare_general(
+        args.data,
+        args.prep,
+        librimini_folder=ROOT / "recipes" / "LibriMini" / "data",
+        splits=GENERAL / "meta" / "splits.json",
+    )
     results, start = {}, time.time()
     for spec in args.model:
         name, _, folder = spec.rpartition("=")
@@ -165,17 +201,25 @@ def main(argv=None):
         model = MambaSeparator.from_hparams(source=folder, run_opts={"device": "cpu"})
         results[name] = {"folder": folder}
         for cond in conditions:
-            scores = score_folder(model, Path(args.prep) / f"test_{cond}.csv",
-                                  single=cond == "single", limit=args.limit)  # fmt: skip
+            scores = score_folder(
+                model,
+                Path(args.prep) / f"test_{cond}.csv",
+                single=cond == "single",
+                limit=args.limit,
+            )
             results[name][cond] = {**summarize(scores, cond == "single"), "scores": scores}
             print(f"{name:>24} {cond:>7}: {summarize(scores, cond == 'single')}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"),
-            "command": "python benchmarks/bench_robustness.py " + " ".join(
-                argv if argv is not None else sys.argv[1:]),
-            "load_average": [round(x, 2) for x in os.getloadavg()], "threads": args.threads,
-            "seconds": round(time.time() - start, 1), "conditions": conditions}  # fmt: skip
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "command": "python benchmarks/bench_robustness.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "threads": args.threads,
+        "seconds": round(time.time() - start, 1),
+        "conditions": conditions,
+    }
     out.with_suffix(".json").write_text(json.dumps({**meta, "models": results}, indent=1))
     table = markdown(results, conditions)
     out.with_suffix(".md").write_text(f"<!-- {meta['command']} ({meta['date']}) -->\n" + table)

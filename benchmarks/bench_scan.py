@@ -56,17 +56,25 @@ def worker(args):
     A = -torch.rand(d, n, device=dev) * 4 - 0.5
     B = torch.randn(b, n, L, device=dev)
     C = torch.randn(b, n, L, device=dev)
-    D, z, bias = torch.randn(d, device=dev), torch.randn(b, d, L, device=dev), torch.randn(d, device=dev)
+    D, z, bias = (
+        torch.randn(d, device=dev),
+        torch.randn(b, d, L, device=dev),
+        torch.randn(d, device=dev),
+    )
     grad = args.mode == "fwd+bwd"
     leaves = [t.requires_grad_(grad) for t in (u, delta, A, B, C, D, z, bias)]
 
     if args.impl == "naive":
+
         def fn():
             return selective_scan_ref(*leaves, delta_softplus=True)
+
         used = "naive"
     else:
+
         def fn():
             return selective_scan(*leaves, delta_softplus=True, backend=args.impl)
+
         used = resolve_backend(args.impl, dev)
 
     def run():
@@ -95,16 +103,35 @@ def worker(args):
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    print(json.dumps({"impl": used, "ms": 1000 * statistics.median(times), "peak_mb": max(peak, 0.0)}))
+    print(
+        json.dumps({"impl": used, "ms": 1000 * statistics.median(times), "peak_mb": max(peak, 0.0)})
+    )
 
 
 def measure(args, impl, length, mode, repeats):
     """Spawn a worker for one (impl, length, mode) and parse its result."""
     cmd = [
-        sys.executable, __file__, "--worker", "--impl", impl, "--length", str(length),
-        "--mode", mode, "--repeats", str(repeats), "--threads", str(args.threads),
-        "--batch", str(args.batch), "--dim", str(args.dim), "--state", str(args.state),
-        "--device", args.device,
+        sys.executable,
+        __file__,
+        "--worker",
+        "--impl",
+        impl,
+        "--length",
+        str(length),
+        "--mode",
+        mode,
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--dim",
+        str(args.dim),
+        "--state",
+        str(args.state),
+        "--device",
+        args.device,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -123,7 +150,9 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--naive-bwd-max", type=int, default=4000,
+        "--naive-bwd-max",
+        type=int,
+        default=4000,
         help="longest L for the naive forward+backward (it takes minutes beyond)",
     )
     p.add_argument("--json", help="also write the results here")
@@ -143,16 +172,23 @@ def main():
                 # the naive backward is minutes long: time it once
                 reps = 1 if (impl == "naive" and mode == "fwd+bwd") else args.repeats
                 if impl == "naive" and mode == "fwd+bwd" and L > args.naive_bwd_max:
-                    r = {"impl": impl, "error": f"skipped (L > --naive-bwd-max={args.naive_bwd_max})"}
+                    r = {
+                        "impl": impl,
+                        "error": f"skipped (L > --naive-bwd-max={args.naive_bwd_max})",
+                    }
                 else:
                     r = measure(args, impl, L, mode, reps)
                 r.update(requested=impl, L=L, mode=mode)
                 rows.append(r)
                 print(f"  L={L:6d} {impl:10s} {mode:8s} -> {r}", file=sys.stderr, flush=True)
 
-    print(f"\nselective scan, B={args.batch}, dim={args.dim}, N={args.state}, "
-          f"{args.threads} threads, {args.device}, fp32, z + delta_bias + softplus on\n")
-    print("| L | backend | fwd ms | fwd peak MB | fwd+bwd ms | fwd+bwd peak MB | fwd+bwd speed-up vs naive |")
+    print(
+        f"\nselective scan, B={args.batch}, dim={args.dim}, N={args.state}, "
+        f"{args.threads} threads, {args.device}, fp32, z + delta_bias + softplus on\n"
+    )
+    print(
+        "| L | backend | fwd ms | fwd peak MB | fwd+bwd ms | fwd+bwd peak MB | fwd+bwd speed-up vs naive |"
+    )
     print("|---|---|---|---|---|---|---|")
     table = {}
     for r in rows:
@@ -170,9 +206,17 @@ def main():
                 print(f"| {L} | {impl} | {f['ms']:.1f} | {f['peak_mb']:.0f} | {fb['error']} | | |")
                 continue
             name = impl if f["impl"] == impl or impl == "naive" else f"{impl} (ran {f['impl']})"
-            speed = f"{naive / fb['ms']:.0f}x" if naive and impl != "naive" else "1x" if impl == "naive" else ""
-            print(f"| {L} | {name} | {f['ms']:.1f} | {f['peak_mb']:.0f} | {fb['ms']:.1f} | "
-                  f"{fb['peak_mb']:.0f} | {speed} |")
+            speed = (
+                f"{naive / fb['ms']:.0f}x"
+                if naive and impl != "naive"
+                else "1x"
+                if impl == "naive"
+                else ""
+            )
+            print(
+                f"| {L} | {name} | {f['ms']:.1f} | {f['peak_mb']:.0f} | {fb['ms']:.1f} | "
+                f"{fb['peak_mb']:.0f} | {speed} |"
+            )
     if 4000 in args.lengths and "naive" in impls:
         nf, nfb = table[(4000, "naive", "fwd")]["ms"], table[(4000, "naive", "fwd+bwd")]["ms"]
         best = min(
@@ -187,10 +231,14 @@ def main():
         }
         ok1, ok2 = nfb / bfb >= 100, bf / nf <= 0.3
         print(f"\nTargets at L=4000 (best backend: {best}):")
-        print(f"- forward+backward speed-up vs naive autograd loop: {nfb / bfb:.0f}x "
-              f"(target >= 100x) {'PASS' if ok1 else 'FAIL'}")
-        print(f"- forward time / naive no-grad loop: {bf / nf:.3f} (target <= 0.3) "
-              f"{'PASS' if ok2 else 'FAIL'}")
+        print(
+            f"- forward+backward speed-up vs naive autograd loop: {nfb / bfb:.0f}x "
+            f"(target >= 100x) {'PASS' if ok1 else 'FAIL'}"
+        )
+        print(
+            f"- forward time / naive no-grad loop: {bf / nf:.3f} (target <= 0.3) "
+            f"{'PASS' if ok2 else 'FAIL'}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": vars(args), "rows": rows, "summary": summary}, f, indent=1)

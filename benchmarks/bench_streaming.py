@@ -57,8 +57,16 @@ def demo_layout(kernel_size):
     from sb_mamba.lobes.sepmamba import SepMamba
 
     torch.manual_seed(0)
-    return SepMamba(num_spks=2, dim=32, num_blocks=1, kernel_size=kernel_size, stride=4,
-                    num_levels=3, causal=True, output="mask").eval()
+    return SepMamba(
+        num_spks=2,
+        dim=32,
+        num_blocks=1,
+        kernel_size=kernel_size,
+        stride=4,
+        num_levels=3,
+        causal=True,
+        output="mask",
+    ).eval()
 
 
 def time_chunks(stream, mix, chunk, rate, warmup_chunks=20):
@@ -66,7 +74,7 @@ def time_chunks(stream, mix, chunk, rate, warmup_chunks=20):
     stream.reset()
     wall, cpu, worst, emitted = [], [], 0, 0
     for a in range(0, len(mix), chunk):
-        x = mix[a:a + chunk]
+        x = mix[a : a + chunk]
         t0, c0 = time.perf_counter(), time.thread_time()
         out = stream.feed(x)
         wall.append(time.perf_counter() - t0)
@@ -105,19 +113,24 @@ def memory_run(stream, minutes, rate, every_s=10.0):
     for b in range(n_blocks):
         for a in range(0, len(block), chunk):
             t0 = time.thread_time()
-            stream.feed(block[a:a + chunk])
+            stream.feed(block[a : a + chunk])
             times[i] = time.thread_time() - t0
             i += 1
         t_audio[b] = (b + 1) * len(block) / rate
         rss[b] = _rss_mb()
     stream.flush()
     times = times[20:]
-    return {"minutes": minutes, "chunk_samples": chunk, "wall_s": time.perf_counter() - start,
-            "audio_s": t_audio, "rss_mb": rss,
-            "rss_growth_mb": rss[-1] - rss[min(1, len(rss) - 1)],
-            "cpu_median_ms": 1000 * float(np.median(times)),
-            "cpu_p99_ms": 1000 * float(np.percentile(times, 99)),
-            "cpu_rtf": float(times.sum()) / (len(times) * chunk / rate)}
+    return {
+        "minutes": minutes,
+        "chunk_samples": chunk,
+        "wall_s": time.perf_counter() - start,
+        "audio_s": t_audio,
+        "rss_mb": rss,
+        "rss_growth_mb": rss[-1] - rss[min(1, len(rss) - 1)],
+        "cpu_median_ms": 1000 * float(np.median(times)),
+        "cpu_p99_ms": 1000 * float(np.percentile(times, 99)),
+        "cpu_rtf": float(times.sum()) / (len(times) * chunk / rate),
+    }
 
 
 def plot(results, path):
@@ -130,14 +143,22 @@ def plot(results, path):
     for name, r in results["models"].items():
         chunks = [c["chunk_ms"] for c in r["chunks"]]
         for key, style in (("cpu_median_share", "o-"), ("cpu_p99_share", "s--")):
-            ax1.plot(chunks, [100 * c[key] for c in r["chunks"]], style,
-                     label=f"{name}: {key.split('_')[1]}")
+            ax1.plot(
+                chunks,
+                [100 * c[key] for c in r["chunks"]],
+                style,
+                label=f"{name}: {key.split('_')[1]}",
+            )
         if r.get("memory"):
             ax2.plot(np.array(r["memory"]["audio_s"]) / 60, r["memory"]["rss_mb"], label=name)
     ax1.axhline(50, color="gray", lw=0.8, ls=":")
     ax1.axhline(25, color="gray", lw=0.8, ls=":")
-    ax1.set(xscale="log", xlabel="chunk (ms)", ylabel="compute per chunk (% of chunk)",
-            title="one thread, thread CPU time")
+    ax1.set(
+        xscale="log",
+        xlabel="chunk (ms)",
+        ylabel="compute per chunk (% of chunk)",
+        title="one thread, thread CPU time",
+    )
     ax1.legend(fontsize=7)
     ax2.set(xlabel="stream (minutes)", ylabel="RSS (MB)", title="memory over the stream")
     ax2.legend(fontsize=7)
@@ -147,17 +168,27 @@ def plot(results, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", action="append", default=None,
-                   help="a causal model folder (repeatable); default: the demo layout "
-                        "with kernel 16 and kernel 8, random weights")
-    p.add_argument("--chunks", default="16,64,256,1024",
-                   help="chunk sizes in samples (comma-separated)")
-    p.add_argument("--seconds", type=float, default=30.0,
-                   help="audio fed per chunk size for the timings")
-    p.add_argument("--minutes", type=float, default=10.0,
-                   help="length of the memory stream (0: skip it)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "streaming"),
-                   help="prefix of the .json and .png written")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a causal model folder (repeatable); default: the demo layout "
+        "with kernel 16 and kernel 8, random weights",
+    )
+    p.add_argument(
+        "--chunks", default="16,64,256,1024", help="chunk sizes in samples (comma-separated)"
+    )
+    p.add_argument(
+        "--seconds", type=float, default=30.0, help="audio fed per chunk size for the timings"
+    )
+    p.add_argument(
+        "--minutes", type=float, default=10.0, help="length of the memory stream (0: skip it)"
+    )
+    p.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "streaming"),
+        help="prefix of the .json and .png written",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -176,28 +207,43 @@ def main(argv=None):
             models[f"demo layout, kernel {k}"] = StreamingSeparator(demo_layout(k))
     rate = 8000
     mix = 0.1 * torch.randn(int(args.seconds * rate), generator=torch.Generator().manual_seed(0))
-    results = {"machine": platform.processor() or platform.machine(), "threads": 1,
-               "torch": torch.__version__, "sample_rate": rate, "models": {}}
+    results = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": 1,
+        "torch": torch.__version__,
+        "sample_rate": rate,
+        "models": {},
+    }
     for name, stream in models.items():
         rate = stream.sample_rate
-        r = {"lookahead_samples": stream.lookahead, "frame_samples": stream.frame,
-             "lookahead_ms": 1000 * stream.lookahead / rate, "chunks": []}
+        r = {
+            "lookahead_samples": stream.lookahead,
+            "frame_samples": stream.frame,
+            "lookahead_ms": 1000 * stream.lookahead / rate,
+            "chunks": [],
+        }
         for chunk in sorted({int(c) for c in args.chunks.split(",")} | {stream.frame}):
             c = time_chunks(stream, mix, chunk, rate)
             r["chunks"].append(c)
-            print(f"{name}: chunk {chunk} ({c['chunk_ms']:.1f} ms): cpu median "
-                  f"{c['cpu_median_ms']:.2f} ms ({100 * c['cpu_median_share']:.0f} %), p99 "
-                  f"{c['cpu_p99_ms']:.2f} ms ({100 * c['cpu_p99_share']:.0f} %); wall median "
-                  f"{c['wall_median_ms']:.2f} / p99 {c['wall_p99_ms']:.2f} ms; RTF "
-                  f"{c['cpu_rtf']:.3f}; latency {c['latency_measured_ms']:.1f} ms "
-                  f"(bound {c['latency_bound_ms']:.1f})", flush=True)
+            print(
+                f"{name}: chunk {chunk} ({c['chunk_ms']:.1f} ms): cpu median "
+                f"{c['cpu_median_ms']:.2f} ms ({100 * c['cpu_median_share']:.0f} %), p99 "
+                f"{c['cpu_p99_ms']:.2f} ms ({100 * c['cpu_p99_share']:.0f} %); wall median "
+                f"{c['wall_median_ms']:.2f} / p99 {c['wall_p99_ms']:.2f} ms; RTF "
+                f"{c['cpu_rtf']:.3f}; latency {c['latency_measured_ms']:.1f} ms "
+                f"(bound {c['latency_bound_ms']:.1f})",
+                flush=True,
+            )
         if args.minutes > 0:
             m = memory_run(stream, args.minutes, rate)
             r["memory"] = m
-            print(f"{name}: {args.minutes:g} min stream in {m['wall_s']:.0f} s: RSS "
-                  f"{m['rss_mb'][0]:.0f} -> {m['rss_mb'][-1]:.0f} MB (growth after the first "
-                  f"10 s: {m['rss_growth_mb']:+.1f} MB); cpu median {m['cpu_median_ms']:.2f} "
-                  f"ms, p99 {m['cpu_p99_ms']:.2f} ms, RTF {m['cpu_rtf']:.3f}", flush=True)
+            print(
+                f"{name}: {args.minutes:g} min stream in {m['wall_s']:.0f} s: RSS "
+                f"{m['rss_mb'][0]:.0f} -> {m['rss_mb'][-1]:.0f} MB (growth after the first "
+                f"10 s: {m['rss_growth_mb']:+.1f} MB); cpu median {m['cpu_median_ms']:.2f} "
+                f"ms, p99 {m['cpu_p99_ms']:.2f} ms, RTF {m['cpu_rtf']:.3f}",
+                flush=True,
+            )
         results["models"][name] = r
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,6 @@ Authors
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -37,12 +36,12 @@ FRAGMENTS = sorted((ROOT / "hparams" / "models").glob("*.yaml"))
 
 
 def build(path, backend, device):
-    from hyperpyyaml import load_hyperpyyaml
+    from sb_mamba.nnet.mamba import set_ssm_backend
+    from sb_mamba.resources import load_fragment
 
     torch.manual_seed(0)
-    text = path.read_text()  # S4M has no Mamba, hence no ssm_backend key
-    overrides = {"ssm_backend": backend} if re.search(r"^ssm_backend:", text, re.M) else {}
-    model = load_hyperpyyaml(text, overrides)["separator"]
+    model = load_fragment(Path(path).name)["separator"]
+    set_ssm_backend(model, backend)  # a run option (S4M has no Mamba: nothing to set)
     return model.to(device)
 
 
@@ -111,8 +110,10 @@ def main():
     device = torch.device("cuda")
     backend = resolve_backend("auto", device)
     ops = {k: v is not None for k, v in mamba_ssm_ops().items()}
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}; auto -> {backend}; mamba-ssm functions: {ops}")
+    print(
+        f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}; auto -> {backend}; mamba-ssm functions: {ops}"
+    )
     rows, ok = [], backend == "cuda"
     for path in FRAGMENTS:
         row = {"fragment": path.stem}
@@ -131,15 +132,29 @@ def main():
         if "error" in r:
             print(f"{r['fragment']:<22}  ERROR {r['error']}")
             continue
-        print(f"{r['fragment']:<22}{r['mamba_layers']:>13}{r['parity_rel']:>14.2e}"
-              f"{r['bf16_loss']:>11.3f}  {'yes' if r['ok'] else 'NO'}")
-    print(f"\nSepMamba-S forward, 4 s at 8 kHz, batch 1: {ms:.1f} ms, peak {gb:.2f} GB "
-          "(paper: 17.8 ms, 2.0 GB)")
+        print(
+            f"{r['fragment']:<22}{r['mamba_layers']:>13}{r['parity_rel']:>14.2e}"
+            f"{r['bf16_loss']:>11.3f}  {'yes' if r['ok'] else 'NO'}"
+        )
+    print(
+        f"\nSepMamba-S forward, 4 s at 8 kHz, batch 1: {ms:.1f} ms, peak {gb:.2f} GB "
+        "(paper: 17.8 ms, 2.0 GB)"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-             "auto": backend, "ops": ops, "fragments": rows,
-             "sepmamba_s_forward_ms": ms, "sepmamba_s_peak_gb": gb}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "device": torch.cuda.get_device_name(),
+                    "torch": torch.__version__,
+                    "auto": backend,
+                    "ops": ops,
+                    "fragments": rows,
+                    "sepmamba_s_forward_ms": ms,
+                    "sepmamba_s_peak_gb": gb,
+                },
+                indent=1,
+            )
+        )
     return 0 if ok else 1
 
 

@@ -1,8 +1,11 @@
-"""Audio reading and writing with errors that name the problem and the fix.
+"""Audio files and paths: reading, writing and resampling, with errors that
+name the problem and the fix.
 
-All of sb_mamba reads audio through :func:`read_audio` (soundfile; no
+Speech, noise and mixtures are read through :func:`read_audio` (soundfile; no
 torchcodec needed) so that a missing, empty, corrupt, NaN-holding or
-wrong-rate file fails in one place, in the main process, with one message.
+wrong-rate file fails in one place, in the main process, with one message
+(a RIR bank reads its own float64 multichannel files and names the bank in
+its errors). Every resampling in sb_mamba is :func:`resample`.
 
 Authors
 -------
@@ -60,42 +63,63 @@ def audio_info(path):
     if info.frames == 0:
         raise AudioError(f"Audio file {path} is empty (0 samples): re-create it.")
     if info.samplerate < MIN_SAMPLE_RATE:
-        raise AudioError(f"{path} declares a sample rate of {info.samplerate} Hz (under "
-                         f"{MIN_SAMPLE_RATE} Hz): its header is broken; re-create the file.")
+        raise AudioError(
+            f"{path} declares a sample rate of {info.samplerate} Hz (under "
+            f"{MIN_SAMPLE_RATE} Hz): its header is broken; re-create the file."
+        )
     return info
 
 
 def resample(wav, orig_sr, new_sr):
-    """Band-limited polyphase resampling along the last axis.
+    """Band-limited polyphase resampling along the last axis (``scipy.signal.resample_poly``).
 
     Arguments
     ---------
-    wav : torch.Tensor
+    wav : torch.Tensor or numpy.ndarray
         [..., T] float signal.
     orig_sr, new_sr : int
         Rates.
 
     Returns
     -------
-    torch.Tensor
-        [..., T * new_sr / orig_sr].
+    torch.Tensor or numpy.ndarray
+        [..., T * new_sr / orig_sr]: a float32 tensor for a tensor, an array
+        of the input's precision for an array.
 
     Example
     -------
     >>> resample(torch.randn(2, 16000), 16000, 8000).shape
     torch.Size([2, 8000])
+    >>> resample(np.ones(441), 44100, 16000).dtype
+    dtype('float64')
     """
     if orig_sr == new_sr:
         return wav
     from scipy.signal import resample_poly
 
     g = math.gcd(int(orig_sr), int(new_sr))
-    out = resample_poly(wav.numpy(), new_sr // g, orig_sr // g, axis=-1)
+    up, down = int(new_sr) // g, int(orig_sr) // g
+    if isinstance(wav, np.ndarray):
+        return resample_poly(wav, up, down, axis=-1)
+    out = resample_poly(wav.numpy(), up, down, axis=-1)
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def read_audio(path, sample_rate=None, resample_to_rate=False, mono=True, start=0, stop=None,
-               max_samples=None):
+def inside(path, folder):
+    """Whether ``path`` is ``folder`` or lies inside it (links followed).
+
+    Example
+    -------
+    >>> inside("/tmp/a/b.yaml", "/tmp/a"), inside("/tmp/a/../b.yaml", "/tmp/a")
+    (True, False)
+    """
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, root]) == root
+
+
+def read_audio(
+    path, sample_rate=None, resample_to_rate=False, mono=True, start=0, stop=None, max_samples=None
+):
     """Read an audio file as float32, checking what separation needs.
 
     Arguments
@@ -138,15 +162,15 @@ def read_audio(path, sample_rate=None, resample_to_rate=False, mono=True, start=
         raise AudioError(
             f"{path} would decode to {size} samples ({frames / info.samplerate / 3600:.1f} h "
             f"at {info.samplerate} Hz), over the limit of {limit}: split the file, or "
-            "raise the limit (max_samples, --max-hours) if it is really that long.")
+            "raise the limit (max_samples, --max-hours) if it is really that long."
+        )
     try:
         data, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as e:
         raise AudioError(f"Cannot decode {path} as audio ({e}): the file is corrupt.") from e
     if not np.isfinite(data).all():
         raise AudioError(
-            f"{path} contains NaN or infinite samples: the file is corrupt; "
-            "re-create it."
+            f"{path} contains NaN or infinite samples: the file is corrupt; re-create it."
         )
     wav = torch.from_numpy(data)  # [T, C]
     if mono:
@@ -223,8 +247,7 @@ def write_audio(path, wav, sample_rate, subtype="FLOAT"):
         os.fchmod(fd, 0o666 & ~umask)  # a plain file once in place, not mkstemp's 0600
         with _ErrnoFile(os.fdopen(fd, "w+b"), failed) as fobj:
             try:
-                with sf.SoundFile(fobj, "w", int(sample_rate), channels, subtype,
-                                  format=fmt) as f:
+                with sf.SoundFile(fobj, "w", int(sample_rate), channels, subtype, format=fmt) as f:
                     try:  # no PEAK chunk: it holds a time stamp (files would differ run to run)
                         sf._snd.sf_command(f._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
                     except AttributeError:  # soundfile internals moved: files stay valid

@@ -11,11 +11,6 @@
     sb-mamba make-rir-bank BANK --rooms 1000 --workers 8
     arecord -f S16_LE -r 8000 -c 1 | sb-mamba stream MODEL | aplay -f S16_LE -r 8000 -c 2
 
-The old names ``sb-mamba-separate``, ``sb-mamba-export``,
-``sb-mamba-make-mixtures`` and ``sb-mamba-make-rir-bank`` stay as aliases of
-the subcommands for one release (``sb-mamba-convert`` and ``sb-mamba-migrate``
-are new).
-
 Error policy (every subcommand, and the recipes' ``train.py``): a user error
 (a missing file, a bad argument, a dataset folder in the wrong layout: a
 :class:`~sb_mamba.errors.UserError` or ``FileNotFoundError``) prints one
@@ -46,15 +41,15 @@ Authors
 import argparse
 import errno
 import importlib
-import os
 import sys
 from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
-from sb_mamba.errors import USER_ERROR, UserError, user_message
+from sb_mamba.errors import USER_ERROR, UserError, run_with_policy
 from sb_mamba.logs import ALWAYS_INFO, setup_cli_logging
+from sb_mamba.nnet.scan import BACKENDS
 
 logger = get_logger(__name__)
 
@@ -82,8 +77,9 @@ def find_inputs(paths, exts):
     for arg in paths:
         p = Path(arg)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*")
-                           if f.is_file() and f.suffix.lower().lstrip(".") in exts)
+            files = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower().lstrip(".") in exts
+            )
             found += [(f, f.relative_to(p)) for f in files]
         elif p.is_file():
             found.append((p, Path(p.name)))
@@ -94,40 +90,79 @@ def find_inputs(paths, exts):
 
 def add_arguments(p):
     """The arguments of ``sb-mamba separate``."""
-    p.add_argument("inputs", nargs="+", metavar="[MODEL] FILE_OR_DIR",
-                   help="model folder (sb-mamba export: config.json and "
-                        "separator.safetensors) or HuggingFace id, optional (default: the "
-                        "shipped demo model), then audio files and/or folders")
-    p.add_argument("-m", "--model", default=None,
-                   help="the model (folder or hub id); then every positional is an input")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="[MODEL] FILE_OR_DIR",
+        help="model folder (sb-mamba export: config.json and "
+        "separator.safetensors) or HuggingFace id, optional (default: the "
+        "shipped demo model), then audio files and/or folders",
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="the model (folder or hub id); then every positional is an input",
+    )
     p.add_argument("-o", "--output-dir", required=True, help="output folder")
     p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    p.add_argument("--chunk-seconds", default="auto",
-                   help="chunk length in seconds for long audio; 'auto' (default): "
-                        "one pass up to 30 s, 10 s chunks beyond; 0: always one pass")
-    p.add_argument("--overlap", type=float, default=0.25,
-                   help="overlap fraction of consecutive chunks")
-    p.add_argument("--stream", action="store_true",
-                   help="run through the streaming path of a causal model (sb-mamba "
-                        "stream's; the same output as one offline pass)")
-    p.add_argument("--normalize", choices=["mixture", "peak", "none"], default="mixture",
-                   help="output scaling: 'mixture' (default) keeps the mixture's level, "
-                        "never above full scale when the input is not; 'peak': each "
-                        "source to 0.9; 'none': as the model outputs")
-    p.add_argument("--sample-rate", default="model",
-                   help="rate of the written files: 'model' (default), 'input' (the "
-                        "input file's) or Hz")
-    p.add_argument("--max-hours", type=float, default=10.0,
-                   help="refuse inputs longer than this at 16 kHz (default 10)")
-    p.add_argument("--trust-model", action="store_true",
-                   help=argparse.SUPPRESS)  # no effect: a model folder is data
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="selective scan of the Mamba layers (default auto: the CUDA kernels on "
+        "a GPU, the C++ kernel on a CPU)",
+    )
+    p.add_argument(
+        "--chunk-seconds",
+        default="auto",
+        help="chunk length in seconds for long audio; 'auto' (default): "
+        "one pass up to 30 s, 10 s chunks beyond; 0: always one pass",
+    )
+    p.add_argument(
+        "--overlap", type=float, default=0.25, help="overlap fraction of consecutive chunks"
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="run through the streaming path of a causal model (sb-mamba "
+        "stream's; the same output as one offline pass)",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=["mixture", "peak", "none"],
+        default="mixture",
+        help="output scaling: 'mixture' (default) keeps the mixture's level, "
+        "never above full scale when the input is not; 'peak': each "
+        "source to 0.9; 'none': as the model outputs",
+    )
+    p.add_argument(
+        "--sample-rate",
+        default="model",
+        help="rate of the written files: 'model' (default), 'input' (the input file's) or Hz",
+    )
+    p.add_argument(
+        "--max-hours",
+        type=float,
+        default=10.0,
+        help="refuse inputs longer than this at 16 kHz (default 10)",
+    )
+    p.add_argument(
+        "--trust-model", action="store_true", help=argparse.SUPPRESS
+    )  # no effect: a model folder is data
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--ext", default=DEFAULT_EXT,
-                   help=f"extensions searched in folders (default {DEFAULT_EXT})")
-    p.add_argument("--savedir", default=None,
-                   help="where a hub model is stored (default: HF cache)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="log what is done to each file (resampling, chunks)")
+    p.add_argument(
+        "--ext", default=DEFAULT_EXT, help=f"extensions searched in folders (default {DEFAULT_EXT})"
+    )
+    p.add_argument(
+        "--savedir", default=None, help="where a hub model is stored (default: HF cache)"
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what is done to each file (resampling, chunks)",
+    )
 
 
 def split_model(inputs):
@@ -138,11 +173,13 @@ def split_model(inputs):
     >>> split_model(["owner/repo", "a.wav"])
     ('owner/repo', ['a.wav'])
     """
-    from sb_mamba.modelfolder import layout
+    from sb_mamba.modelfolder import hub_source, layout
 
     first = Path(inputs[0])
     model_folder = first.is_dir() and layout(first) is not None
-    hub_id = not first.exists() and first.suffix.lower().lstrip(".") not in DEFAULT_EXT.split(",")
+    hub_id = hub_source(inputs[0]) and first.suffix.lower().lstrip(".") not in DEFAULT_EXT.split(
+        ","
+    )
     if len(inputs) > 1 and (model_folder or hub_id):
         return inputs[0], inputs[1:]
     from sb_mamba.resources import pretrained_path
@@ -178,48 +215,59 @@ def run(args):
         try:
             args.sample_rate = int(args.sample_rate)
         except ValueError:
-            raise UserError(f"--sample-rate takes 'model', 'input' or Hz, not "
-                            f"{args.sample_rate!r}.") from None
+            raise UserError(
+                f"--sample-rate takes 'model', 'input' or Hz, not {args.sample_rate!r}."
+            ) from None
     if args.model is None:
         args.model, args.inputs = split_model(args.inputs)
     return _separate(args)
 
 
 def _separate(args):
+    from sb_mamba.audio import inside
     from sb_mamba.inference.separator import MambaSeparator, source_paths
-    from sb_mamba.modelfolder import inside
 
     exts = {e.strip().lower().lstrip(".") for e in args.ext.split(",") if e.strip()}
     files, missing = find_inputs(args.inputs, exts)
     if missing and not files:
         raise FileNotFoundError(2, "No such file or folder", missing[0])
     if not files:
-        raise UserError(f"No audio files ({','.join(sorted(exts))}) found in "
-                        f"{' '.join(args.inputs)}; pick other inputs or --ext.")
+        raise UserError(
+            f"No audio files ({','.join(sorted(exts))}) found in "
+            f"{' '.join(args.inputs)}; pick other inputs or --ext."
+        )
     out = Path(args.output_dir)
     if out.is_symlink():
-        raise UserError(f"-o {out} is a link: outputs are never written through links; "
-                        "give the real folder.")
+        raise UserError(
+            f"-o {out} is a link: outputs are never written through links; give the real folder."
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out} is a file, not a folder: choose an output folder.")
     for arg in args.inputs:
         if Path(arg).is_dir() and inside(out, arg):
-            raise UserError(f"-o {out} is inside the input folder {arg}: a rerun would "
-                            "separate the outputs too; choose an output folder outside it.")
+            raise UserError(
+                f"-o {out} is inside the input folder {arg}: a rerun would "
+                "separate the outputs too; choose an output folder outside it."
+            )
     for arg in missing:
         logger.error("Skipped %s: no such file or folder.", arg)
     try:
         model = MambaSeparator.from_hparams(
-            source=args.model, savedir=args.savedir, run_opts={"device": args.device},
-            trust_remote_code=args.trust_model)
+            source=args.model,
+            savedir=args.savedir,
+            run_opts={"device": args.device, "ssm_backend": args.backend},
+            trust_remote_code=args.trust_model,
+        )
     except UserError:
         raise
     except Exception as e:  # a folder, a hub id or a URL: many ways to fail
-        raise UserError(f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
-                        "give a folder written by `sb-mamba export` or a hub id.") from e
+        raise UserError(
+            f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
+            "give a folder written by `sb-mamba export` or a hub id."
+        ) from e
     if args.stream:
         model.stream()  # a model that cannot stream is refused here, once
-    done, skipped, failed, seen = 0, 0, len(missing), set()
+    done, skipped, failed, seen, told_rate = 0, 0, len(missing), set(), False
     for path, rel in tqdm(files, desc="separating", unit="file", dynamic_ncols=True):
         targets = source_paths(rel, out / rel.parent, model.num_spks)
         if targets[0] in seen:
@@ -233,50 +281,97 @@ def _separate(args):
             continue
         linked = _linked_folder(out, rel.parent)
         if linked is not None:
-            logger.error("Skipped %s: its output folder %s is a link; outputs are never "
-                         "written through links.", path, linked)
+            logger.error(
+                "Skipped %s: its output folder %s is a link; outputs are never "
+                "written through links.",
+                path,
+                linked,
+            )
             failed += 1
             continue
+        if args.sample_rate == "model" and not told_rate:
+            told_rate = _tell_output_rate(path, model.sample_rate)
         try:
-            model.separate_file(path, chunk_seconds=args.chunk_seconds,
-                                overlap=args.overlap, normalize=args.normalize,
-                                output_dir=out / rel.parent, output_rate=args.sample_rate,
-                                max_samples=int(args.max_hours * 3600 * 16000),
-                                stream=args.stream)
+            model.separate_file(
+                path,
+                chunk_seconds=args.chunk_seconds,
+                overlap=args.overlap,
+                normalize=args.normalize,
+                output_dir=out / rel.parent,
+                output_rate=args.sample_rate,
+                max_samples=int(args.max_hours * 3600 * 16000),
+                stream=args.stream,
+            )
             done += 1
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):  # every next file would fail too
-                raise UserError(f"{' '.join(str(e.strerror).split())}: {done} files "
-                                f"separated so far are kept in {out}; free some space and "
-                                "rerun (finished outputs are skipped).") from None
+                raise UserError(
+                    f"{' '.join(str(e.strerror).split())}: {done} files "
+                    f"separated so far are kept in {out}; free some space and "
+                    "rerun (finished outputs are skipped)."
+                ) from None
             logger.error("Skipped %s: %s", path, " ".join(str(e).split()))
             failed += 1
         except (UserError, ValueError, RuntimeError, MemoryError) as e:
             logger.error("Skipped %s: %s", path, " ".join(str(e).split()))
             failed += 1
-    logger.info("Done: %d separated, %d skipped (outputs exist), %d failed -> %s",
-                done, skipped, failed, out)
+    logger.info(
+        "Done: %d separated, %d skipped (outputs exist), %d failed%s",
+        done,
+        skipped,
+        failed,
+        f" -> {out}" if out.is_dir() else "; nothing written",
+    )
     return 1 if failed else 0
+
+
+def _tell_output_rate(path, model_rate):
+    """Say once that outputs come at the model's rate when an input has another; True once said."""
+    from sb_mamba.audio import AudioError, audio_info
+
+    try:
+        rate = audio_info(path).samplerate
+    except AudioError:
+        return False  # reported when the file is separated
+    if rate != model_rate:
+        logger.info(
+            "The outputs are written at %d Hz, the model's rate (%s is at %d Hz); "
+            "--sample-rate input writes them at each input's rate.",
+            model_rate,
+            path,
+            rate,
+        )
+        return True
+    return False
 
 
 # ------------------------------------------------------------ dispatch
 # name -> (module with add_arguments(parser) and run(args) -> int, summary)
 COMMANDS = {
     "separate": ("sb_mamba.cli", "separate the speakers of audio files"),
-    "export": ("sb_mamba.inference.export",
-               "export a trained recipe to a model folder (hub layout)"),
-    "make-mixtures": ("sb_mamba.dataio.generate",
-                      "generate a WHAMR!- or Echo2Mix-style dataset from speech"),
-    "make-rir-bank": ("sb_mamba.dataio.rir_bank",
-                      "simulate or index room impulse responses"),
-    "convert": ("sb_mamba.inference.convert",
-                "convert an official SPMamba / SepMamba checkpoint to a model folder"),
-    "stream": ("sb_mamba.inference.stream_cli",
-               "separate a live mixture: raw 16-bit PCM on stdin -> the speakers as "
-               "interleaved channels on stdout (causal models)"),
-    "migrate": ("sb_mamba.modelfolder",
-                "rewrite an old-layout model folder (hyperparams.yaml + separator.ckpt) "
-                "as config.json + separator.safetensors"),
+    "export": (
+        "sb_mamba.inference.export",
+        "export a trained recipe to a model folder (hub layout)",
+    ),
+    "make-mixtures": (
+        "sb_mamba.dataio.generate",
+        "generate a WHAMR!- or Echo2Mix-style dataset from speech",
+    ),
+    "make-rir-bank": ("sb_mamba.dataio.rir_bank", "simulate or index room impulse responses"),
+    "convert": (
+        "sb_mamba.inference.convert",
+        "convert an official SPMamba / SepMamba checkpoint to a model folder",
+    ),
+    "stream": (
+        "sb_mamba.inference.stream_cli",
+        "separate a live mixture: raw 16-bit PCM on stdin -> the speakers as "
+        "interleaved channels on stdout (causal models)",
+    ),
+    "migrate": (
+        "sb_mamba.modelfolder",
+        "rewrite an old-layout model folder (hyperparams.yaml + separator.ckpt) "
+        "as config.json + separator.safetensors",
+    ),
 }
 
 
@@ -304,8 +399,11 @@ def build_parser(command=None):
     >>> build_parser("separate").parse_args(["separate", "a.wav", "-o", "out"]).inputs
     ['a.wav']
     """
-    parser = _Parser(prog="sb-mamba", description="sb_mamba: state-space speech "
-                     "separation (SepMamba, SPMamba, S4M) for SpeechBrain.")
+    parser = _Parser(
+        prog="sb-mamba",
+        description="sb_mamba: state-space speech "
+        "separation (SepMamba, SPMamba, S4M) for SpeechBrain.",
+    )
     from importlib.metadata import version
 
     parser.add_argument("--version", action="version", version=f"sb-mamba {version('sb_mamba')}")
@@ -330,36 +428,19 @@ def main(argv=None):
     own = () if hasattr(args, "verbose") else (COMMANDS[args.command][0],)
     restore = setup_cli_logging(getattr(args, "verbose", False), always=(*ALWAYS_INFO, *own))
     try:
-        return args.run(args)
+        return run_with_policy(
+            lambda: args.run(args),
+            lambda e, message: print(f"sb-mamba {args.command}: error: {message}", file=sys.stderr),
+        )
     except KeyboardInterrupt:
-        print(f"sb-mamba {args.command}: interrupted (Ctrl-C); finished outputs are kept.",
-              file=sys.stderr)
+        print(
+            f"sb-mamba {args.command}: interrupted (Ctrl-C); finished outputs are kept.",
+            file=sys.stderr,
+        )
         return INTERRUPTED
-    except Exception as e:
-        message = user_message(e)
-        if message is None or os.environ.get("SB_MAMBA_TRACEBACK") == "1":
-            raise
-        print(f"sb-mamba {args.command}: error: {message}", file=sys.stderr)
-        return USER_ERROR
     finally:
         restore()
 
-
-def _alias(command):
-    def entry(argv=None):
-        return main([command, *(sys.argv[1:] if argv is None else argv)])
-
-    entry.__doc__ = f"``sb-mamba-{command}``: alias of ``sb-mamba {command}``."
-    return entry
-
-
-separate_main = _alias("separate")
-export_main = _alias("export")
-make_mixtures_main = _alias("make-mixtures")
-make_rir_bank_main = _alias("make-rir-bank")
-convert_main = _alias("convert")
-migrate_main = _alias("migrate")
-stream_main = _alias("stream")
 
 if __name__ == "__main__":
     sys.exit(main())

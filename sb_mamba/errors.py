@@ -12,6 +12,8 @@ Authors
  * sb_mamba developers
 """
 
+import os
+
 USER_ERROR = 2  # exit status of every command on a user error
 
 
@@ -57,3 +59,39 @@ def user_message(exc):
     else:
         return None
     return " ".join(text.split())
+
+
+def run_with_policy(fn, report):
+    """Call ``fn()`` under the error policy: a user error is reported in one line.
+
+    Arguments
+    ---------
+    fn : callable
+        The command; its return value is returned.
+    report : callable
+        ``report(exc, message)`` prints or logs the one-line message of a
+        user error (:func:`user_message`).
+
+    Returns
+    -------
+    object
+        ``fn()``'s value, or :data:`USER_ERROR` after a user error. Any
+        other exception propagates with its traceback, and so does a user
+        error when ``SB_MAMBA_TRACEBACK=1``.
+
+    Example
+    -------
+    >>> def bad():
+    ...     raise UserError("no such folder: give --data_folder")
+    >>> run_with_policy(bad, lambda e, m: print("error:", m))
+    error: no such folder: give --data_folder
+    2
+    """
+    try:
+        return fn()
+    except Exception as e:
+        message = user_message(e)
+        if message is None or os.environ.get("SB_MAMBA_TRACEBACK") == "1":
+            raise
+        report(e, message)
+        return USER_ERROR

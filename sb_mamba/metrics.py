@@ -195,8 +195,10 @@ def pit_si_snr_silence_loss(targets, est, floor_db=-30.0, silent_db=-60.0):
     (torch.Size([1]), True)
     """
     if est.shape != targets.shape:
-        raise ValueError(f"Estimates {tuple(est.shape)} and targets {tuple(targets.shape)} "
-                         "must both be [B, T, num_spks].")  # fmt: skip
+        raise ValueError(
+            f"Estimates {tuple(est.shape)} and targets {tuple(targets.shape)} "
+            "must both be [B, T, num_spks]."
+        )
     pairwise = si_snr(est.transpose(1, 2).unsqueeze(1), targets.transpose(1, 2).unsqueeze(2))
     energy = (targets**2).sum(1)  # [B, S]
     speech = energy.sum(-1, keepdim=True) + EPS  # [B, 1]

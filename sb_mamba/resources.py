@@ -34,8 +34,10 @@ def _find(package, name, what):
     path = root / name
     if not path.exists():
         found = sorted(
-            str(p.relative_to(root)) for p in root.rglob("*")
-            if p.suffix in (".yaml", "") and p.name != "__pycache__"
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.suffix in (".yaml", "")
+            and p.name != "__pycache__"
             and "__pycache__" not in p.parts
         )
         raise FileNotFoundError(
@@ -62,6 +64,36 @@ def hparams_path(name):
     'sepmamba_s.yaml'
     """
     return _find("sb_mamba.hparams", name, "model fragment")
+
+
+def load_fragment(name, overrides=None):
+    """Load a shipped model fragment (``hparams/models/<name>``) with overrides.
+
+    The fragments are sb_mamba's own HyperPyYAML (what recipes ``!include:``),
+    never a file that came with a model folder.
+
+    Arguments
+    ---------
+    name : str
+        ``"sepmamba_s"`` or ``"sepmamba_s.yaml"``.
+    overrides : dict, optional
+        Values of the fragment's keys (e.g. ``{"dim": 8}``).
+
+    Returns
+    -------
+    dict
+        The fragment's keys, ``separator`` built.
+
+    Example
+    -------
+    >>> load_fragment("sepmamba_s", {"dim": 8, "num_blocks": 1})["separator"].get_model_args()["dim"]
+    8
+    """
+    from hyperpyyaml import load_hyperpyyaml
+
+    name = name if name.endswith(".yaml") else f"{name}.yaml"
+    with open(hparams_path(f"models/{name}")) as f:
+        return load_hyperpyyaml(f, overrides)
 
 
 def pretrained_path(name=DEFAULT_MODEL):

@@ -46,6 +46,7 @@ from scipy.signal import fftconvolve
 from speechbrain.nnet.losses import get_si_snr_with_pitwrapper
 
 from sb_mamba.audio import read_audio, write_audio
+from sb_mamba.resources import load_fragment  # noqa: F401 - the tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -66,16 +67,6 @@ PEAK_RSS_CLI = (
 
 # ---------------------------------------------------------- model fragments
 FRAGMENTS = sorted(p.name for p in (ROOT / "hparams" / "models").glob("*.yaml"))
-
-
-def load_fragment(name, overrides=None):
-    """A shipped model fragment (``hparams/models/<name>``) loaded with overrides."""
-    from hyperpyyaml import load_hyperpyyaml
-
-    from sb_mamba import hparams_path
-
-    with open(hparams_path(f"models/{name}")) as f:
-        return load_hyperpyyaml(f, overrides)
 
 
 # ------------------------------------------------------------ model folders
@@ -100,17 +91,30 @@ def old_layout_yaml(cls, kwargs, sample_rate, num_spks, origin=""):
         raise TypeError(type(v))
 
     bar = "# " + "#" * 76
-    return "\n".join([
-        bar, f"# Model: {cls.rsplit('.', 1)[-1]} ({cls}), {num_spks} speakers, "
-        f"{sample_rate} Hz", "# Inference hyperparameters of sb_mamba.inference.MambaSeparator,",
-        "# written by sb_mamba.inference.export", *([f"# from {origin}"] if origin else []),
-        bar, "", f"sample_rate: {int(sample_rate)} # Hz; inputs are resampled to this rate",
-        f"num_spks: {int(num_spks)} # number of output sources", "",
-        f"separator: !new:{cls}", *(f"    {k}: {value(v)}" for k, v in kwargs.items()), "",
-        "modules:", "    separator: !ref <separator>", "",
-        "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
-        "    loadables:", "        separator: !ref <separator>", "",
-    ])
+    return "\n".join(
+        [
+            bar,
+            f"# Model: {cls.rsplit('.', 1)[-1]} ({cls}), {num_spks} speakers, {sample_rate} Hz",
+            "# Inference hyperparameters of sb_mamba.inference.MambaSeparator,",
+            "# written by sb_mamba.inference.export",
+            *([f"# from {origin}"] if origin else []),
+            bar,
+            "",
+            f"sample_rate: {int(sample_rate)} # Hz; inputs are resampled to this rate",
+            f"num_spks: {int(num_spks)} # number of output sources",
+            "",
+            f"separator: !new:{cls}",
+            *(f"    {k}: {value(v)}" for k, v in kwargs.items()),
+            "",
+            "modules:",
+            "    separator: !ref <separator>",
+            "",
+            "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer",
+            "    loadables:",
+            "        separator: !ref <separator>",
+            "",
+        ]
+    )
 
 
 def tiny_model_folder(folder, layout="new", extra_yaml="", seed=0, **kwargs):
@@ -123,10 +127,13 @@ def tiny_model_folder(folder, layout="new", extra_yaml="", seed=0, **kwargs):
     """
     from sb_mamba.lobes.sepmamba import SepMamba
     from sb_mamba.modelfolder import ModelConfig, write_folder
+    from sb_mamba.nnet.mamba import set_ssm_backend
 
     torch.manual_seed(seed)
-    args = dict(num_spks=2, dim=8, num_blocks=1, d_state=4, ssm_backend="torch") | kwargs
+    backend = kwargs.pop("ssm_backend", "torch")  # a run option: set on the model, not stored
+    args = dict(num_spks=2, dim=8, num_blocks=1, d_state=4) | kwargs
     net = SepMamba(**args).eval()
+    set_ssm_backend(net, backend)
     cls = "sb_mamba.lobes.sepmamba.SepMamba"
     folder = Path(folder)
     if layout == "new":
@@ -134,7 +141,9 @@ def tiny_model_folder(folder, layout="new", extra_yaml="", seed=0, **kwargs):
     else:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "hyperparams.yaml").write_text(
-            old_layout_yaml(cls, net.get_model_args(), 8000, 2) + extra_yaml)
+            old_layout_yaml(cls, net.get_model_args() | {"ssm_backend": "auto"}, 8000, 2)
+            + extra_yaml
+        )  # old exports stored the backend
         torch.save(net.state_dict(), folder / "separator.ckpt")
     return net
 
@@ -229,7 +238,9 @@ SHRINK = {
 }
 
 COMMON = [
-    "--N_epochs=1", "--batch_size=1", "--n_audio_to_save=0",
+    "--N_epochs=1",
+    "--batch_size=1",
+    "--n_audio_to_save=0",
     "--segment_seconds=0.25",  # training crops (and dynamic-mixing items)
     "--dataloader_opts={batch_size: 1, num_workers: 0}",
 ]
@@ -287,8 +298,7 @@ def _clips(folder, pattern, sample_rate):
     paths = sorted(Path(folder).glob(pattern))
     assert paths, f"no bundled audio in {folder}"
     return tuple(
-        (p.stem, read_audio(p, sample_rate, resample_to_rate=True).double().numpy())
-        for p in paths
+        (p.stem, read_audio(p, sample_rate, resample_to_rate=True).double().numpy()) for p in paths
     )
 
 
@@ -336,12 +346,20 @@ def _examples(n, num_spks, sample_rate, seed, seconds=1.0):
         off = rng.integers(0, len(wav) - T + 1)
         noise = wav[off : off + T]
         noise = noise / _rms(noise) * _rms(s.sum(0)) * 10 ** (-rng.uniform(-6, 3) / 20)
-        peak = max(np.abs(x).max() for x in (s.sum(0) + noise, s_reverb.sum(0) + noise,
-                                              s[0] + noise, s_reverb[0] + noise))
+        peak = max(
+            np.abs(x).max()
+            for x in (s.sum(0) + noise, s_reverb.sum(0) + noise, s[0] + noise, s_reverb[0] + noise)
+        )
         scale = min(1.0, 0.9 / peak)
-        examples.append({"utts": [speech[i][0] for i in tuples[k]], "gains": gains,
-                         "s": s * scale, "s_reverb": s_reverb * scale,
-                         "noise": noise * scale})
+        examples.append(
+            {
+                "utts": [speech[i][0] for i in tuples[k]],
+                "gains": gains,
+                "s": s * scale,
+                "s_reverb": s_reverb * scale,
+                "noise": noise * scale,
+            }
+        )
     return examples
 
 
@@ -385,9 +403,14 @@ def make_wham(root, num_spks=2, sample_rate=8000, n=(4, 2, 2), mode="min", seed=
     for j, (split, count) in enumerate(zip(("tr", "cv", "tt"), n)):
         for ex in _examples(count, 2, sample_rate, seed * 10 + j):
             name, d, s, noise = _wsj_name(ex) + ".wav", base / split, ex["s"], ex["noise"]
-            for folder, wav in (("mix_clean", s.sum(0)), ("mix_both", s.sum(0) + noise),
-                                ("mix_single", s[0] + noise), ("s1", s[0]), ("s2", s[1]),
-                                ("noise", noise)):
+            for folder, wav in (
+                ("mix_clean", s.sum(0)),
+                ("mix_both", s.sum(0) + noise),
+                ("mix_single", s[0] + noise),
+                ("s1", s[0]),
+                ("s2", s[1]),
+                ("noise", noise),
+            ):
                 _write(d / folder / name, wav, sample_rate)
     return data_folder
 
@@ -408,16 +431,26 @@ def make_whamr(root, num_spks=2, sample_rate=8000, n=(4, 2, 2), mode="min", seed
             name, d, noise = _wsj_name(ex) + ".wav", base / split, ex["noise"]
             _write(d / "noise" / name, noise, sample_rate)
             for kind, s in (("anechoic", ex["s"]), ("reverb", ex["s_reverb"])):
-                for folder, wav in ((f"mix_clean_{kind}", s.sum(0)),
-                                    (f"mix_both_{kind}", s.sum(0) + noise),
-                                    (f"mix_single_{kind}", s[0] + noise),
-                                    (f"s1_{kind}", s[0]), (f"s2_{kind}", s[1])):
+                for folder, wav in (
+                    (f"mix_clean_{kind}", s.sum(0)),
+                    (f"mix_both_{kind}", s.sum(0) + noise),
+                    (f"mix_single_{kind}", s[0] + noise),
+                    (f"s1_{kind}", s[0]),
+                    (f"s2_{kind}", s[1]),
+                ):
                     _write(d / folder / name, wav, sample_rate)
     return data_folder
 
 
-def make_librimix(root, num_spks=2, sample_rate=8000, n=(4, 2, 2), mode="min", seed=0,
-                  train_sets=("train-100", "train-360")):
+def make_librimix(
+    root,
+    num_spks=2,
+    sample_rate=8000,
+    n=(4, 2, 2),
+    mode="min",
+    seed=0,
+    train_sets=("train-100", "train-360"),
+):
     """``root/LibriMix/Libri<n>Mix/wav8k/<mode>/<set>/{mix_clean,mix_both,mix_single,s1,s2[,s3],noise}``.
 
     Sets: each of ``train_sets`` (``n[0]`` mixtures each), ``dev``, ``test``.
@@ -430,8 +463,12 @@ def make_librimix(root, num_spks=2, sample_rate=8000, n=(4, 2, 2), mode="min", s
     for j, (subset, count) in enumerate(sets):
         for ex in _examples(count, num_spks, sample_rate, seed * 10 + j):
             name, d, s, noise = "_".join(ex["utts"]) + ".wav", base / subset, ex["s"], ex["noise"]
-            for folder, wav in (("mix_clean", s.sum(0)), ("mix_both", s.sum(0) + noise),
-                                ("mix_single", s[0] + noise), ("noise", noise)):
+            for folder, wav in (
+                ("mix_clean", s.sum(0)),
+                ("mix_both", s.sum(0) + noise),
+                ("mix_single", s[0] + noise),
+                ("noise", noise),
+            ):
                 _write(d / folder / name, wav, sample_rate)
             for i, src in enumerate(s, 1):
                 _write(d / f"s{i}" / name, src, sample_rate)
@@ -489,7 +526,8 @@ def make_shared_data(root, seed=0):
     for f in clips:
         shutil.copy(f, data / "noise" / f.name)
     (data / "noise" / "noise.tsv").write_text(
-        "clip_id\tsource_id\n" + "".join(f"{f.stem}\t{f.stem}\n" for f in clips))
+        "clip_id\tsource_id\n" + "".join(f"{f.stem}\t{f.stem}\n" for f in clips)
+    )
     (data / "rir").mkdir(parents=True, exist_ok=True)
     rows = ["rir_id\troom\tlicense"]
     for f in sorted((SAMPLES / "rir").glob("*.wav")):
@@ -501,11 +539,14 @@ def make_shared_data(root, seed=0):
         rows.append(f"{name}\tsynthetic B\tCC0-1.0")
     (data / "rir" / "rir.tsv").write_text("\n".join(rows) + "\n")
     ids = [s.name for s in spks]
-    split = {"speech-l2": {"train": ids[:4], "valid": ids[4:5], "test": ids[5:]},
-             "noise": {"train": [clips[0].stem], "test": [c.stem for c in clips[1:]]},
-             "rir": {"train": [f.stem for f in sorted((SAMPLES / "rir").glob("*.wav"))],
-                     "test": ["synthB_1", "synthB_2"]},
-             "simulated_rooms": {"train": {"seed": 1, "rooms": 1},
-                                 "test": {"seed": 2, "rooms": 1}}}
+    split = {
+        "speech-l2": {"train": ids[:4], "valid": ids[4:5], "test": ids[5:]},
+        "noise": {"train": [clips[0].stem], "test": [c.stem for c in clips[1:]]},
+        "rir": {
+            "train": [f.stem for f in sorted((SAMPLES / "rir").glob("*.wav"))],
+            "test": ["synthB_1", "synthB_2"],
+        },
+        "simulated_rooms": {"train": {"seed": 1, "rooms": 1}, "test": {"seed": 2, "rooms": 1}},
+    }
     (root / "splits.json").write_text(json.dumps(split))
     return data, root / "splits.json"

@@ -98,8 +98,10 @@ def link_speakers(save_folder, split, librimini, l2=None, l2_split=None):
     if split in ("train", "valid", "test", "test-l2"):
         out.update({f"l2-{s}": Path(l2) / s for s in l2_split[split.replace("test-l2", "test")]})
     if missing := [n for n, p in out.items() if not Path(p).is_dir()]:
-        raise FileNotFoundError(f"Speakers {missing[:3]} of the split are not in {l2}: point "
-                                "data_folder at the shared data folder.")
+        raise FileNotFoundError(
+            f"Speakers {missing[:3]} of the split are not in {l2}: point "
+            "data_folder at the shared data folder."
+        )
     folder = layout(save_folder)[f"speech_{split}"]
     _links(folder, out)
     return folder
@@ -109,8 +111,10 @@ def _file_links(folder, ids, table):
     """Link names -> files of ``folder`` named ``<id>.wav`` (+ SOURCES.md, a filtered table)."""
     missing = [i for i in ids if not (folder / f"{i}.wav").is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} lacks {missing[:3]} ({len(missing)} files of the "
-                                "split): point data_folder at the shared data folder.")
+        raise FileNotFoundError(
+            f"{folder} lacks {missing[:3]} ({len(missing)} files of the "
+            "split): point data_folder at the shared data folder."
+        )
     out = {f"{i}.wav": folder / f"{i}.wav" for i in ids}
     if (folder / "SOURCES.md").is_file():
         out["SOURCES.md"] = folder / "SOURCES.md"
@@ -133,8 +137,10 @@ def layout(save_folder):
     (PosixPath('/s/links/noise/test'), PosixPath('/s/links/speech/train'))
     """
     s = Path(save_folder)
-    paths = {f"speech_{k}": s / "links" / "speech" / k
-             for k in ("train", "valid", "test", "test-librimini", "test-l2")}  # fmt: skip
+    paths = {
+        f"speech_{k}": s / "links" / "speech" / k
+        for k in ("train", "valid", "test", "test-librimini", "test-l2")
+    }
     for split in ("train", "test"):
         paths[f"noise_{split}"] = s / "links" / "noise" / split
         paths[f"rir_{split}"] = s / "links" / "rir" / split
@@ -143,8 +149,9 @@ def layout(save_folder):
     return paths
 
 
-def condition_dataset(save_folder, condition, n, sample_rate=8000, num_spks=2,
-                      segment_seconds=4.0, seed=4321, **mixed):  # fmt: skip
+def condition_dataset(
+    save_folder, condition, n, sample_rate=8000, num_spks=2, segment_seconds=4.0, seed=4321, **mixed
+):
     """The fixed-mixture dataset of a test condition, or of ``valid`` / ``test``.
 
     Arguments
@@ -181,20 +188,40 @@ def condition_dataset(save_folder, condition, n, sample_rate=8000, num_spks=2,
         speakers = condition
     noisy, reverb = opts["noise_prob"] > 0, opts["reverb_prob"] > 0
     return ReverbDynamicMixing(  # a set without noise or rooms reads no noise or RIR
-        paths[f"speech_{speakers}"], sample_rate=sample_rate, num_spks=num_spks,
-        epoch_size=n, segment_seconds=segment_seconds, seed=seed + names.index(condition),
-        noise_folder=paths[f"noise_{held_out}"] if noisy else None, use_reverb=reverb,
+        paths[f"speech_{speakers}"],
+        sample_rate=sample_rate,
+        num_spks=num_spks,
+        epoch_size=n,
+        segment_seconds=segment_seconds,
+        seed=seed + names.index(condition),
+        noise_folder=paths[f"noise_{held_out}"] if noisy else None,
+        use_reverb=reverb,
         rir_bank=[paths[f"rir_{held_out}"], paths[f"rooms_{held_out}"]] if reverb else None,
-        reverb_target="reverberant", cache_folder=paths["cache"], **opts,
-    )  # fmt: skip
+        reverb_target="reverberant",
+        cache_folder=paths["cache"],
+        **opts,
+    )
 
 
 def prepare_general(
-    data_folder, save_folder, sample_rate=8000, num_spks=2, skip_prep=False,
-    librimini_folder=None, splits=None, n_valid=60, n_test=100, segment_seconds=4.0,
-    seed=4321, reverb_prob=0.5, noise_prob=0.5, snr_db_range=(-6.0, 10.0),
-    gain_db_range=(-5.0, 5.0), conditions=tuple(CONDITIONS), room_workers=1,
-):  # fmt: skip
+    data_folder,
+    save_folder,
+    sample_rate=8000,
+    num_spks=2,
+    skip_prep=False,
+    librimini_folder=None,
+    splits=None,
+    n_valid=60,
+    n_test=100,
+    segment_seconds=4.0,
+    seed=4321,
+    reverb_prob=0.5,
+    noise_prob=0.5,
+    snr_db_range=(-6.0, 10.0),
+    gain_db_range=(-5.0, 5.0),
+    conditions=tuple(CONDITIONS),
+    room_workers=1,
+):
     """Lay out the General recipe's splits and write its fixed mixtures.
 
     Arguments
@@ -253,28 +280,51 @@ def prepare_general(
     csvs = [save_folder / f"{k}.csv" for k in ("valid", "test", *[f"test_{c}" for c in conditions])]
     if skip_prep:
         if not all(c.is_file() for c in csvs):
-            raise FileNotFoundError(f"skip_prep is set but {save_folder} lacks the CSVs of "
-                                    "the data preparation: run once with skip_prep: False.")
+            raise FileNotFoundError(
+                f"skip_prep is set but {save_folder} lacks the CSVs of "
+                "the data preparation: run once with skip_prep: False."
+            )
         return
     if librimini_folder is None or splits is None:
-        raise UserError("prepare_general needs librimini_folder (recipes/LibriMini/data) and "
-                        "splits (recipes/General/meta/splits.json).")
+        raise UserError(
+            "prepare_general needs librimini_folder (recipes/LibriMini/data) and "
+            "splits (recipes/General/meta/splits.json)."
+        )
     librimini_folder, splits = Path(librimini_folder), Path(splits)
-    for folder in (data_folder / "speech-l2", data_folder / "noise", data_folder / "rir",
-                   *[librimini_folder / s for s in ("train", "valid", "test")]):  # fmt: skip
+    for folder in (
+        data_folder / "speech-l2",
+        data_folder / "noise",
+        data_folder / "rir",
+        *[librimini_folder / s for s in ("train", "valid", "test")],
+    ):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} does not exist: set data_folder to the shared "
-                                    "data folder (speech-l2/, noise/, rir/) and librimini_folder "
-                                    "to recipes/LibriMini/data.")  # fmt: skip
+            raise FileNotFoundError(
+                f"{folder} does not exist: set data_folder to the shared "
+                "data folder (speech-l2/, noise/, rir/) and librimini_folder "
+                "to recipes/LibriMini/data."
+            )
     if unknown := sorted(set(conditions) - set(CONDITIONS)):
         raise UserError(f"Unknown conditions {unknown}: pick from {list(CONDITIONS)}.")
     split = json.loads(splits.read_text())
-    mixed = dict(reverb_prob=reverb_prob, noise_prob=noise_prob,
-                 snr_db_range=list(snr_db_range), gain_db_range=list(gain_db_range))  # fmt: skip
-    options = dict(data_folder=str(data_folder.resolve()), split=split, sample_rate=sample_rate,
-                   librimini_folder=str(librimini_folder.resolve()), num_spks=num_spks,
-                   n_valid=n_valid, n_test=n_test, segment_seconds=segment_seconds, seed=seed,
-                   conditions=list(conditions), **mixed)  # fmt: skip
+    mixed = dict(
+        reverb_prob=reverb_prob,
+        noise_prob=noise_prob,
+        snr_db_range=list(snr_db_range),
+        gain_db_range=list(gain_db_range),
+    )
+    options = dict(
+        data_folder=str(data_folder.resolve()),
+        split=split,
+        sample_rate=sample_rate,
+        librimini_folder=str(librimini_folder.resolve()),
+        num_spks=num_spks,
+        n_valid=n_valid,
+        n_test=n_test,
+        segment_seconds=segment_seconds,
+        seed=seed,
+        conditions=list(conditions),
+        **mixed,
+    )
     opt_file = save_folder / "general_prep.json"
     if same_options(opt_file, options, csvs):
         logger.info("General data already prepared in %s; skipping.", save_folder)
@@ -282,8 +332,9 @@ def prepare_general(
     forget_options(opt_file)  # an interrupted run must not look complete
     paths = layout(save_folder)
     for name in ("train", "valid", "test", "test-librimini", "test-l2"):
-        link_speakers(save_folder, name, librimini_folder, data_folder / "speech-l2",
-                      split["speech-l2"])  # fmt: skip
+        link_speakers(
+            save_folder, name, librimini_folder, data_folder / "speech-l2", split["speech-l2"]
+        )
     for kind, table in (("noise", "noise.tsv"), ("rir", "rir.tsv")):
         for part in ("train", "test"):
             links, src = _file_links(data_folder / kind, split[kind][part], table)
@@ -291,10 +342,17 @@ def prepare_general(
             if src is not None:
                 _write_table(src, paths[f"{kind}_{part}"] / table, split[kind][part])
     for part, room in split["simulated_rooms"].items():
-        make_rir_bank(paths[f"rooms_{part}"], room["rooms"], sample_rate=sample_rate,
-                      seed=room["seed"], num_workers=room_workers, num_mics=1)  # fmt: skip
-    common = dict(sample_rate=sample_rate, num_spks=num_spks,
-                  segment_seconds=segment_seconds, seed=seed)  # fmt: skip
+        make_rir_bank(
+            paths[f"rooms_{part}"],
+            room["rooms"],
+            sample_rate=sample_rate,
+            seed=room["seed"],
+            num_workers=room_workers,
+            num_mics=1,
+        )
+    common = dict(
+        sample_rate=sample_rate, num_spks=num_spks, segment_seconds=segment_seconds, seed=seed
+    )
     sets = [("valid", n_valid, mixed), ("test", n_test, mixed)]
     sets += [(c, n_test, {}) for c in conditions]
     for name, n, extra in sets:
@@ -305,5 +363,10 @@ def prepare_general(
         csv_name = name if name in ("valid", "test") else f"test_{name}"
         shutil.copy(ds.export(target, n, subtype="PCM_16"), save_folder / f"{csv_name}.csv")
     store_options(opt_file, options)
-    logger.info("General data: %d valid, %d test mixtures and test sets %s in %s.",
-                n_valid, n_test, list(conditions), save_folder)  # fmt: skip
+    logger.info(
+        "General data: %d valid, %d test mixtures and test sets %s in %s.",
+        n_valid,
+        n_test,
+        list(conditions),
+        save_folder,
+    )

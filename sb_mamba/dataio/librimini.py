@@ -25,11 +25,21 @@ logger = get_logger(__name__)
 
 
 def prepare_librimini(
-    data_folder, save_folder, sample_rate=8000, num_spks=2, skip_prep=False,
-    n_valid=50, n_test=100, segment_seconds=4.0, noise_folder=None,
-    snr_db_range=(0.0, 10.0), seed=4321, use_reverb=False, rir_bank=None,
+    data_folder,
+    save_folder,
+    sample_rate=8000,
+    num_spks=2,
+    skip_prep=False,
+    n_valid=50,
+    n_test=100,
+    segment_seconds=4.0,
+    noise_folder=None,
+    snr_db_range=(0.0, 10.0),
+    seed=4321,
+    use_reverb=False,
+    rir_bank=None,
     reverb_target="anechoic",
-):  # fmt: skip
+):
     """Write LibriMini's ``valid.csv`` and ``test.csv`` of fixed held-out mixtures.
 
     Arguments
@@ -90,10 +100,16 @@ def prepare_librimini(
                 "to that folder."
             )
     options = dict(
-        data_folder=str(data_folder.resolve()), sample_rate=sample_rate, num_spks=num_spks,
-        n_valid=n_valid, n_test=n_test, segment_seconds=segment_seconds,
-        noise_folder=str(noise_folder), snr_db_range=list(snr_db_range), seed=seed,
-    )  # fmt: skip
+        data_folder=str(data_folder.resolve()),
+        sample_rate=sample_rate,
+        num_spks=num_spks,
+        n_valid=n_valid,
+        n_test=n_test,
+        segment_seconds=segment_seconds,
+        noise_folder=str(noise_folder),
+        snr_db_range=list(snr_db_range),
+        seed=seed,
+    )
     if use_reverb:  # (absent when off: earlier preparations stay valid)
         options.update(use_reverb=True, rir_bank=str(rir_bank), reverb_target=reverb_target)
     opt_file = save_folder / "librimini_prep.json"
@@ -103,12 +119,19 @@ def prepare_librimini(
     forget_options(opt_file)  # an interrupted run must not look complete
     for split, n, offset in (("valid", n_valid, 1), ("test", n_test, 2)):
         ds = ReverbDynamicMixing(
-            data_folder / split, sample_rate=sample_rate, num_spks=num_spks, epoch_size=n,
-            segment_seconds=segment_seconds, noise_folder=noise_folder,
-            snr_db_range=snr_db_range, seed=seed + offset,
+            data_folder / split,
+            sample_rate=sample_rate,
+            num_spks=num_spks,
+            epoch_size=n,
+            segment_seconds=segment_seconds,
+            noise_folder=noise_folder,
+            snr_db_range=snr_db_range,
+            seed=seed + offset,
             cache_folder=save_folder / "cache" if sample_rate != 8000 else None,
-            use_reverb=use_reverb, rir_bank=rir_bank, reverb_target=reverb_target,
-        )  # fmt: skip
+            use_reverb=use_reverb,
+            rir_bank=rir_bank,
+            reverb_target=reverb_target,
+        )
         target = save_folder / "mixtures" / split
         if target.exists():
             shutil.rmtree(target)

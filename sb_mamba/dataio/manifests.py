@@ -40,8 +40,16 @@ logger = get_logger(__name__)
 
 MANIFEST_SPLITS = ("train", "valid", "test")  # the CSVs: {split}.csv
 OPTIONS_FILE = "prepare_options.json"
-_RATE_FOLDERS = {8000: "wav8k", 16000: "wav16k"}
-_TT = {"train": ["tr"], "valid": ["cv"], "test": ["tt"]}
+RATE_FOLDERS = {8000: "wav8k", 16000: "wav16k"}  # WSJ0-2mix, WHAM!, WHAMR!, LibriMix
+# The on-disk layouts that sb-mamba make-mixtures writes (dataio.generate) and
+# the preparations below read: manifest split -> the dataset's split folder,
+# and the Echo2Mix file names of one example folder.
+SPLIT_FOLDERS = {
+    "whamr": {"train": "tr", "valid": "cv", "test": "tt"},
+    "echo2mix": {"train": "train", "valid": "val", "test": "test"},
+}
+ECHO2MIX_FILES = {"mix": "mix.wav", "image": "spk{}_reverb.wav", "noise": "noise.wav"}
+_TT = {split: [folder] for split, folder in SPLIT_FOLDERS["whamr"].items()}
 
 
 def _require_dir(path, dataset, layout):
@@ -62,11 +70,13 @@ def _require_dir(path, dataset, layout):
 
 def _rate_mode_folder(folder, sample_rate, mode, dataset):
     """``folder/wav8k|wav16k/min|max`` after checking the two options."""
-    if sample_rate not in _RATE_FOLDERS:
-        raise UserError(f"sample_rate={sample_rate}: {dataset} exists at 8000 or 16000 Hz "
-                        "only; set sample_rate to one of them.")
+    if sample_rate not in RATE_FOLDERS:
+        raise UserError(
+            f"sample_rate={sample_rate}: {dataset} exists at 8000 or 16000 Hz "
+            "only; set sample_rate to one of them."
+        )
     _check_choice("mode", mode, ("min", "max"))
-    return Path(folder) / _RATE_FOLDERS[sample_rate] / mode
+    return Path(folder) / RATE_FOLDERS[sample_rate] / mode
 
 
 def _check_choice(name, value, choices):
@@ -93,8 +103,9 @@ def _source(path, mix_wav):
 
 def _folder_rows(split_dir, mix, others, prefix=""):
     """One row per ``split_dir/mix/*.wav``; ``others`` maps column -> folder."""
-    mixes = sorted(p for p in (split_dir / mix).glob("*.wav")
-                   if not p.name.startswith("."))  # not temporary files of a killed write
+    mixes = sorted(
+        p for p in (split_dir / mix).glob("*.wav") if not p.name.startswith(".")
+    )  # not temporary files of a killed write
     if not mixes:
         raise FileNotFoundError(
             f"No .wav files in {split_dir / mix}: the dataset is incomplete; "
@@ -107,18 +118,34 @@ def _folder_rows(split_dir, mix, others, prefix=""):
     ]
 
 
-def _standard(dataset, data_folder, save_folder, sample_rate, mode, skip_prep,
-              check_audio, options, subsets, mix, others, root=None):
+def _standard(
+    dataset,
+    data_folder,
+    save_folder,
+    sample_rate,
+    mode,
+    skip_prep,
+    check_audio,
+    options,
+    subsets,
+    mix,
+    others,
+    root=None,
+):
     """Prepare ``wav8k|wav16k/min|max/<set>/<folder>``; ``subsets``: split -> sets,
     ``others``: column -> folder, ``root=(sub, names)``: use ``data_folder/sub``."""
     sets = [s for split in MANIFEST_SPLITS for s in subsets[split]]
-    layout = (f"{f'[{root[0]}/]' if root else ''}wav8k|wav16k/min|max/"
-              f"{{{','.join(sets)}}}/{{{','.join([mix, *others.values()])}}}")
+    layout = (
+        f"{f'[{root[0]}/]' if root else ''}wav8k|wav16k/min|max/"
+        f"{{{','.join(sets)}}}/{{{','.join([mix, *others.values()])}}}"
+    )
 
     def collect(folder):
         if root and folder.name in root[1] and folder.name != root[0]:
-            raise UserError(f"{folder} holds {folder.name} but num_spks={options['num_spks']}: "
-                            "set num_spks to match, or point data_folder at the other set.")
+            raise UserError(
+                f"{folder} holds {folder.name} but num_spks={options['num_spks']}: "
+                "set num_spks to match, or point data_folder at the other set."
+            )
         if root and (folder / root[0]).is_dir():
             folder = folder / root[0]
         base = _rate_mode_folder(folder, sample_rate, mode, dataset)
@@ -133,8 +160,9 @@ def _standard(dataset, data_folder, save_folder, sample_rate, mode, skip_prep,
         return rows
 
     options = {"sample_rate": sample_rate, "mode": mode, **options}
-    return _prepare(dataset, layout, data_folder, save_folder, options, skip_prep,
-                    check_audio, collect)
+    return _prepare(
+        dataset, layout, data_folder, save_folder, options, skip_prep, check_audio, collect
+    )
 
 
 def _read_headers(rows, split, sample_rate, check_audio):
@@ -148,13 +176,13 @@ def _read_headers(rows, split, sample_rate, check_audio):
                     f"{row[key]} is sampled at {info.samplerate} Hz but sample_rate="
                     f"{sample_rate} was asked. Use the {sample_rate} Hz version of the "
                     f"dataset (or resample the files to {sample_rate} Hz), or pass "
-                    f"sample_rate={info.samplerate} to use them as they are.")
+                    f"sample_rate={info.samplerate} to use them as they are."
+                )
             if key == "mix_wav":
                 row["duration"] = round(info.frames / info.samplerate, 5)
 
 
-def _prepare(dataset, layout, data_folder, save_folder, options, skip_prep,
-             check_audio, collect):
+def _prepare(dataset, layout, data_folder, save_folder, options, skip_prep, check_audio, collect):
     """Shared driver: skip logic, folder checks, header reading, CSV writing."""
     save_folder = Path(save_folder)
     csvs = {split: save_folder / f"{split}.csv" for split in MANIFEST_SPLITS}
@@ -173,10 +201,14 @@ def _prepare(dataset, layout, data_folder, save_folder, options, skip_prep,
     opts_file = save_folder / OPTIONS_FILE
     checked = {**options, "check_audio": True}  # a checked preparation does for both
     if same_options(opts_file, checked, csvs.values()) or (
-            not check_audio and same_options(opts_file, {**checked, "check_audio": False},
-                                             csvs.values())):  # fmt: skip
-        logger.info("%s CSVs in %s already prepared with the same options; "
-                    "skipping data preparation.", dataset, save_folder)
+        not check_audio
+        and same_options(opts_file, {**checked, "check_audio": False}, csvs.values())
+    ):
+        logger.info(
+            "%s CSVs in %s already prepared with the same options; skipping data preparation.",
+            dataset,
+            save_folder,
+        )
         return csvs
     if not data_folder.is_dir() or not any(data_folder.iterdir()):
         state = "is empty" if data_folder.is_dir() else "does not exist"
@@ -187,8 +219,10 @@ def _prepare(dataset, layout, data_folder, save_folder, options, skip_prep,
     rows = collect(data_folder)
     for split in MANIFEST_SPLITS:
         if len({row["ID"] for row in rows[split]}) != len(rows[split]):
-            raise UserError(f"Duplicate IDs in the {split} split of {data_folder}: two "
-                            "mixtures share a name; remove or rename one.")
+            raise UserError(
+                f"Duplicate IDs in the {split} split of {data_folder}: two "
+                "mixtures share a name; remove or rename one."
+            )
         _read_headers(rows[split], split, options["sample_rate"], check_audio)
     forget_options(opts_file)  # an interrupted run must not look complete
     for split, path in csvs.items():
@@ -199,8 +233,15 @@ def _prepare(dataset, layout, data_folder, save_folder, options, skip_prep,
     return csvs
 
 
-def prepare_wsj0mix(data_folder, save_folder, sample_rate=8000, mode="min",
-                    num_spks=2, skip_prep=False, check_audio=True):
+def prepare_wsj0mix(
+    data_folder,
+    save_folder,
+    sample_rate=8000,
+    mode="min",
+    num_spks=2,
+    skip_prep=False,
+    check_audio=True,
+):
     """WSJ0-2mix / WSJ0-3mix: ``wav8k|wav16k/min|max/{tr,cv,tt}/{mix,s1,s2[,s3]}``.
 
     Splits tr, cv, tt become train, valid, test (``{split}.csv``).
@@ -242,13 +283,32 @@ def prepare_wsj0mix(data_folder, save_folder, sample_rate=8000, mode="min",
     """
     _check_choice("num_spks", num_spks, (2, 3))
     others = _columns(num_spks, "s{}", noisy=False)
-    return _standard(f"WSJ0-{num_spks}mix", data_folder, save_folder, sample_rate,
-                     mode, skip_prep, check_audio, {"num_spks": num_spks}, _TT,
-                     "mix", others, (f"{num_spks}speakers", ("2speakers", "3speakers")))
+    return _standard(
+        f"WSJ0-{num_spks}mix",
+        data_folder,
+        save_folder,
+        sample_rate,
+        mode,
+        skip_prep,
+        check_audio,
+        {"num_spks": num_spks},
+        _TT,
+        "mix",
+        others,
+        (f"{num_spks}speakers", ("2speakers", "3speakers")),
+    )
 
 
-def prepare_wham(data_folder, save_folder, sample_rate=8000, mode="min",
-                 num_spks=2, skip_prep=False, check_audio=True, mix="mix_both"):
+def prepare_wham(
+    data_folder,
+    save_folder,
+    sample_rate=8000,
+    mode="min",
+    num_spks=2,
+    skip_prep=False,
+    check_audio=True,
+    mix="mix_both",
+):
     """WHAM!: ``wav8k|wav16k/min|max/{tr,cv,tt}/{mix_both,mix_clean,s1,s2,noise}``.
 
     Arguments
@@ -272,13 +332,32 @@ def prepare_wham(data_folder, save_folder, sample_rate=8000, mode="min",
     _check_choice("num_spks", num_spks, (2,))
     _check_choice("mix", mix, ("mix_both", "mix_clean"))
     others = _columns(num_spks, "s{}", noisy=mix == "mix_both")
-    return _standard("WHAM!", data_folder, save_folder, sample_rate, mode, skip_prep,
-                     check_audio, {"num_spks": num_spks, "mix": mix}, _TT, mix, others)
+    return _standard(
+        "WHAM!",
+        data_folder,
+        save_folder,
+        sample_rate,
+        mode,
+        skip_prep,
+        check_audio,
+        {"num_spks": num_spks, "mix": mix},
+        _TT,
+        mix,
+        others,
+    )
 
 
-def prepare_whamr(data_folder, save_folder, sample_rate=8000, mode="min",
-                  num_spks=2, skip_prep=False, check_audio=True,
-                  mix="mix_both_reverb", targets="anechoic"):
+def prepare_whamr(
+    data_folder,
+    save_folder,
+    sample_rate=8000,
+    mode="min",
+    num_spks=2,
+    skip_prep=False,
+    check_audio=True,
+    mix="mix_both_reverb",
+    targets="anechoic",
+):
     """WHAMR!: ``wav8k|wav16k/min|max/{tr,cv,tt}/{mix_*,s1_*,s2_*,noise}``.
 
     Arguments
@@ -298,18 +377,40 @@ def prepare_whamr(data_folder, save_folder, sample_rate=8000, mode="min",
         validates and tests on reverberant targets; we do not copy that.
     """
     _check_choice("num_spks", num_spks, (2,))
-    _check_choice("mix", mix, ("mix_both_reverb", "mix_clean_reverb",
-                               "mix_both_anechoic", "mix_clean_anechoic"))
+    _check_choice(
+        "mix",
+        mix,
+        ("mix_both_reverb", "mix_clean_reverb", "mix_both_anechoic", "mix_clean_anechoic"),
+    )
     _check_choice("targets", targets, ("anechoic", "reverb", "early"))
     others = _columns(num_spks, "s{}_" + targets, noisy=mix.startswith("mix_both"))
     options = {"num_spks": num_spks, "mix": mix, "targets": targets}
-    return _standard("WHAMR!", data_folder, save_folder, sample_rate, mode, skip_prep,
-                     check_audio, options, _TT, mix, others)
+    return _standard(
+        "WHAMR!",
+        data_folder,
+        save_folder,
+        sample_rate,
+        mode,
+        skip_prep,
+        check_audio,
+        options,
+        _TT,
+        mix,
+        others,
+    )
 
 
-def prepare_librimix(data_folder, save_folder, sample_rate=8000, mode="min",
-                     num_spks=2, skip_prep=False, check_audio=True,
-                     train_set="train-360", mix="mix_clean"):
+def prepare_librimix(
+    data_folder,
+    save_folder,
+    sample_rate=8000,
+    mode="min",
+    num_spks=2,
+    skip_prep=False,
+    check_audio=True,
+    train_set="train-360",
+    mix="mix_clean",
+):
     """LibriMix: ``Libri2Mix|Libri3Mix/wav8k|wav16k/min|max/<set>/{mix_*,s1,s2[,s3],noise}``.
 
     Sets ``train-100``/``train-360``, ``dev`` and ``test`` become train,
@@ -336,13 +437,31 @@ def prepare_librimix(data_folder, save_folder, sample_rate=8000, mode="min",
     train = ["train-100", "train-360"] if train_set == "both" else [train_set]
     subsets = {"train": train, "valid": ["dev"], "test": ["test"]}
     options = {"num_spks": num_spks, "train_set": train_set, "mix": mix}
-    return _standard(f"Libri{num_spks}Mix", data_folder, save_folder, sample_rate,
-                     mode, skip_prep, check_audio, options, subsets, mix, others,
-                     (f"Libri{num_spks}Mix", ("Libri2Mix", "Libri3Mix")))
+    return _standard(
+        f"Libri{num_spks}Mix",
+        data_folder,
+        save_folder,
+        sample_rate,
+        mode,
+        skip_prep,
+        check_audio,
+        options,
+        subsets,
+        mix,
+        others,
+        (f"Libri{num_spks}Mix", ("Libri2Mix", "Libri3Mix")),
+    )
 
 
-def prepare_echo2mix(data_folder, save_folder, sample_rate=16000, mode="min",
-                     num_spks=2, skip_prep=False, check_audio=True):
+def prepare_echo2mix(
+    data_folder,
+    save_folder,
+    sample_rate=16000,
+    mode="min",
+    num_spks=2,
+    skip_prep=False,
+    check_audio=True,
+):
     """Echo2Mix: ``{train,val,test}/<record>/<room>/<spks>/{mix,spk1_reverb,spk2_reverb}.wav``.
 
     16 kHz; the targets are the reverberant speaker images (separation
@@ -363,26 +482,33 @@ def prepare_echo2mix(data_folder, save_folder, sample_rate=16000, mode="min",
     """
     _check_choice("num_spks", num_spks, (2,))
     layout = "{train,val,test}/<record>/<room>/<spks>/{mix,spk1_reverb,spk2_reverb}.wav"
+    mix_name, image = ECHO2MIX_FILES["mix"], ECHO2MIX_FILES["image"]
 
     def collect(folder):
         rows = {}
-        for split, sub in zip(MANIFEST_SPLITS, ("train", "val", "test")):
+        for split in MANIFEST_SPLITS:
+            sub = SPLIT_FOLDERS["echo2mix"][split]
             _require_dir(folder / sub, "Echo2Mix", layout)
-            mixes = sorted((folder / sub).rglob("mix.wav"))
+            mixes = sorted((folder / sub).rglob(mix_name))
             if not mixes:
-                raise FileNotFoundError(f"No <record>/<room>/<spks>/mix.wav under "
-                                        f"{folder / sub} (layout {layout}): re-download it.")
+                raise FileNotFoundError(
+                    f"No <record>/<room>/<spks>/mix.wav under "
+                    f"{folder / sub} (layout {layout}): re-download it."
+                )
             rows[split] = [
                 {"ID": "_".join(wav.parent.relative_to(folder).parts), "mix_wav": str(wav)}
-                | {f"s{i}_wav": _source(wav.parent / f"spk{i}_reverb.wav", wav)
-                   for i in range(1, num_spks + 1)}
+                | {
+                    f"s{i}_wav": _source(wav.parent / image.format(i), wav)
+                    for i in range(1, num_spks + 1)
+                }
                 for wav in mixes
             ]
         return rows
 
     options = {"sample_rate": sample_rate, "num_spks": num_spks}
-    return _prepare("Echo2Mix", layout, data_folder, save_folder, options, skip_prep,
-                    check_audio, collect)
+    return _prepare(
+        "Echo2Mix", layout, data_folder, save_folder, options, skip_prep, check_audio, collect
+    )
 
 
 def csv_dataset(csv_path, num_spks, sample_rate, use_noise=None):

@@ -129,12 +129,27 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, speaker_folder, sample_rate=8000, num_spks=2, epoch_size=20000,
-        segment_seconds=4.0, gain_db_range=(-2.5, 2.5), noise_folder=None,
-        snr_db_range=(-6.0, 3.0), seed=1234, cache_folder=None, peak=0.9, speakers=None,
-        min_seconds=1.0, return_meta=False, extensions=(".wav", ".flac"), speaker_level=1,
-        length_mode="max", noise_prob=1.0, single_prob=0.0,
-    ):  # fmt: skip
+        self,
+        speaker_folder,
+        sample_rate=8000,
+        num_spks=2,
+        epoch_size=20000,
+        segment_seconds=4.0,
+        gain_db_range=(-2.5, 2.5),
+        noise_folder=None,
+        snr_db_range=(-6.0, 3.0),
+        seed=1234,
+        cache_folder=None,
+        peak=0.9,
+        speakers=None,
+        min_seconds=1.0,
+        return_meta=False,
+        extensions=(".wav", ".flac"),
+        speaker_level=1,
+        length_mode="max",
+        noise_prob=1.0,
+        single_prob=0.0,
+    ):
         ok = gain_db_range[0] <= gain_db_range[1] and snr_db_range[0] <= snr_db_range[1]
         for name, p in (("noise_prob", noise_prob), ("single_prob", single_prob)):
             if not 0.0 <= p <= 1.0:
@@ -143,8 +158,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         if length_mode not in ("max", "min"):
             raise UserError(f"length_mode must be 'max' or 'min'; got {length_mode!r}.")
         if min(num_spks, epoch_size) < 1 or not ok:
-            raise UserError("num_spks, epoch_size, segment_seconds must be positive and "
-                             "gain_db_range, snr_db_range (low, high).")  # fmt: skip
+            raise UserError(
+                "num_spks, epoch_size, segment_seconds must be positive and "
+                "gain_db_range, snr_db_range (low, high)."
+            )
         self.sample_rate, self.num_spks, self.epoch_size = int(sample_rate), num_spks, epoch_size
         self.segment = None if segment_seconds is None else round(segment_seconds * sample_rate)
         self.gain_db_range, self.snr_db_range = tuple(gain_db_range), tuple(snr_db_range)
@@ -154,8 +171,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         index = index_speakers(speaker_folder, extensions, speaker_level, num_spks)
         if speakers is not None:
             if unknown := sorted({str(s) for s in speakers} - set(index)):
-                raise UserError(f"Speakers {unknown[:5]} are not in {speaker_folder}: list "
-                                "only speakers of that folder.")
+                raise UserError(
+                    f"Speakers {unknown[:5]} are not in {speaker_folder}: list "
+                    "only speakers of that folder."
+                )
             index = {s: index[s] for s in sorted({str(s) for s in speakers})}
         self._paths, self._frames = {}, {}
         self._register([f for fs in index.values() for f in fs], speaker_folder, "speech")
@@ -164,17 +183,25 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         self.index = {s: fs for s, fs in kept.items() if fs}
         self.speakers = sorted(self.index)
         if len(self.speakers) < num_spks:
-            raise UserError(f"Only {len(self.speakers)} speakers in {speaker_folder} have "
-                            f"utterances >= {min_seconds} s; num_spks={num_spks}: add "
-                            "speakers or lower min_seconds.")  # fmt: skip
+            raise UserError(
+                f"Only {len(self.speakers)} speakers in {speaker_folder} have "
+                f"utterances >= {min_seconds} s; num_spks={num_spks}: add "
+                "speakers or lower min_seconds."
+            )
         self.noise_files = [] if noise_folder is None else list_audio(noise_folder, extensions)
         if noise_folder is not None and not self.noise_files:
-            raise FileNotFoundError(f"No {'/'.join(extensions)} files in {noise_folder}: "
-                                    "point noise_folder at a folder of noise recordings.")
+            raise FileNotFoundError(
+                f"No {'/'.join(extensions)} files in {noise_folder}: "
+                "point noise_folder at a folder of noise recordings."
+            )
         self._register(self.noise_files, noise_folder, "noise")
-        logger.info("Dynamic mixing: %d speakers, %d utterances, %d noise files, %d Hz.",
-                    len(self.speakers), sum(map(len, self.index.values())),
-                    len(self.noise_files), self.sample_rate)  # fmt: skip
+        logger.info(
+            "Dynamic mixing: %d speakers, %d utterances, %d noise files, %d Hz.",
+            len(self.speakers),
+            sum(map(len, self.index.values())),
+            len(self.noise_files),
+            self.sample_rate,
+        )
 
     def _register(self, files, root, sub):
         """Record the path to read (in ``cache_folder`` if resampled) and length of files."""
@@ -184,8 +211,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         for f in files:
             info = audio_info(self._paths.setdefault(f, f))
             if info.samplerate != self.sample_rate:
-                raise AudioError(f"{f} is at {info.samplerate} Hz, not {self.sample_rate} Hz: "
-                                 f"set cache_folder to resample the {sub} files once.")  # fmt: skip
+                raise AudioError(
+                    f"{f} is at {info.samplerate} Hz, not {self.sample_rate} Hz: "
+                    f"set cache_folder to resample the {sub} files once."
+                )
             self._frames[f] = info.frames
 
     def set_epoch(self, epoch):
@@ -209,10 +238,13 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         item = {"id": spec["id"]}
         item.update({f"{k}_sig": torch.from_numpy(x.astype(np.float32)) for k, x in sigs.items()})
         if self.return_meta:
-            item["meta"] = {"speakers": spec["speakers"], "files": spec["files"],
-                            "gains_db": spec["gains_db"], "scale": out["scale"],
-                            "spans": [[s["offset"], s["offset"] + s["length"]]
-                                      for s in spec["sources"]]}  # fmt: skip
+            item["meta"] = {
+                "speakers": spec["speakers"],
+                "files": spec["files"],
+                "gains_db": spec["gains_db"],
+                "scale": out["scale"],
+                "spans": [[s["offset"], s["offset"] + s["length"]] for s in spec["sources"]],
+            }
             item["meta"].update({} if spec["noise"] is None else {"snr_db": spec["snr_db"]})
             item["meta"].update({"silent": spec["silent"]} if "silent" in spec else {})
             item["meta"].update(self._extra_meta(spec, out))
@@ -239,9 +271,16 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             n = min(L, T)
             begin, offset = int(rng.integers(L - n + 1)), int(rng.integers(T - n + 1))
             sources.append({"begin": begin, "length": n, "offset": offset})
-        spec = {"id": f"{idx:06d}_" + "_".join(Path(f).stem for f in files), "length": int(T),
-                "speakers": spks, "files": files, "gains_db": gains.tolist(),
-                "sources": sources, "noise": None, "snr_db": None}  # fmt: skip
+        spec = {
+            "id": f"{idx:06d}_" + "_".join(Path(f).stem for f in files),
+            "length": int(T),
+            "speakers": spks,
+            "files": files,
+            "gains_db": gains.tolist(),
+            "sources": sources,
+            "noise": None,
+            "snr_db": None,
+        }
         noisy = self.noise_files and (self.noise_prob >= 1 or rng.uniform() < self.noise_prob)
         if noisy:  # random file and crop, looped if shorter than T
             f = self.noise_files[rng.integers(len(self.noise_files))]
@@ -290,8 +329,10 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             peak-limiting factor over all of them, already applied).
         """
         T = spec["length"]
-        crops = [self._read(f, s["begin"], s["begin"] + s["length"])
-                 for f, s in zip(spec["files"], spec["sources"])]  # fmt: skip
+        crops = [
+            self._read(f, s["begin"], s["begin"] + s["length"])
+            for f, s in zip(spec["files"], spec["sources"])
+        ]
         images, targets, extra = self._images(spec, crops)
         for k in spec.get("silent", ()):  # a single talker: the other sources are silent
             images[k], targets[k] = 0.0, 0.0
@@ -314,9 +355,14 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         signals = [mix, images, targets, *extra.values()] + [noise] * (noise is not None)
         top = max(np.abs(x).max() for x in signals)
         scale = self.peak / top if self.peak is not None and top > self.peak else 1.0
-        return {"mix": mix * scale, "images": images * scale, "targets": targets * scale,
-                "noise": None if noise is None else noise * scale, "scale": float(scale),
-                "extra": {k: v * scale for k, v in extra.items()}}
+        return {
+            "mix": mix * scale,
+            "images": images * scale,
+            "targets": targets * scale,
+            "noise": None if noise is None else noise * scale,
+            "scale": float(scale),
+            "extra": {k: v * scale for k, v in extra.items()},
+        }
 
     def export(self, folder, n, subtype="FLOAT"):
         """Write ``n`` fixed mixtures (items 0..n-1 of epoch 0) and their CSV.
@@ -380,10 +426,21 @@ class ReverbDynamicMixing(DynamicMixingDataset):
     (torch.Size([8000]), torch.Size([8000]))
     """
 
-    def __init__(self, speaker_folder, use_reverb=True, rir_bank=None,
-                 reverb_target="anechoic", early_ms=50.0, room_ranges=None,
-                 rir_choice="random", room_offset=0, mic=0, extra_targets=(),
-                 reverb_prob=1.0, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        speaker_folder,
+        use_reverb=True,
+        rir_bank=None,
+        reverb_target="anechoic",
+        early_ms=50.0,
+        room_ranges=None,
+        rir_choice="random",
+        room_offset=0,
+        mic=0,
+        extra_targets=(),
+        reverb_prob=1.0,
+        **kwargs,
+    ):
         for kind in (reverb_target, *extra_targets):
             if kind not in TARGETS:
                 raise UserError(f"reverb_target must be one of {list(TARGETS)}; got {kind!r}.")
@@ -394,7 +451,11 @@ class ReverbDynamicMixing(DynamicMixingDataset):
         if not 0.0 <= reverb_prob <= 1.0:
             raise UserError(f"reverb_prob is a probability in [0, 1]; got {reverb_prob}.")
         super().__init__(speaker_folder, **kwargs)
-        self.use_reverb, self.reverb_target, self.early_ms = bool(use_reverb), reverb_target, early_ms
+        self.use_reverb, self.reverb_target, self.early_ms = (
+            bool(use_reverb),
+            reverb_target,
+            early_ms,
+        )
         self.rir_choice, self.room_offset = rir_choice, int(room_offset)
         self.mic, self.extra_targets = int(mic), tuple(extra_targets)
         self.ranges = room.room_ranges(dict(room_ranges) if room_ranges else None)
@@ -402,13 +463,16 @@ class ReverbDynamicMixing(DynamicMixingDataset):
         if self.use_reverb and rir_bank is not None:
             for folder in [rir_bank] if isinstance(rir_bank, (str, Path)) else rir_bank:
                 check_bank(folder)
-                self.banks.append(RirBank(folder, self.sample_rate, self.mic,
-                                          min_sources=self.num_spks))  # fmt: skip
+                self.banks.append(
+                    RirBank(folder, self.sample_rate, self.mic, min_sources=self.num_spks)
+                )
         self.bank = self.banks[0] if self.banks else None  # the bank (one-bank datasets)
         if self.use_reverb and not self.banks:
-            logger.warning("use_reverb without rir_bank: a room is simulated for every "
-                           "mixture (0.1-5 s each); for training, precompute a bank with "
-                           "sb-mamba make-rir-bank and set rir_bank.")  # fmt: skip
+            logger.warning(
+                "use_reverb without rir_bank: a room is simulated for every "
+                "mixture (0.1-5 s each); for training, precompute a bank with "
+                "sb-mamba make-rir-bank and set rir_bank."
+            )
 
     def _draw_extra(self, rng, spec, idx):
         """One room and ``num_spks`` distinct source positions in it."""
@@ -434,13 +498,20 @@ class ReverbDynamicMixing(DynamicMixingDataset):
         if "rirs" in spec:
             bank = self.banks[spec.get("bank", 0)] if self.banks else None
             if bank is None:
-                raise UserError("This mixture names RIRs of a bank but the dataset has no "
-                                "rir_bank: pass the bank it was made with.")
+                raise UserError(
+                    "This mixture names RIRs of a bank but the dataset has no "
+                    "rir_bank: pass the bank it was made with."
+                )
             return [bank.get(r) for r in spec["rirs"]]
         sim = room.simulate_room(spec["room"], self.sample_rate)
-        return [{"full": sim["rirs"][k, 0], "direct": sim["direct"][k, 0],
-                 "direct_index": int(sim["direct_index"][k, 0])}
-                for k in range(self.num_spks)]  # fmt: skip
+        return [
+            {
+                "full": sim["rirs"][k, 0],
+                "direct": sim["direct"][k, 0],
+                "direct_index": int(sim["direct_index"][k, 0]),
+            }
+            for k in range(self.num_spks)
+        ]
 
     def _filter(self, kind, rir):
         if kind == "anechoic":
@@ -460,8 +531,12 @@ class ReverbDynamicMixing(DynamicMixingDataset):
         rirs = self.rirs(spec)
         images = np.stack([room.reverberate(dry[k], rirs[k]["full"]) for k in range(S)])
         kinds = {self.reverb_target, *self.extra_targets} - {"reverberant"}
-        filtered = {kind: np.stack([room.reverberate(dry[k], self._filter(kind, rirs[k]))
-                                    for k in range(S)]) for kind in kinds}  # fmt: skip
+        filtered = {
+            kind: np.stack(
+                [room.reverberate(dry[k], self._filter(kind, rirs[k])) for k in range(S)]
+            )
+            for kind in kinds
+        }
         filtered["reverberant"] = images
         n = np.array([s["length"] for s in spec["sources"]])
         energy = np.maximum(np.sum(images**2, axis=1) / n, 1e-16)
@@ -497,10 +572,14 @@ def check_remix(dataset, *, speed_perturb=False, rand_shift=False):
     ...
     sb_mamba.errors.UserError: use_speedperturb re-create the mixture as the sum of ...
     """
-    target = getattr(dataset, "reverb_target", None) if getattr(dataset, "use_reverb", False) \
-        else None  # fmt: skip
-    remix = [key for key, used in (("use_speedperturb", speed_perturb),
-                                   ("use_rand_shift", rand_shift)) if used]  # fmt: skip
+    target = (
+        getattr(dataset, "reverb_target", None) if getattr(dataset, "use_reverb", False) else None
+    )
+    remix = [
+        key
+        for key, used in (("use_speedperturb", speed_perturb), ("use_rand_shift", rand_shift))
+        if used
+    ]
     if target not in (None, "reverberant") and remix:
         raise UserError(
             f"{' and '.join(remix)} re-create the mixture as the sum of the targets, but "

@@ -30,15 +30,13 @@ Authors
 """
 
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 from speechbrain.utils.logger import get_logger
 
-from sb_mamba.audio import AudioError, audio_info, write_audio
+from sb_mamba.audio import AudioError, audio_info, resample, write_audio
 from sb_mamba.dataio._pool import pool_map
 from sb_mamba.dataio._store import (
     forget_options,
@@ -59,10 +57,30 @@ logger = get_logger(__name__)
 
 BANK_CSV = "rir_bank.csv"
 BANK_OPTIONS = "rir_bank.json"
-FIELDS = ["rir_id", "room_id", "source", "wav", "direct_wav", "sample_rate", "channels",
-          "frames", "direct_index", "rt60_target", "rt60_measured", "absorption",
-          "absorption_sabine", "max_order", "room", "mics", "position", "distance", "seed",
-          "room_index", "kind", "license"]  # fmt: skip
+FIELDS = [
+    "rir_id",
+    "room_id",
+    "source",
+    "wav",
+    "direct_wav",
+    "sample_rate",
+    "channels",
+    "frames",
+    "direct_index",
+    "rt60_target",
+    "rt60_measured",
+    "absorption",
+    "absorption_sabine",
+    "max_order",
+    "room",
+    "mics",
+    "position",
+    "distance",
+    "seed",
+    "room_index",
+    "kind",
+    "license",
+]
 
 
 def _vec(x):
@@ -72,8 +90,12 @@ def _vec(x):
 def _make_room(job):
     """Simulate room ``index`` of a bank and write its files (one worker task)."""
     folder, index, opts = job
-    params = draw_room(np.random.default_rng([opts["seed"], index]), opts["ranges"],
-                       opts["sources_per_room"], opts["num_mics"])  # fmt: skip
+    params = draw_room(
+        np.random.default_rng([opts["seed"], index]),
+        opts["ranges"],
+        opts["sources_per_room"],
+        opts["num_mics"],
+    )
     out = simulate_room(params, opts["sample_rate"], opts["calibrate"])
     room_id, rows = f"room{index:06d}", []
     for k, pos in enumerate(params["sources"]):
@@ -82,25 +104,45 @@ def _make_room(job):
         for key, x in (("wav", out["rirs"][k]), ("direct_wav", out["direct"][k])):
             write_audio(folder / paths[key], x.T.astype(np.float32), opts["sample_rate"])
         centre = np.mean(params["mics"], axis=0)
-        rows.append({
-            "rir_id": rir_id, "room_id": room_id, "source": k, **paths,
-            "sample_rate": opts["sample_rate"], "channels": len(params["mics"]),
-            "frames": out["rirs"].shape[-1], "direct_index": int(out["direct_index"][k, 0]),
-            "rt60_target": round(params["rt60"], 4),
-            "rt60_measured": round(out["rt60_measured"], 4),
-            "absorption": round(out["absorption"], 5),
-            "absorption_sabine": round(out["absorption_sabine"], 5),
-            "max_order": out["max_order"], "room": _vec(params["room"]),
-            "mics": "|".join(_vec(m) for m in params["mics"]), "position": _vec(pos),
-            "distance": round(float(np.linalg.norm(np.array(pos) - centre)), 4),
-            "seed": opts["seed"], "room_index": index, "kind": "simulated",
-            "license": "generated (sb_mamba, pyroomacoustics)",
-        })  # fmt: skip
+        rows.append(
+            {
+                "rir_id": rir_id,
+                "room_id": room_id,
+                "source": k,
+                **paths,
+                "sample_rate": opts["sample_rate"],
+                "channels": len(params["mics"]),
+                "frames": out["rirs"].shape[-1],
+                "direct_index": int(out["direct_index"][k, 0]),
+                "rt60_target": round(params["rt60"], 4),
+                "rt60_measured": round(out["rt60_measured"], 4),
+                "absorption": round(out["absorption"], 5),
+                "absorption_sabine": round(out["absorption_sabine"], 5),
+                "max_order": out["max_order"],
+                "room": _vec(params["room"]),
+                "mics": "|".join(_vec(m) for m in params["mics"]),
+                "position": _vec(pos),
+                "distance": round(float(np.linalg.norm(np.array(pos) - centre)), 4),
+                "seed": opts["seed"],
+                "room_index": index,
+                "kind": "simulated",
+                "license": "generated (sb_mamba, pyroomacoustics)",
+            }
+        )
     return rows
 
 
-def make_rir_bank(folder, n, sample_rate=8000, seed=1234, num_workers=1, ranges=None,
-                  sources_per_room=2, num_mics=2, calibrate=4):  # fmt: skip
+def make_rir_bank(
+    folder,
+    n,
+    sample_rate=8000,
+    seed=1234,
+    num_workers=1,
+    ranges=None,
+    sources_per_room=2,
+    num_mics=2,
+    calibrate=4,
+):
     """Simulate ``n`` rooms into ``folder`` (reused if already made alike).
 
     Arguments
@@ -136,17 +178,27 @@ def make_rir_bank(folder, n, sample_rate=8000, seed=1234, num_workers=1, ranges=
     >>> len(RirBank(folder, 8000)), sf.read(f"{folder}/rirs/room000000_s0.wav")[0].shape[1]
     (1, 2)
     """
-    for name, value, least in (("n (rooms)", n, 1), ("sources_per_room", sources_per_room, 1),
-                               ("num_mics", num_mics, 1), ("sample_rate", sample_rate, 1),
-                               ("num_workers (--workers)", num_workers, 1), ("seed", seed, 0),
-                               ("calibrate", calibrate, 0)):  # fmt: skip
+    for name, value, least in (
+        ("n (rooms)", n, 1),
+        ("sources_per_room", sources_per_room, 1),
+        ("num_mics", num_mics, 1),
+        ("sample_rate", sample_rate, 1),
+        ("num_workers (--workers)", num_workers, 1),
+        ("seed", seed, 0),
+        ("calibrate", calibrate, 0),
+    ):
         if value < least:
             raise UserError(f"{name} must be >= {least}; got {value}.")
     folder = Path(folder)
-    opts = {"n": int(n), "sample_rate": int(sample_rate), "seed": int(seed),
-            "ranges": {k: list(v) for k, v in room_ranges(ranges).items()},
-            "sources_per_room": int(sources_per_room), "num_mics": int(num_mics),
-            "calibrate": int(calibrate)}  # fmt: skip
+    opts = {
+        "n": int(n),
+        "sample_rate": int(sample_rate),
+        "seed": int(seed),
+        "ranges": {k: list(v) for k, v in room_ranges(ranges).items()},
+        "sources_per_room": int(sources_per_room),
+        "num_mics": int(num_mics),
+        "calibrate": int(calibrate),
+    }
     csv_file, opts_file = folder / BANK_CSV, folder / BANK_OPTIONS
     if same_options(opts_file, opts, [csv_file]):
         logger.info("RIR bank %s already made with the same options; reusing it.", folder)
@@ -159,9 +211,14 @@ def make_rir_bank(folder, n, sample_rate=8000, seed=1234, num_workers=1, ranges=
     write_csv(csv_file, rows, FIELDS)
     store_options(opts_file, opts)
     err = np.array([r["rt60_measured"] / r["rt60_target"] - 1 for r in rows[::sources_per_room]])
-    logger.info("RIR bank %s: %d rooms; measured/target RT60 - 1: median %+.1f%%, "
-                "%.0f%% of rooms within +-20%%.", folder, n, 100 * np.median(err),
-                100 * np.mean(np.abs(err) <= 0.2))  # fmt: skip
+    logger.info(
+        "RIR bank %s: %d rooms; measured/target RT60 - 1: median %+.1f%%, "
+        "%.0f%% of rooms within +-20%%.",
+        folder,
+        n,
+        100 * np.median(err),
+        100 * np.mean(np.abs(err) <= 0.2),
+    )
     return csv_file
 
 
@@ -194,12 +251,16 @@ def index_rir_folder(rir_folder, bank_folder=None, measure=True):
     """
     rir_folder = Path(rir_folder)
     if not rir_folder.is_dir():
-        raise FileNotFoundError(f"RIR folder {rir_folder} does not exist: point rir_bank at "
-                                "a bank made by make_rir_bank or a folder of .wav RIRs.")
+        raise FileNotFoundError(
+            f"RIR folder {rir_folder} does not exist: point rir_bank at "
+            "a bank made by make_rir_bank or a folder of .wav RIRs."
+        )
     files = sorted(p for p in rir_folder.rglob("*.wav") if not p.name.startswith("."))
     if not files:
-        raise FileNotFoundError(f"No .wav RIRs in {rir_folder}: make a bank with "
-                                "sb-mamba make-rir-bank or point rir_bank at measured RIRs.")
+        raise FileNotFoundError(
+            f"No .wav RIRs in {rir_folder}: make a bank with "
+            "sb-mamba make-rir-bank or point rir_bank at measured RIRs."
+        )
     table = {}
     if (rir_folder / "rir.tsv").is_file():
         with open(rir_folder / "rir.tsv", newline="") as f:
@@ -210,19 +271,30 @@ def index_rir_folder(rir_folder, bank_folder=None, measure=True):
         meta = table.get(path.stem, {})
         h = sf.read(str(path), dtype="float64", always_2d=True)[0][:, 0]
         room_id = meta.get("room") or path.stem.split("_")[0]
-        rows.append({
-            "rir_id": path.stem, "room_id": room_id,
-            "source": sum(r["room_id"] == room_id for r in rows),
-            "wav": str(path.absolute()), "direct_wav": "", "sample_rate": info.samplerate,
-            "channels": info.channels, "frames": info.frames,
-            "direct_index": int(np.abs(h).argmax()),
-            "rt60_measured": round(measure_rt60(h, info.samplerate), 4) if measure else "",
-            "kind": "measured", "license": meta.get("license", ""),
-        })  # fmt: skip
+        rows.append(
+            {
+                "rir_id": path.stem,
+                "room_id": room_id,
+                "source": sum(r["room_id"] == room_id for r in rows),
+                "wav": str(path.absolute()),
+                "direct_wav": "",
+                "sample_rate": info.samplerate,
+                "channels": info.channels,
+                "frames": info.frames,
+                "direct_index": int(np.abs(h).argmax()),
+                "rt60_measured": round(measure_rt60(h, info.samplerate), 4) if measure else "",
+                "kind": "measured",
+                "license": meta.get("license", ""),
+            }
+        )
     if bank_folder is not None:
         write_csv(Path(bank_folder) / BANK_CSV, rows, FIELDS)
-        logger.info("Indexed %d measured RIRs of %s into %s.", len(rows), rir_folder,
-                    Path(bank_folder) / BANK_CSV)  # fmt: skip
+        logger.info(
+            "Indexed %d measured RIRs of %s into %s.",
+            len(rows),
+            rir_folder,
+            Path(bank_folder) / BANK_CSV,
+        )
     return rows
 
 
@@ -265,14 +337,23 @@ class RirBank:
             by_room.setdefault(r["room_id"], []).append(r["rir_id"])
         self.rooms = [ids for ids in by_room.values() if len(ids) >= min_sources]
         if not self.rooms:
-            raise UserError(f"No room of the RIR bank {folder} has {min_sources} source "
-                             "positions: make the bank with sources_per_room >= num_spks.")
+            raise UserError(
+                f"No room of the RIR bank {folder} has {min_sources} source "
+                "positions: make the bank with sources_per_room >= num_spks."
+            )
         if int(rows[0]["channels"]) <= self.mic:
-            raise UserError(f"mic={mic} but the RIRs of {folder} have {rows[0]['channels']} "
-                            "channel(s): pick a channel they have.")  # fmt: skip
+            raise UserError(
+                f"mic={mic} but the RIRs of {folder} have {rows[0]['channels']} "
+                "channel(s): pick a channel they have."
+            )
         self._cache = {}
-        logger.info("RIR bank %s: %d rooms, %d RIRs, used at %d Hz.", folder,
-                    len(self.rooms), sum(map(len, self.rooms)), self.sample_rate)  # fmt: skip
+        logger.info(
+            "RIR bank %s: %d rooms, %d RIRs, used at %d Hz.",
+            folder,
+            len(self.rooms),
+            sum(map(len, self.rooms)),
+            self.sample_rate,
+        )
 
     def __len__(self):
         return len(self.rooms)
@@ -283,17 +364,16 @@ class RirBank:
             x = sf.read(str(path), dtype="float64", always_2d=True)[0][:, self.mic]
         except Exception as e:
             raise AudioError(f"Cannot read the RIR {path} ({e}): re-make the bank.") from e
-        if rate != self.sample_rate:
-            g = math.gcd(rate, self.sample_rate)
-            x = resample_poly(x, self.sample_rate // g, rate // g)
-        return x
+        return resample(x, rate, self.sample_rate)
 
     def get(self, rir_id):
         """``full`` and ``direct`` RIR (float32) and ``direct_index`` of ``rir_id`` (cached)."""
         if rir_id not in self._cache:
             if rir_id not in self.rows:
-                raise UserError(f"RIR {rir_id!r} is not in the bank {self.folder}: pass the "
-                                "bank the mixtures were made with.")
+                raise UserError(
+                    f"RIR {rir_id!r} is not in the bank {self.folder}: pass the "
+                    "bank the mixtures were made with."
+                )
             row = self.rows[rir_id]
             rate = int(row["sample_rate"])
             full = self._read(row["wav"], rate)
@@ -301,9 +381,11 @@ class RirBank:
                 direct = self._read(row["direct_wav"], rate)
             else:
                 direct = windowed_direct(full, self.sample_rate)[0]
-            self._cache[rir_id] = {"full": full.astype(np.float32),
-                                   "direct": direct.astype(np.float32),
-                                   "direct_index": int(np.abs(direct).argmax())}  # fmt: skip
+            self._cache[rir_id] = {
+                "full": full.astype(np.float32),
+                "direct": direct.astype(np.float32),
+                "direct_index": int(np.abs(direct).argmax()),
+            }
         return self._cache[rir_id]
 
     def info(self, rir_id):
@@ -347,8 +429,10 @@ def add_arguments(parser):
     (8, [0.2, 0.4], 8000)
     """
     if parser.description is None:
-        parser.description = ("Simulate a bank of room impulse responses (WHAMR! rooms), or "
-                              "index a folder of measured ones, for reverberant mixing.")
+        parser.description = (
+            "Simulate a bank of room impulse responses (WHAMR! rooms), or "
+            "index a folder of measured ones, for reverberant mixing."
+        )
     parser.add_argument("folder", help="output bank folder")
     parser.add_argument("-n", "--rooms", type=int, default=1000, help="rooms to simulate")
     parser.add_argument("--sample-rate", type=int, default=8000, help="rate of the RIRs")
@@ -356,11 +440,19 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=int, default=1, help="simulation processes")
     parser.add_argument("--sources-per-room", type=int, default=2)
     parser.add_argument("--mics", type=int, default=2, help="mics per room")
-    parser.add_argument("--rt60", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="RT60 range, s (default 0.1 1.0, WHAMR!)")
+    parser.add_argument(
+        "--rt60",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="RT60 range, s (default 0.1 1.0, WHAMR!)",
+    )
     parser.add_argument("--calibrate", type=int, default=4, help="RT60 corrections per room")
-    parser.add_argument("--index-measured", metavar="RIR_FOLDER",
-                        help="instead of simulating: index this folder of measured .wav RIRs")
+    parser.add_argument(
+        "--index-measured",
+        metavar="RIR_FOLDER",
+        help="instead of simulating: index this folder of measured .wav RIRs",
+    )
 
 
 def run(args):
@@ -386,8 +478,15 @@ def run(args):
     if args.index_measured:
         index_rir_folder(args.index_measured, args.folder)
         return 0
-    make_rir_bank(args.folder, args.rooms, sample_rate=args.sample_rate, seed=args.seed,
-                  num_workers=args.workers, ranges={"rt60": args.rt60} if args.rt60 else None,
-                  sources_per_room=args.sources_per_room, num_mics=args.mics,
-                  calibrate=args.calibrate)  # fmt: skip
+    make_rir_bank(
+        args.folder,
+        args.rooms,
+        sample_rate=args.sample_rate,
+        seed=args.seed,
+        num_workers=args.workers,
+        ranges={"rt60": args.rt60} if args.rt60 else None,
+        sources_per_room=args.sources_per_room,
+        num_mics=args.mics,
+        calibrate=args.calibrate,
+    )
     return 0

@@ -38,8 +38,9 @@ import itertools
 import math
 
 import numpy as np
-from scipy.signal import butter, fftconvolve, resample_poly, sosfiltfilt
+from scipy.signal import butter, fftconvolve, sosfiltfilt
 
+from sb_mamba.audio import resample
 from sb_mamba.errors import UserError
 
 SPEED_OF_SOUND = 343.0  # m/s
@@ -110,8 +111,9 @@ def draw_room(rng, ranges=None, num_sources=2, num_mics=2):
     u = lambda key: float(rng.uniform(*r[key]))  # noqa: E731
     dims = np.array([u("length"), u("width"), u("height")])
     rt60, margin = u("rt60"), r["wall_margin"][0]
-    centre = np.array([dims[0] / 2 + u("mic_offset"), dims[1] / 2 + u("mic_offset"),
-                       u("mic_height")])  # fmt: skip
+    centre = np.array(
+        [dims[0] / 2 + u("mic_offset"), dims[1] / 2 + u("mic_offset"), u("mic_height")]
+    )
     centre = np.clip(centre, margin, dims - margin)
     spacing, axis = u("mic_spacing"), rng.uniform(0, np.pi)
     offsets = (np.arange(num_mics) - (num_mics - 1) / 2) * spacing
@@ -124,11 +126,17 @@ def draw_room(rng, ranges=None, num_sources=2, num_mics=2):
             if np.all(pos >= margin) and np.all(pos <= dims - margin):
                 break
         else:
-            raise UserError(f"Cannot place a source {r['source_distance']} m from the "
-                            f"mics in a {dims.round(2)} m room: widen the ranges.")  # fmt: skip
+            raise UserError(
+                f"Cannot place a source {r['source_distance']} m from the "
+                f"mics in a {dims.round(2)} m room: widen the ranges."
+            )
         sources.append(pos)
-    return {"room": dims.tolist(), "rt60": rt60, "mics": mics.tolist(),
-            "sources": np.array(sources).tolist()}  # fmt: skip
+    return {
+        "room": dims.tolist(),
+        "rt60": rt60,
+        "mics": mics.tolist(),
+        "sources": np.array(sources).tolist(),
+    }
 
 
 def sabine_absorption(room, rt60):
@@ -166,8 +174,12 @@ def _pinned_pra():
     """pyroomacoustics with the constants sb_mamba relies on, restored afterwards."""
     import pyroomacoustics as pra
 
-    pinned = {"c": SPEED_OF_SOUND, "frac_delay_length": 81, "num_threads": 1,
-              "rir_hpf_enable": False}  # fmt: skip
+    pinned = {
+        "c": SPEED_OF_SOUND,
+        "frac_delay_length": 81,
+        "num_threads": 1,
+        "rir_hpf_enable": False,
+    }
     saved = {}
     for key, value in pinned.items():
         try:
@@ -186,8 +198,9 @@ def _shoebox(room, absorption, max_order, sources, mics, fs):
     """RIRs [S, M, L] of a shoebox room (one pyroomacoustics simulation)."""
     with _pinned_pra() as pra:
         try:
-            shoebox = pra.ShoeBox(room, fs=fs, max_order=max_order,
-                                  materials=pra.Material(absorption))  # fmt: skip
+            shoebox = pra.ShoeBox(
+                room, fs=fs, max_order=max_order, materials=pra.Material(absorption)
+            )
         except (AttributeError, TypeError):  # pyroomacoustics < 0.5
             shoebox = pra.ShoeBox(room, fs=fs, max_order=max_order, absorption=absorption)
         for src in sources:
@@ -268,13 +281,16 @@ def simulate_room(params, sample_rate=SIM_RATE, calibrate=4, tolerance=0.05):
         if step == calibrate or abs(measured / rt60 - 1) <= tolerance:
             break
         alpha = float(np.clip(1 - (1 - alpha) ** (measured / rt60), *ABSORPTION_LIMITS))
-    if sample_rate != SIM_RATE:
-        g = math.gcd(int(sample_rate), SIM_RATE)
-        rirs, direct = (resample_poly(x, sample_rate // g, SIM_RATE // g, axis=-1)
-                        for x in (rirs, direct))  # fmt: skip
-    return {"rirs": rirs, "direct": direct, "direct_index": np.abs(direct).argmax(-1),
-            "absorption": alpha, "absorption_sabine": alpha0, "max_order": order,
-            "rt60_measured": measured}  # fmt: skip
+    rirs, direct = resample(rirs, SIM_RATE, sample_rate), resample(direct, SIM_RATE, sample_rate)
+    return {
+        "rirs": rirs,
+        "direct": direct,
+        "direct_index": np.abs(direct).argmax(-1),
+        "absorption": alpha,
+        "absorption_sabine": alpha0,
+        "max_order": order,
+        "rt60_measured": measured,
+    }
 
 
 def early_rir(rir, direct_index, sample_rate, early_ms=50.0):

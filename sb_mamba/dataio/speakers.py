@@ -46,9 +46,11 @@ def list_audio(folder, extensions=(".wav", ".flac")):
     """
     exts = tuple(e.lower() for e in extensions)
     return sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(folder, followlinks=True)
-        for f in fs if f.lower().endswith(exts) and not f.startswith(".")
-    )  # fmt: skip
+        os.path.join(d, f)
+        for d, _, fs in os.walk(folder, followlinks=True)
+        for f in fs
+        if f.lower().endswith(exts) and not f.startswith(".")
+    )
 
 
 def index_speakers(folder, extensions=(".wav", ".flac"), speaker_level=1, min_speakers=1):
@@ -82,8 +84,10 @@ def index_speakers(folder, extensions=(".wav", ".flac"), speaker_level=1, min_sp
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"Speaker folder {folder} does not exist: point it at the root "
-                                "of a <speaker>/<utterance> tree (e.g. wsj0/si_tr_s).")  # fmt: skip
+        raise FileNotFoundError(
+            f"Speaker folder {folder} does not exist: point it at the root "
+            "of a <speaker>/<utterance> tree (e.g. wsj0/si_tr_s)."
+        )
     files, index = list_audio(folder, extensions), {}
     for path in files:
         parts = Path(path).relative_to(folder).parts
@@ -92,11 +96,15 @@ def index_speakers(folder, extensions=(".wav", ".flac"), speaker_level=1, min_sp
     if skipped := len(files) - sum(map(len, index.values())):
         logger.warning("Skipped %d files outside speaker folders in %s.", skipped, folder)
     if not index:
-        raise UserError(f"No {'/'.join(extensions)} files in speaker folders under {folder} "
-                         "(convert WSJ0 .wv1 sphere files to wav with sph2pipe).")  # fmt: skip
+        raise UserError(
+            f"No {'/'.join(extensions)} files in speaker folders under {folder} "
+            "(convert WSJ0 .wv1 sphere files to wav with sph2pipe)."
+        )
     if len(index) < min_speakers:
-        raise UserError(f"{folder} holds {len(index)} speakers but {min_speakers} distinct "
-                         "ones are needed: add speakers or lower num_spks.")  # fmt: skip
+        raise UserError(
+            f"{folder} holds {len(index)} speakers but {min_speakers} distinct "
+            "ones are needed: add speakers or lower num_spks."
+        )
     return {spk: sorted(index[spk]) for spk in sorted(index)}
 
 
@@ -126,8 +134,10 @@ def split_speakers(index, valid=0.1, test=0.1, seed=1234):
     spks = sorted(index)
     n_valid, n_test = [n if isinstance(n, int) else round(n * len(spks)) for n in (valid, test)]
     if n_valid + n_test >= len(spks):
-        raise UserError(f"Cannot hold out {n_valid + n_test} of {len(spks)} speakers: hold "
-                        "out fewer valid/test speakers.")
+        raise UserError(
+            f"Cannot hold out {n_valid + n_test} of {len(spks)} speakers: hold "
+            "out fewer valid/test speakers."
+        )
     order = [spks[i] for i in np.random.default_rng(seed).permutation(len(spks))]
     groups = order[n_valid + n_test :], order[:n_valid], order[n_valid : n_valid + n_test]
     return tuple(sorted(g) for g in groups)
@@ -187,6 +197,12 @@ def prepare_cache(files, sample_rate, cache_folder, root=None, subtype="FLOAT"):
             n_new += 1
         mapping[f] = str(out)
     n_cached = sum(m != f for f, m in mapping.items())
-    logger.info("Resample cache %s: %d files written, %d reused, %d already at %d Hz.",
-                cache_folder, n_new, n_cached - n_new, len(files) - n_cached, sample_rate)  # fmt: skip
+    logger.info(
+        "Resample cache %s: %d files written, %d reused, %d already at %d Hz.",
+        cache_folder,
+        n_new,
+        n_cached - n_new,
+        len(files) - n_cached,
+        sample_rate,
+    )
     return mapping

@@ -24,6 +24,7 @@ def _ramps(length, left, right):
     previous chunk, ``cos^2`` fall over the ``right`` ones shared with the next
     (complementary: two overlapping chunks sum to one; a Hann window for
     ``overlap=0.5``), flat elsewhere; never zero."""
+
     def rise(n):  # sin^2 from ~0 to ~1; its mirror image is the cos^2 fall
         return torch.sin(0.5 * math.pi * (torch.arange(n) + 0.5) / n) ** 2
 
@@ -125,8 +126,13 @@ def chunked_separate(separate, mix, num_spks, chunk, overlap=0.5, progress=False
         logger.warning("overlap=0: chunks can hardly be aligned, speakers may swap.")
     out, wsum = torch.zeros(T, num_spks), torch.zeros(T)
     prev = None
-    bar = tqdm(bounds, desc="Separating", unit="chunk", dynamic_ncols=True,
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        bounds,
+        desc="Separating",
+        unit="chunk",
+        dynamic_ncols=True,
+        disable=None if progress is None else not progress,
+    )
     for k, (a, b) in enumerate(bar):
         est = separate(mix[None, a:b])[0].detach().float().cpu()  # [L, S]
         left = max(0, bounds[k - 1][1] - a) if k > 0 else 0

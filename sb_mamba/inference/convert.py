@@ -91,8 +91,7 @@ CONFIG_KEYS = {
     "hop_length": ["audionet_audionet_config_stride", "stride", "hop_length"],
     "emb_hs": ["audionet_audionet_config_emb_hs", "emb_hs"],
     "eps": ["audionet_audionet_config_eps", "eps"],
-    "attn_approx_qk_dim": ["audionet_audionet_config_attn_approx_qk_dim",
-                           "attn_approx_qk_dim"],
+    "attn_approx_qk_dim": ["audionet_audionet_config_attn_approx_qk_dim", "attn_approx_qk_dim"],
     "model_name": ["audionet_audionet_name", "model_name"],
 }
 
@@ -129,8 +128,9 @@ def load_checkpoint(path, trust=False):
     except UserError as e:
         if "holds a" in str(e):
             raise
-        raise UserError(str(e).replace("not a PyTorch weights file",
-                                       "not a PyTorch checkpoint")) from None
+        raise UserError(
+            str(e).replace("not a PyTorch weights file", "not a PyTorch checkpoint")
+        ) from None
 
 
 def _flatten(d, prefix=""):
@@ -146,7 +146,7 @@ def _flatten(d, prefix=""):
     return flat
 
 
-def _plain(value):
+def _config_scalar(value):
     """A stored config value as int / float / str, or None if it is no scalar."""
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else None
@@ -176,8 +176,10 @@ def unwrap(obj, name):
         Stored training arguments, flattened (:data:`CONFIG_KEYS`).
     """
     if not isinstance(obj, dict):
-        raise UserError(f"{name} holds a {type(obj).__name__}, not a dict of weights; "
-                        "give an official SPMamba or SepMamba checkpoint.")
+        raise UserError(
+            f"{name} holds a {type(obj).__name__}, not a dict of weights; "
+            "give an official SPMamba or SepMamba checkpoint."
+        )
     config = {}
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         state, fmt = obj, "bare state_dict"
@@ -185,17 +187,18 @@ def unwrap(obj, name):
         state, fmt = obj["model_state_dict"], "SepMamba training checkpoint, model_state_dict"
     elif isinstance(obj.get("state_dict"), dict) and "model_name" in obj:
         state, fmt = obj["state_dict"], "look2hear serialize() package"
-        config = _flatten({"model_name": obj["model_name"]}
-                          | dict(obj.get("model_args") or {}))
+        config = _flatten({"model_name": obj["model_name"]} | dict(obj.get("model_args") or {}))
     elif isinstance(obj.get("state_dict"), dict):
         state, fmt = obj["state_dict"], "PyTorch-Lightning checkpoint"
         for key in ("training_config", "hyper_parameters"):  # the flat one wins
             if isinstance(obj.get(key), (dict, argparse.Namespace)):
                 config.update(_flatten(obj[key]))
     else:
-        raise UserError(f"{name} is a dict without weights (keys: "
-                        f"{', '.join(map(str, list(obj)[:8]))}); give an official "
-                        "SPMamba or SepMamba checkpoint.")
+        raise UserError(
+            f"{name} is a dict without weights (keys: "
+            f"{', '.join(map(str, list(obj)[:8]))}); give an official "
+            "SPMamba or SepMamba checkpoint."
+        )
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise UserError(f"{name}: '{bad[0]}' in its state_dict is not a tensor.")
@@ -206,10 +209,12 @@ def unwrap(obj, name):
             if others and prefix != "audio_model.":
                 continue
             if others:
-                raise UserError(f"{name}: {_listing(others)} outside the model "
-                                "(audio_model.*) would be left over; nothing written.")
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    config = {k: _plain(v) for k, v in config.items()}
+                raise UserError(
+                    f"{name}: {_listing(others)} outside the model "
+                    "(audio_model.*) would be left over; nothing written."
+                )
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    config = {k: _config_scalar(v) for k, v in config.items()}
     return state, fmt, {k: v for k, v in config.items() if v is not None}
 
 
@@ -229,8 +234,10 @@ def detect_family(state, config, name):
         return "spmamba"
     if any(k.startswith("down.") for k in state) and "decoder.weight" in state:
         return "sepmamba"
-    raise UserError(f"{name}: cannot tell SPMamba from SepMamba by its keys "
-                    f"({_listing(state, 3)}); pass --model spmamba or --model sepmamba.")
+    raise UserError(
+        f"{name}: cannot tell SPMamba from SepMamba by its keys "
+        f"({_listing(state, 3)}); pass --model spmamba or --model sepmamba."
+    )
 
 
 def _config_value(config, what):
@@ -248,16 +255,20 @@ class _Shapes:
 
     def __call__(self, key):
         if key not in self.state:
-            raise UserError(f"{self.name} has no '{key}', which every official "
-                            f"{self.family} checkpoint has; nothing written.")
+            raise UserError(
+                f"{self.name} has no '{key}', which every official "
+                f"{self.family} checkpoint has; nothing written."
+            )
         return tuple(self.state[key].shape)
 
     def count(self, pattern):
         """Number of distinct indices ``i`` of keys matching ``pattern`` (with (\\d+))."""
         found = {int(m.group(1)) for k in self.state if (m := re.match(pattern, k))}
         if found and found != set(range(len(found))):
-            raise UserError(f"{self.name}: indices {sorted(found)} of {pattern} "
-                            "are not 0..n-1; nothing written.")
+            raise UserError(
+                f"{self.name}: indices {sorted(found)} of {pattern} "
+                "are not 0..n-1; nothing written."
+            )
         return len(found)
 
 
@@ -265,10 +276,15 @@ def _mamba_args(shape, mixer, d_model):
     """d_state, d_conv, expand of a Mamba mixer (``mixer``: its key prefix)."""
     d_inner, d_state = shape(mixer + "A_log")
     if d_inner % d_model:
-        raise UserError(f"{shape.name}: Mamba inner width {d_inner} is no multiple "
-                        f"of its model width {d_model}; nothing written.")
-    return {"d_state": d_state, "d_conv": shape(mixer + "conv1d.weight")[-1],
-            "expand": d_inner // d_model}
+        raise UserError(
+            f"{shape.name}: Mamba inner width {d_inner} is no multiple "
+            f"of its model width {d_model}; nothing written."
+        )
+    return {
+        "d_state": d_state,
+        "d_conv": shape(mixer + "conv1d.weight")[-1],
+        "expand": d_inner // d_model,
+    }
 
 
 def sepmamba_config(state, config, name):
@@ -285,27 +301,39 @@ def sepmamba_config(state, config, name):
     kernels |= {shape(f"up.{i}.convt.weight")[-1] for i in range(levels - 1)}
     kernels.add(shape("decoder.weight")[-1])
     if len(kernels) > 1:
-        raise UserError(f"{name}: kernel sizes {sorted(kernels)} differ between levels; "
-                        "sb_mamba's SepMamba has one kernel size; nothing written.")
+        raise UserError(
+            f"{name}: kernel sizes {sorted(kernels)} differ between levels; "
+            "sb_mamba's SepMamba has one kernel size; nothing written."
+        )
     causal = not any(".mamba.backward_blocks." in k for k in renamed)
     blocks = shape.count(r"down\.0\.mamba\.forward_blocks\.(\d+)\.")
     if causal and blocks % 2:
-        raise UserError(f"{name}: a causal SepMamba with {blocks} blocks per layer; "
-                        "sb_mamba's causal SepMamba has an even number; nothing written.")
+        raise UserError(
+            f"{name}: a causal SepMamba with {blocks} blocks per layer; "
+            "sb_mamba's causal SepMamba has an even number; nothing written."
+        )
     args = {
-        "num_spks": shape("decoder.weight")[1], "dim": dim,
-        "num_blocks": blocks // 2 if causal else blocks, "kernel_size": kernel,
-        "stride": 2, "num_levels": levels, "causal": causal,
+        "num_spks": shape("decoder.weight")[1],
+        "dim": dim,
+        "num_blocks": blocks // 2 if causal else blocks,
+        "kernel_size": kernel,
+        "stride": 2,
+        "num_levels": levels,
+        "causal": causal,
         "activation": "prelu" if any(k.endswith(".act.weight") for k in renamed) else "relu",
         **_mamba_args(shape, "down.0.mamba.forward_blocks.0.mixer.", dim),
     }
     notes = {
         "stride": "not stored in the weights; 2 in every official config",
-        "activation": "PReLU weights present" if args["activation"] == "prelu" else
-                      "no PReLU weights; ReLU as in every official config",
+        "activation": "PReLU weights present"
+        if args["activation"] == "prelu"
+        else "no PReLU weights; ReLU as in every official config",
         "causal": "no backward Mamba stack" if causal else "forward and backward stacks",
-        "num_blocks": (f"{blocks} blocks per causal stack = 2 x {blocks // 2}"
-                       if causal else "Mamba blocks per direction"),
+        "num_blocks": (
+            f"{blocks} blocks per causal stack = 2 x {blocks // 2}"
+            if causal
+            else "Mamba blocks per direction"
+        ),
     }
     return renamed, args, notes
 
@@ -315,8 +343,10 @@ def spmamba_config(state, config, name):
     shape = _Shapes(state, name, "SPMamba")
     emb_dim, in_ch, _, _ = shape("conv.0.weight")
     if in_ch != 2:
-        raise UserError(f"{name}: {in_ch // 2} input microphones; sb_mamba's SPMamba "
-                        "takes one; nothing written.")
+        raise UserError(
+            f"{name}: {in_ch // 2} input microphones; sb_mamba's SPMamba "
+            "takes one; nothing written."
+        )
     blk = "blocks.0."
     two_d_model, _, emb_ks = shape(blk + "intra_linear.weight")
     n_freqs = shape(blk + "attn_concat_proj.2.gamma")[-1]
@@ -325,8 +355,10 @@ def spmamba_config(state, config, name):
     notes = {"n_fft": f"{n_freqs} bins in the attention norms"}
     stored_fft = _config_value(config, "n_fft")
     if stored_fft is not None and int(stored_fft) != n_fft:
-        raise UserError(f"{name}: its training config says n_fft {stored_fft} but the "
-                        f"weights are for n_fft {n_fft}; nothing written.")
+        raise UserError(
+            f"{name}: its training config says n_fft {stored_fft} but the "
+            f"weights are for n_fft {n_fft}; nothing written."
+        )
     hop = _config_value(config, "hop_length")
     if hop is None:
         hop = SPMAMBA_STFT.get(n_fft, (None, n_fft // 4))[1]
@@ -339,16 +371,23 @@ def spmamba_config(state, config, name):
             approx = int(candidate)
             break
     emb_hs, eps = _config_value(config, "emb_hs"), _config_value(config, "eps")
-    notes["emb_hs"] = "training config" if emb_hs is not None else \
-        "not stored; 1 in every official config"
-    notes["eps"] = "training config" if eps is not None else \
-        "not stored; 1e-5 in every official config"
+    notes["emb_hs"] = (
+        "training config" if emb_hs is not None else "not stored; 1 in every official config"
+    )
+    notes["eps"] = (
+        "training config" if eps is not None else "not stored; 1e-5 in every official config"
+    )
     args = {
-        "num_spks": shape("deconv.weight")[1] // 2, "n_fft": n_fft, "hop_length": int(hop),
-        "num_layers": shape.count(r"blocks\.(\d+)\."), "emb_dim": emb_dim,
-        "emb_ks": emb_ks, "emb_hs": int(emb_hs if emb_hs is not None else 1),
+        "num_spks": shape("deconv.weight")[1] // 2,
+        "n_fft": n_fft,
+        "hop_length": int(hop),
+        "num_layers": shape.count(r"blocks\.(\d+)\."),
+        "emb_dim": emb_dim,
+        "emb_ks": emb_ks,
+        "emb_hs": int(emb_hs if emb_hs is not None else 1),
         "attn_heads": shape.count(blk.replace(".", r"\.") + r"attn_conv_Q_(\d+)\."),
-        "attn_approx_qk_dim": approx, "eps": float(eps if eps is not None else 1e-5),
+        "attn_approx_qk_dim": approx,
+        "eps": float(eps if eps is not None else 1e-5),
         **_mamba_args(shape, blk + "intra_mamba.forward_blocks.0.mixer.", two_d_model // 2),
     }
     return state, args, notes
@@ -362,9 +401,11 @@ def _rate(value, where, name):
     except (TypeError, ValueError):
         rate = math.nan
     if not (rate.is_integer() and low <= rate <= high):
-        raise UserError(f"{name}: {where} is {value!r}, not a sample rate from {low} to {high} "
-                        "Hz; nothing written. Pass the rate the model was trained at, e.g. "
-                        "--sample-rate 8000.")
+        raise UserError(
+            f"{name}: {where} is {value!r}, not a sample rate from {low} to {high} "
+            "Hz; nothing written. Pass the rate the model was trained at, e.g. "
+            "--sample-rate 8000."
+        )
     return int(rate)
 
 
@@ -377,23 +418,35 @@ def _sample_rate(family, args, config, override, name):
         return _rate(stored, "its training config's sample_rate", name), "training config"
     if family == "spmamba" and args["n_fft"] in SPMAMBA_STFT:
         rate = SPMAMBA_STFT[args["n_fft"]][0]
-        logger.warning("%s does not store its sample rate: %d Hz, from n_fft %d as the "
-                       "official configs pair them (--sample-rate overrides).",
-                       name, rate, args["n_fft"])
+        logger.warning(
+            "%s does not store its sample rate: %d Hz, from n_fft %d as the "
+            "official configs pair them (--sample-rate overrides).",
+            name,
+            rate,
+            args["n_fft"],
+        )
         return rate, f"not stored; n_fft {args['n_fft']} is the official {rate} Hz setting"
-    hint = ("the official SepMamba models are trained on WSJ0-2mix at 8 kHz"
-            if family == "sepmamba" else f"n_fft {args['n_fft']} is no official setting")
-    raise UserError(f"{name} does not say its sample rate ({hint}): pass --sample-rate, "
-                    "e.g. --sample-rate 8000.")
+    hint = (
+        "the official SepMamba models are trained on WSJ0-2mix at 8 kHz"
+        if family == "sepmamba"
+        else f"n_fft {args['n_fft']} is no official setting"
+    )
+    raise UserError(
+        f"{name} does not say its sample rate ({hint}): pass --sample-rate, "
+        "e.g. --sample-rate 8000."
+    )
 
 
-def check_keys(model, state, name):
+def check_state_keys(model, state, name):
     """One UserError naming the missing, unexpected and misshapen keys, if any."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    misshapen = [f"'{k}' {tuple(state[k].shape)} vs {tuple(v.shape)}"
-                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    misshapen = [
+        f"'{k}' {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     problems = []
     if unexpected:
         problems.append(f"unexpected keys (left over) {_listing(unexpected)}")
@@ -402,13 +455,21 @@ def check_keys(model, state, name):
     if misshapen:
         problems.append(f"shapes (file vs model) {', '.join(misshapen[:3])}")
     if problems:
-        raise UserError(f"{name} does not fit {type(model).__name__}: "
-                        f"{'; '.join(problems)}. Nothing written.")
+        raise UserError(
+            f"{name} does not fit {type(model).__name__}: {'; '.join(problems)}. Nothing written."
+        )
     model.load_state_dict(state, strict=True)
 
 
-def convert(checkpoint, out_dir, model=None, sample_rate=None, num_spks=None,
-            trust_checkpoint=False, name=None):
+def convert(
+    checkpoint,
+    out_dir,
+    model=None,
+    sample_rate=None,
+    num_spks=None,
+    trust_checkpoint=False,
+    name=None,
+):
     """Convert an official checkpoint into a hub-layout model folder.
 
     Arguments
@@ -442,30 +503,45 @@ def convert(checkpoint, out_dir, model=None, sample_rate=None, num_spks=None,
     read = spmamba_config if family == "spmamba" else sepmamba_config
     state, args, notes = read(state, config, src.name)
     if num_spks is not None and int(num_spks) != args["num_spks"]:
-        raise UserError(f"{src.name} has {args['num_spks']} output sources, not "
-                        f"--num-spks {num_spks}; nothing written.")
+        raise UserError(
+            f"{src.name} has {args['num_spks']} output sources, not "
+            f"--num-spks {num_spks}; nothing written."
+        )
     rate, notes["sample_rate"] = _sample_rate(family, args, config, sample_rate, src.name)
     cls = FAMILIES[family]
     net = build_separator(cls, args)
-    check_keys(net, state, src.name)
+    check_state_keys(net, state, src.name)
     args = net.get_model_args()
-    args["ssm_backend"] = "auto"
     weights = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
     digest = sha256(src)
-    config = modelfolder.ModelConfig(cls, args, rate, args["num_spks"],
-                                     origin=f"{src.name} (sha256 {digest}), by sb-mamba convert")
+    config = modelfolder.ModelConfig(
+        cls,
+        args,
+        rate,
+        args["num_spks"],
+        origin=f"{src.name} (sha256 {digest}), by sb-mamba convert",
+    )
     config.check(f"{src.name} (sample rate from {notes['sample_rate']})")
     card = model_card(
-        name or out.resolve().name, cls, sum(p.numel() for p in net.parameters()), rate,
-        args["num_spks"], "Results: see the original authors' paper and repository.",
-        f"converted from `{src.name}` ({fmt})", False, "other",
+        name or out.resolve().name,
+        cls,
+        sum(p.numel() for p in net.parameters()),
+        rate,
+        args["num_spks"],
+        "Results: see the original authors' paper and repository.",
+        f"converted from `{src.name}` ({fmt})",
+        False,
+        "other",
         notes=_card_notes(src.name, digest, fmt, family, args, rate, notes),
-        train_yaml=False, license_text=(
+        train_yaml=False,
+        license_text=(
             f"Code: Apache-2.0 (sb_mamba). Weights: trained by the authors of "
             f"{SOURCES[cls]}, converted without change; the file states no licence, so "
             "check the licence with the original authors before you share or use "
             "them. The weights derive from the training data; check its license too "
-            "(e.g. WSJ0 needs an LDC license)."))
+            "(e.g. WSJ0 needs an LDC license)."
+        ),
+    )
     modelfolder.write_folder(out, config, weights, card=card, sources=[src])
     logger.info("Converted %s (%s, %s) to %s.", src, cls.rsplit(".", 1)[-1], fmt, out)
     return out
@@ -473,37 +549,57 @@ def convert(checkpoint, out_dir, model=None, sample_rate=None, num_spks=None,
 
 def _card_notes(src_name, digest, fmt, family, args, rate, notes):
     """The model card's Conversion section."""
-    rows = [f"| `{k}` | `{v}` | {notes.get(k, 'tensor shapes')} |"
-            for k, v in args.items() if k != "ssm_backend"]
+    rows = [f"| `{k}` | `{v}` | {notes.get(k, 'tensor shapes')} |" for k, v in args.items()]
     rows.append(f"| sample rate | `{rate}` | {notes['sample_rate']} |")
-    odd = ("\nThe official SepMamba returns T - 1 samples for an odd input length T; "
-           "this model returns T (the two agree on even lengths).\n"
-           if family == "sepmamba" else "")
-    return "\n".join([
-        "## Conversion", "",
-        f"Converted with `sb-mamba convert` from `{src_name}` ({fmt}),",
-        f"SHA-256 `{digest}`. Detected configuration:", "",
-        "| argument | value | from |", "|---|---|---|", *rows, odd,
-    ])
+    odd = (
+        "\nThe official SepMamba returns T - 1 samples for an odd input length T; "
+        "this model returns T (the two agree on even lengths).\n"
+        if family == "sepmamba"
+        else ""
+    )
+    return "\n".join(
+        [
+            "## Conversion",
+            "",
+            f"Converted with `sb-mamba convert` from `{src_name}` ({fmt}),",
+            f"SHA-256 `{digest}`. Detected configuration:",
+            "",
+            "| argument | value | from |",
+            "|---|---|---|",
+            *rows,
+            odd,
+        ]
+    )
 
 
 def add_arguments(p):
     """The arguments of ``sb-mamba convert``."""
     p.add_argument("checkpoint", help="official .ckpt / best_model.pth / state_dict file")
     p.add_argument("out_dir", help="model folder to write (hub layout)")
-    p.add_argument("--model", choices=sorted(FAMILIES),
-                   help="model family (default: detected from the keys)")
-    p.add_argument("--sample-rate", type=int,
-                   help="the model's rate in Hz, where the file does not say it")
+    p.add_argument(
+        "--model", choices=sorted(FAMILIES), help="model family (default: detected from the keys)"
+    )
+    p.add_argument(
+        "--sample-rate", type=int, help="the model's rate in Hz, where the file does not say it"
+    )
     p.add_argument("--num-spks", type=int, help="expected number of sources (checked)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="unpickle any object in the file (runs its code: trusted "
-                        "files only)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle any object in the file (runs its code: trusted files only)",
+    )
     p.add_argument("--name", help="model card title (default: OUT_DIR's name)")
 
 
 def run(args):
     """``sb-mamba convert CHECKPOINT OUT_DIR [--model ...] [--sample-rate N]``."""
-    convert(args.checkpoint, args.out_dir, model=args.model, sample_rate=args.sample_rate,
-            num_spks=args.num_spks, trust_checkpoint=args.trust_checkpoint, name=args.name)
+    convert(
+        args.checkpoint,
+        args.out_dir,
+        model=args.model,
+        sample_rate=args.sample_rate,
+        num_spks=args.num_spks,
+        trust_checkpoint=args.trust_checkpoint,
+        name=args.name,
+    )
     return 0

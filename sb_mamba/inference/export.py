@@ -22,8 +22,8 @@ nodes, ``!ref``/``!include:`` followed, no other tag built, so an
 names the class, which must be one of sb_mamba's separators, and the
 arguments the run gave it. The separator is built from them directly, and
 ``config.json`` records what the model says about itself
-(``get_model_args()``: every constructor argument, defaults included;
-``ssm_backend`` is ``auto`` so that a GPU-trained model runs on CPU). The
+(``get_model_args()``: every constructor argument, defaults included; the
+scan backend is a run option, never stored). The
 best checkpoint's weights (``torch.load(weights_only=True)``) must load into
 it (strict) before anything is written, and the folder is written
 atomically (:func:`sb_mamba.modelfolder.write_folder`).
@@ -43,8 +43,13 @@ from sb_mamba.errors import UserError
 from sb_mamba.modelfolder import model_card, read_test_results
 
 logger = get_logger(__name__)
-__all__ = ["export_model", "find_best_checkpoint", "model_card", "read_test_results",
-           "upload_to_hub"]
+__all__ = [
+    "export_model",
+    "find_best_checkpoint",
+    "model_card",
+    "read_test_results",
+    "upload_to_hub",
+]
 
 
 def find_best_checkpoint(save_folder, key="si-snr"):
@@ -69,8 +74,16 @@ def find_best_checkpoint(save_folder, key="si-snr"):
     return ckpt
 
 
-def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False,
-                 test_results=None, model_name=None, license="apache-2.0", notes=""):
+def export_model(
+    recipe_output_folder,
+    target_dir,
+    hparams_file=None,
+    fp16=False,
+    test_results=None,
+    model_name=None,
+    license="apache-2.0",
+    notes="",
+):
     """Write a model folder from a recipe's output folder.
 
     Arguments
@@ -107,15 +120,17 @@ def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False
     config = modelfolder.read_run_hparams(hparams_file)
     net = modelfolder.build_separator(config.separator_class, config.separator_args)
     args = net.get_model_args()  # self-described: every argument, defaults included
-    if "ssm_backend" in args:
-        args["ssm_backend"] = "auto"
     save = out / "save" if (out / "save").is_dir() else out
     ckpt = find_best_checkpoint(save)
     if "separator" not in ckpt.paramfiles:
         raise FileNotFoundError(2, "The checkpoint has no separator.ckpt", str(ckpt.path))
     config = modelfolder.ModelConfig(
-        config.separator_class, args, config.sample_rate, config.num_spks,
-        origin=f"{hparams_file.name} and {ckpt.path.name}")  # no local paths
+        config.separator_class,
+        args,
+        config.sample_rate,
+        config.num_spks,
+        origin=f"{hparams_file.name} and {ckpt.path.name}",
+    )  # no local paths
     state = modelfolder.read_weights(ckpt.paramfiles["separator"])
 
     files = {modelfolder.TRAIN_HPARAMS: hparams_file}
@@ -130,11 +145,21 @@ def export_model(recipe_output_folder, target_dir, hparams_file=None, fp16=False
             files[modelfolder.RESULTS] = csv_file
     params = sum(p.numel() for p in net.parameters())
     note = f"{ckpt.path.name}, validation SI-SNR {ckpt.meta['si-snr']:.2f} dB"
-    card = model_card(model_name or target.resolve().name, config.separator_class, params,
-                      config.sample_rate, config.num_spks, results, note, fp16, license,
-                      notes)
-    modelfolder.write_folder(target, config, state, card=card, files=files, fp16=fp16,
-                             sources=[out, ckpt.path])
+    card = model_card(
+        model_name or target.resolve().name,
+        config.separator_class,
+        params,
+        config.sample_rate,
+        config.num_spks,
+        results,
+        note,
+        fp16,
+        license,
+        notes,
+    )
+    modelfolder.write_folder(
+        target, config, state, card=card, files=files, fp16=fp16, sources=[out, ckpt.path]
+    )
     logger.info("Exported %s (%s) to %s.", config.separator_class, ckpt.path.name, target)
     return target
 
@@ -160,21 +185,26 @@ def upload_to_hub(target_dir, repo_id, token=None, private=False):
     from huggingface_hub import HfApi
 
     if modelfolder.layout(target_dir) != "new":
-        raise UserError(f"{target_dir} is not a model folder in the current layout (no "
-                        f"{modelfolder.CONFIG}): export it (or sb-mamba migrate it) first.")
+        raise UserError(
+            f"{target_dir} is not a model folder in the current layout (no "
+            f"{modelfolder.CONFIG}): export it (or sb-mamba migrate it) first."
+        )
     modelfolder.read_folder(target_dir)  # it must read
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    return api.upload_folder(folder_path=str(target_dir), repo_id=repo_id,
-                             repo_type="model", commit_message="Upload sb_mamba model")
+    return api.upload_folder(
+        folder_path=str(target_dir),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message="Upload sb_mamba model",
+    )
 
 
 def add_arguments(p):
     """The arguments of ``sb-mamba export``."""
     p.add_argument("recipe_output_folder")
     p.add_argument("target_dir")
-    p.add_argument("--hparams-file",
-                   help="training YAML (default: OUTPUT/hyperparams.yaml)")
+    p.add_argument("--hparams-file", help="training YAML (default: OUTPUT/hyperparams.yaml)")
     p.add_argument("--fp16", action="store_true", help="store the weights in fp16")
     p.add_argument("--test-results", help="test_results.csv (default: OUTPUT's)")
     p.add_argument("--name", help="model card title")
@@ -189,10 +219,16 @@ def run(args):
     if args.notes and not Path(args.notes).is_file():
         raise FileNotFoundError(2, "No such notes file", args.notes)
     notes = Path(args.notes).read_text() if args.notes else ""
-    target = export_model(args.recipe_output_folder, args.target_dir,
-                          hparams_file=args.hparams_file, fp16=args.fp16,
-                          test_results=args.test_results, model_name=args.name,
-                          license=args.license, notes=notes)
+    target = export_model(
+        args.recipe_output_folder,
+        args.target_dir,
+        hparams_file=args.hparams_file,
+        fp16=args.fp16,
+        test_results=args.test_results,
+        model_name=args.name,
+        license=args.license,
+        notes=notes,
+    )
     if args.upload:
         upload_to_hub(target, args.upload, token=args.token)
     return 0

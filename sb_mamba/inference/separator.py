@@ -25,6 +25,7 @@ from sb_mamba import modelfolder
 from sb_mamba.audio import AudioError, audio_info, read_audio, resample, write_audio
 from sb_mamba.errors import UserError
 from sb_mamba.inference.chunking import chunked_separate
+from sb_mamba.nnet.mamba import set_ssm_backend
 
 logger = get_logger(__name__)
 
@@ -130,17 +131,19 @@ def _model_folder(source, savedir):
     src = os.path.expanduser(str(source))
     if os.path.isdir(src):
         if modelfolder.layout(src) is None:
-            raise FileNotFoundError(2, f"Not a model folder (no {modelfolder.CONFIG}; see "
-                                    "sb-mamba export)", src)
+            raise FileNotFoundError(
+                2, f"Not a model folder (no {modelfolder.CONFIG}; see sb-mamba export)", src
+            )
         return Path(src).absolute()
-    if str(source).startswith(("/", ".", "~")) or (
-            src.count("/") > 1 and not src.startswith(("http://", "https://"))):
-        raise FileNotFoundError(2, "Model folder not found", src)
+    if not modelfolder.hub_source(source):
+        raise FileNotFoundError(2, "Model folder not found (nor an owner/name hub id)", src)
     from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
     folder = Path(savedir or os.path.join("pretrained_models", src.replace("/", "--")))
-    layouts = [(modelfolder.CONFIG, modelfolder.WEIGHTS),
-               (modelfolder.OLD_YAML, modelfolder.OLD_WEIGHTS)]
+    layouts = [
+        (modelfolder.CONFIG, modelfolder.WEIGHTS),
+        (modelfolder.OLD_YAML, modelfolder.OLD_WEIGHTS),
+    ]
     for names in layouts:
         for name in (*layouts[0], *layouts[1]):  # never stands in for the source's
             target = folder / name
@@ -148,20 +151,22 @@ def _model_folder(source, savedir):
                 target.unlink()
         try:
             for name in names:
-                fetch(name, src, savedir=folder, local_strategy=LocalStrategy.COPY,
-                      fetch_config=FetchConfig(overwrite=True))
+                fetch(
+                    name,
+                    src,
+                    savedir=folder,
+                    local_strategy=LocalStrategy.COPY,
+                    fetch_config=FetchConfig(overwrite=True),
+                )
             return folder.absolute()
         except Exception as e:  # noqa: BLE001 - not in this layout (hub errors vary)
             error = e
-    raise error
-
-
-def _is_remote(path, savedir):
-    """URL, or a HuggingFace ``owner/repo/file`` path when ``savedir`` is set."""
-    p = str(path)
-    return p.startswith(("http://", "https://")) or (
-        savedir is not None and p.count("/") >= 2 and not os.path.exists(p)
-        and not p.startswith(("/", ".", "~")))
+    raise UserError(
+        f"{src} is not a local folder, and fetching it as a hub id failed "
+        f"({type(error).__name__}: {' '.join(str(error).split())[:300]}). Check the "
+        "path (a shipped model: sb_mamba.pretrained_path(NAME)) or the hub id and "
+        "your connection."
+    ) from error
 
 
 class MambaSeparator(Pretrained):
@@ -178,7 +183,10 @@ class MambaSeparator(Pretrained):
     hparams : dict
         With ``sample_rate`` and ``num_spks``.
     run_opts : dict, optional
-        ``device``, ``precision`` (``fp32`` | ``bf16`` | ``fp16``), ...
+        ``device``, ``precision`` (``fp32`` | ``bf16`` | ``fp16``),
+        ``ssm_backend`` (``auto`` | ``torch`` | ``cpu_kernel`` | ``cuda``: the
+        selective scan's path, set on every Mamba of the model, never
+        stored with it), ...
 
     Example
     -------
@@ -193,9 +201,27 @@ class MambaSeparator(Pretrained):
     HPARAMS_NEEDED = ["sample_rate", "num_spks"]
     MODULES_NEEDED = ["separator"]
 
+    def __init__(self, modules=None, hparams=None, run_opts=None, **kwargs):
+        run_opts = dict(run_opts or {})
+        backend = run_opts.pop("ssm_backend", "auto")  # sb_mamba's own run option
+        super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, **kwargs)
+        try:
+            set_ssm_backend(self.mods.separator, backend)
+        except ValueError as e:
+            raise UserError(f"run_opts: {e}") from None
+        self.ssm_backend = backend
+
     @classmethod
-    def from_hparams(cls, source=None, hparams_file=None, savedir=None, overrides=None,
-                     run_opts=None, trust_remote_code=False, **kwargs):
+    def from_hparams(
+        cls,
+        source=None,
+        hparams_file=None,
+        savedir=None,
+        overrides=None,
+        run_opts=None,
+        trust_remote_code=False,
+        **kwargs,
+    ):
         """Load from a model folder or a HuggingFace repo id, as data.
 
         A model folder is data (:mod:`sb_mamba.modelfolder`): ``config.json``
@@ -221,9 +247,9 @@ class MambaSeparator(Pretrained):
             Where a remote model is stored.
         overrides : dict, optional
             Constructor arguments of the separator replacing the stored ones
-            (yours, e.g. ``{"ssm_backend": "cuda"}``).
+            (yours, e.g. ``{"num_spks": 3}``).
         run_opts : dict, optional
-            ``device``, ``precision``, ...
+            ``device``, ``precision``, ``ssm_backend`` (see the class), ...
         trust_remote_code : bool
             Has no effect (a model folder holds no code); a warning says so.
         **kwargs : dict
@@ -238,16 +264,24 @@ class MambaSeparator(Pretrained):
 
             source = pretrained_path()
         if hparams_file not in (None, modelfolder.OLD_YAML, modelfolder.CONFIG):
-            raise UserError(f"hparams_file={hparams_file!r}: a model folder is read from its "
-                            f"{modelfolder.CONFIG}; leave hparams_file out.")
+            raise UserError(
+                f"hparams_file={hparams_file!r}: a model folder is read from its "
+                f"{modelfolder.CONFIG}; leave hparams_file out."
+            )
         if trust_remote_code:
-            logger.warning("trust_remote_code=True has no effect: a model folder is data "
-                           "and nothing in it runs.")
+            logger.warning(
+                "trust_remote_code=True has no effect: a model folder is data "
+                "and nothing in it runs."
+            )
         folder = _model_folder(source, savedir)
         config, state = modelfolder.read_folder(folder)
         net = modelfolder.load_separator(config, state, str(folder), overrides)
-        hparams = {"sample_rate": config.sample_rate, "num_spks": config.num_spks,
-                   "separator": net, "modules": {"separator": net}}
+        hparams = {
+            "sample_rate": config.sample_rate,
+            "num_spks": config.num_spks,
+            "separator": net,
+            "modules": {"separator": net},
+        }
         return cls(modules={"separator": net}, hparams=hparams, run_opts=run_opts, **kwargs)
 
     @property
@@ -287,8 +321,15 @@ class MambaSeparator(Pretrained):
         self.mods.eval()
         return StreamingSeparator(self.mods.separator, self.sample_rate)
 
-    def separate_signal(self, mix, chunk_seconds="auto", overlap=0.25, normalize="mixture",
-                        progress=None, stream=False):
+    def separate_signal(
+        self,
+        mix,
+        chunk_seconds="auto",
+        overlap=0.25,
+        normalize="mixture",
+        progress=None,
+        stream=False,
+    ):
         """Separate one mono signal at the model rate, in chunks if asked.
 
         Arguments
@@ -321,9 +362,11 @@ class MambaSeparator(Pretrained):
         mix = torch.as_tensor(mix).detach().float().cpu()
         mix = mix[0] if mix.dim() == 2 and mix.shape[0] == 1 else mix
         if mix.dim() != 1:
-            raise ValueError(f"separate_signal takes one mono signal [T] or [1, T], "
-                             f"got {tuple(mix.shape)}; average the channels first "
-                             "(or use separate_batch for a batch).")
+            raise ValueError(
+                f"separate_signal takes one mono signal [T] or [1, T], "
+                f"got {tuple(mix.shape)}; average the channels first "
+                "(or use separate_batch for a batch)."
+            )
         if mix.numel() == 0 or not torch.isfinite(mix).all():
             raise ValueError("The mixture is empty or has NaN/infinite samples.")
         if normalize not in NORMALIZE:
@@ -344,19 +387,34 @@ class MambaSeparator(Pretrained):
             if chunk < 2:
                 raise ValueError(f"chunk_seconds={chunk_seconds} is too short.")
             if T > chunk:
-                logger.info("Chunked inference: %g s chunks, overlap %g, %.1f s.",
-                            chunk_seconds, overlap, T / self.sample_rate)
+                logger.info(
+                    "Chunked inference: %g s chunks, overlap %g, %.1f s.",
+                    chunk_seconds,
+                    overlap,
+                    T / self.sample_rate,
+                )
             est = chunked_separate(self.separate_batch, mix, S, chunk, overlap, progress)[None]
         if not torch.isfinite(est).all():
             raise UserError(
                 f"The separation gave NaN/infinite values (the input peaks at "
                 f"{float(mix.abs().max()):.3g}; audio is expected within [-1, 1]): "
-                "nothing is written for it; rescale the input.")
+                "nothing is written for it; rescale the input."
+            )
         return normalize_sources(est, mix[None], normalize)
 
-    def separate_file(self, path, savedir=None, chunk_seconds="auto", overlap=0.25,
-                      normalize="mixture", output_dir=None, output_rate="model",
-                      max_samples=None, progress=None, stream=False):
+    def separate_file(
+        self,
+        path,
+        savedir=None,
+        chunk_seconds="auto",
+        overlap=0.25,
+        normalize="mixture",
+        output_dir=None,
+        output_rate="model",
+        max_samples=None,
+        progress=None,
+        stream=False,
+    ):
         """Separate an audio file of any rate and number of channels: it is
         averaged to mono and resampled to :attr:`sample_rate` (logged), then
         separated with :meth:`separate_signal`.
@@ -385,7 +443,9 @@ class MambaSeparator(Pretrained):
         torch.Tensor
             [1, T, num_spks] at the model rate, on the CPU.
         """
-        if _is_remote(path, savedir):
+        if str(path).startswith(("http://", "https://")) or (
+            savedir is not None and modelfolder.hub_source(path, file=True)
+        ):
             from speechbrain.utils.data_utils import split_path
             from speechbrain.utils.fetching import fetch
 
@@ -395,19 +455,28 @@ class MambaSeparator(Pretrained):
             except Exception as e:
                 raise AudioError(f"Cannot fetch {path}: {e}") from e
         info = audio_info(path)
-        wav = read_audio(path, sample_rate=self.sample_rate, resample_to_rate=True,
-                         max_samples=max_samples)
+        wav = read_audio(
+            path, sample_rate=self.sample_rate, resample_to_rate=True, max_samples=max_samples
+        )
         done = [f"resampled {info.samplerate} -> {self.sample_rate} Hz"] * (
             info.samplerate != self.sample_rate
         ) + [f"averaged {info.channels} channels"] * (info.channels > 1)
-        logger.info("%s: %.2f s, %s.", path, info.frames / info.samplerate,
-                    ", ".join(done) or f"mono at {self.sample_rate} Hz as is")
+        logger.info(
+            "%s: %.2f s, %s.",
+            path,
+            info.frames / info.samplerate,
+            ", ".join(done) or f"mono at {self.sample_rate} Hz as is",
+        )
         est = self.separate_signal(wav, chunk_seconds, overlap, normalize, progress, stream)
         if output_dir is not None:
             rate = {"model": self.sample_rate, "input": info.samplerate}.get(
-                output_rate, output_rate)
-            out = est[0].T if rate == self.sample_rate else resample(
-                est[0].T.contiguous(), self.sample_rate, int(rate))  # [S, T']
+                output_rate, output_rate
+            )
+            out = (
+                est[0].T
+                if rate == self.sample_rate
+                else resample(est[0].T.contiguous(), self.sample_rate, int(rate))
+            )  # [S, T']
             peak = float(out.abs().max())
             if normalize != "none" and peak > 1:  # resampling can overshoot
                 out = out / peak  # written files stay within full scale

@@ -32,6 +32,7 @@ import numpy as np
 from speechbrain.utils.logger import get_logger
 
 from sb_mamba.errors import UserError
+from sb_mamba.nnet.scan import BACKENDS
 
 logger = get_logger(__name__)
 
@@ -41,19 +42,42 @@ READ_BYTES = 1 << 16  # largest single read from stdin
 def add_arguments(p):
     """The arguments of ``sb-mamba stream``."""
     p.add_argument("model", help="a causal model folder (sb-mamba export) or hub id")
-    p.add_argument("--chunk", type=int, default=None, metavar="SAMPLES",
-                   help="samples per chunk (default: one bottleneck frame, stride ** "
-                        "levels: 64 = 8 ms at 8 kHz for stride 4); smaller: less latency, "
-                        "more compute per sample")
-    p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
-                   help="chunk length in milliseconds instead of --chunk")
-    p.add_argument("--rate", type=int, default=None,
-                   help="rate of the input in Hz, checked against the model's (raw PCM "
-                        "carries none)")
-    p.add_argument("--gain", type=float, default=1.0,
-                   help="factor applied to the outputs before the 16-bit rounding "
-                        "(default 1; they are clipped to full scale)")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        metavar="SAMPLES",
+        help="samples per chunk (default: one bottleneck frame, stride ** "
+        "levels: 64 = 8 ms at 8 kHz for stride 4); smaller: less latency, "
+        "more compute per sample",
+    )
+    p.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="chunk length in milliseconds instead of --chunk",
+    )
+    p.add_argument(
+        "--rate",
+        type=int,
+        default=None,
+        help="rate of the input in Hz, checked against the model's (raw PCM carries none)",
+    )
+    p.add_argument(
+        "--gain",
+        type=float,
+        default=1.0,
+        help="factor applied to the outputs before the 16-bit rounding "
+        "(default 1; they are clipped to full scale)",
+    )
     p.add_argument("-d", "--device", default="cpu", help="cpu (default), cuda, ...")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="selective scan of the Mamba layers (default auto)",
+    )
     p.add_argument("--savedir", default=None, help="where a hub model is stored")
     p.add_argument("-v", "--verbose", action="store_true", help="log the set-up")
 
@@ -88,30 +112,45 @@ def _stream(args, fd_in, out):
     from sb_mamba.inference.separator import MambaSeparator
 
     try:
-        model = MambaSeparator.from_hparams(source=args.model, savedir=args.savedir,
-                                            run_opts={"device": args.device})
+        model = MambaSeparator.from_hparams(
+            source=args.model,
+            savedir=args.savedir,
+            run_opts={"device": args.device, "ssm_backend": args.backend},
+        )
     except UserError:
         raise
     except Exception as e:  # a folder, a hub id or a URL: many ways to fail
-        raise UserError(f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
-                        "give a folder written by `sb-mamba export` or a hub id.") from e
+        raise UserError(
+            f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
+            "give a folder written by `sb-mamba export` or a hub id."
+        ) from e
     stream = model.stream()
     if os.isatty(fd_in):
-        raise UserError("stdin is a terminal: pipe raw 16-bit PCM into it, e.g. `arecord -f "
-                        "S16_LE -r 8000 -c 1 | sb-mamba stream MODEL | aplay -f S16_LE -r "
-                        "8000 -c 2`.")
+        raise UserError(
+            "stdin is a terminal: pipe raw 16-bit PCM into it, e.g. `arecord -f "
+            "S16_LE -r 8000 -c 1 | sb-mamba stream MODEL | aplay -f S16_LE -r "
+            "8000 -c 2`."
+        )
     if args.rate is not None and args.rate != model.sample_rate:
-        raise UserError(f"The input is at {args.rate} Hz but the model runs at "
-                        f"{model.sample_rate} Hz: resample it first (e.g. `sox ... -r "
-                        f"{model.sample_rate}` or `arecord -r {model.sample_rate}`).")
+        raise UserError(
+            f"The input is at {args.rate} Hz but the model runs at "
+            f"{model.sample_rate} Hz: resample it first (e.g. `sox ... -r "
+            f"{model.sample_rate}` or `arecord -r {model.sample_rate}`)."
+        )
     chunk = args.chunk or stream.frame
     if args.chunk_ms is not None:
         chunk = max(1, round(args.chunk_ms * model.sample_rate / 1000))
     if chunk < 1:
         raise UserError(f"--chunk must be at least 1 sample, got {chunk}.")
-    logger.info("Streaming %d speakers at %d Hz: chunks of %d samples, algorithmic latency "
-                "%.1f ms (look-ahead %d samples).", stream.num_spks, model.sample_rate,
-                chunk, stream.latency_ms(chunk), stream.lookahead)
+    logger.info(
+        "Streaming %d speakers at %d Hz: chunks of %d samples, algorithmic latency "
+        "%.1f ms (look-ahead %d samples).",
+        stream.num_spks,
+        model.sample_rate,
+        chunk,
+        stream.latency_ms(chunk),
+        stream.lookahead,
+    )
     clipped, pending, ended = 0, b"", False
     try:
         while not ended:
@@ -131,12 +170,16 @@ def _stream(args, fd_in, out):
     except BrokenPipeError:
         # stdout is gone: send later writes (Python's own at exit) nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-        raise UserError("The output pipe was closed (broken pipe): the program reading "
-                        "sb-mamba stream's stdout stopped.") from None
+        raise UserError(
+            "The output pipe was closed (broken pipe): the program reading "
+            "sb-mamba stream's stdout stopped."
+        ) from None
     if clipped:
         logger.warning("%d output samples were clipped to full scale: lower --gain.", clipped)
     if pending:
-        raise UserError("The input ended with an odd number of bytes: it must be 16-bit "
-                        "samples (raw S16_LE, e.g. `sox ... -t raw -e signed -b 16 -c 1 -`); "
-                        "everything before the last byte was separated and written.")
+        raise UserError(
+            "The input ended with an odd number of bytes: it must be 16-bit "
+            "samples (raw S16_LE, e.g. `sox ... -t raw -e signed -b 16 -c 1 -`); "
+            "everything before the last byte was separated and written."
+        )
     return 0

@@ -49,9 +49,12 @@ class _StridedConv:
         """x [B, C_in, m] new inputs -> [B, C_out, n] the frames now complete."""
         buf = torch.cat([self.buf, x], dim=-1) if self.buf.shape[-1] else x
         n = (buf.shape[-1] - self.K) // self.S + 1 if buf.shape[-1] >= self.K else 0
-        self.buf = buf[..., n * self.S:]
-        return F.conv1d(buf[..., : (n - 1) * self.S + self.K], self.weight, self.bias,
-                        self.S) if n else buf.new_zeros(buf.shape[0], self.weight.shape[0], 0)
+        self.buf = buf[..., n * self.S :]
+        return (
+            F.conv1d(buf[..., : (n - 1) * self.S + self.K], self.weight, self.bias, self.S)
+            if n
+            else buf.new_zeros(buf.shape[0], self.weight.shape[0], 0)
+        )
 
 
 class _OverlapAdd:
@@ -77,10 +80,11 @@ class _OverlapAdd:
         if self.cols is None:
             y = F.conv_transpose1d(x, self.weight, None, self.S)  # [B, C_out, (m-1)S + K]
         else:  # the same as an overlap-add of each frame's K outputs
-            y = F.fold(self.cols @ x, (1, (m - 1) * self.S + self.K), (1, self.K),
-                       stride=(1, self.S)).view(x.shape[0], -1, (m - 1) * self.S + self.K)
+            y = F.fold(
+                self.cols @ x, (1, (m - 1) * self.S + self.K), (1, self.K), stride=(1, self.S)
+            ).view(x.shape[0], -1, (m - 1) * self.S + self.K)
         y[..., : self.K - self.S] += self.tail
-        self.tail = y[..., m * self.S:]
+        self.tail = y[..., m * self.S :]
         return y[..., : m * self.S] + self.bias[:, None]
 
     def finish(self):
@@ -131,17 +135,22 @@ class StreamingSeparator:
 
     def __init__(self, model, sample_rate=8000):
         if not isinstance(model, SepMamba):
-            raise UserError(f"Streaming needs a causal SepMamba; this model is a "
-                            f"{type(model).__name__}, which reads the whole signal: use "
-                            "`sb-mamba separate` (offline) for it.")
+            raise UserError(
+                f"Streaming needs a causal SepMamba; this model is a "
+                f"{type(model).__name__}, which reads the whole signal: use "
+                "`sb-mamba separate` (offline) for it."
+            )
         if not model.causal:
-            raise UserError("This SepMamba is not causal (bidirectional Mamba layers read "
-                            "the future), so it cannot stream: train one with `causal: True` "
-                            "(recipe override --model_causal=True, or "
-                            "hparams/models/sepmamba_causal_s.yaml) or separate offline.")
+            raise UserError(
+                "This SepMamba is not causal (bidirectional Mamba layers read "
+                "the future), so it cannot stream: train one with `causal: True` "
+                "(recipe override --model_causal=True, or "
+                "hparams/models/sepmamba_causal_s.yaml) or separate offline."
+            )
         if model.kernel_size < model.stride:
-            raise UserError(f"Streaming needs kernel_size >= stride, got "
-                            f"{model.kernel_size} < {model.stride}.")
+            raise UserError(
+                f"Streaming needs kernel_size >= stride, got {model.kernel_size} < {model.stride}."
+            )
         self.model, self.sample_rate = model, int(sample_rate)
         self.num_spks = model.num_spks
         self.lookahead = model.lookahead
@@ -153,8 +162,9 @@ class StreamingSeparator:
         m = self.model
         p = m.decoder.weight
         empty = p.new_zeros(1, 1, 0)
-        self._down = [_StridedConv(s.conv, empty.new_zeros(1, s.conv.in_channels, 0))
-                      for s in m.down]
+        self._down = [
+            _StridedConv(s.conv, empty.new_zeros(1, s.conv.in_channels, 0)) for s in m.down
+        ]
         self._down_state = [s.mamba.allocate_chunk_state(1, p.device) for s in m.down]
         self._up = [_OverlapAdd(s.convt) for s in m.up]
         self._up_state = [s.mamba.allocate_chunk_state(1, p.device) for s in m.up]
@@ -239,7 +249,7 @@ class StreamingSeparator:
         mix = self._as_input(mix)[0, 0]
         chunk = int(chunk or self.frame)
         self.reset()
-        parts = [self.feed(mix[a:a + chunk]) for a in range(0, mix.shape[0], chunk)]
+        parts = [self.feed(mix[a : a + chunk]) for a in range(0, mix.shape[0], chunk)]
         return torch.cat(parts + [self.flush()])
 
     # ---------------------------------------------------------------- internals

@@ -16,13 +16,16 @@ import copy
 import functools
 import inspect
 
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
 _PLAIN = (bool, int, float, str, type(None))
 
 
-def _plain(value, name):
+def _as_plain(value, name):
     """``value`` as plain Python (tuples become lists), or a TypeError."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v, name) for v in value]
+        return [_as_plain(v, name) for v in value]
     for t in _PLAIN:  # bool before int: a bool stays a bool
         if isinstance(value, t):
             return value if t is type(None) else t(value)
@@ -77,13 +80,38 @@ class ModelArgsMixin:
         return copy.deepcopy(args)
 
 
+_warned = set()
+
+
+def _deprecated_backend(model, backend):
+    """Apply an ``ssm_backend`` constructor argument of an old YAML, once warned."""
+    from sb_mamba.nnet.mamba import set_ssm_backend
+
+    set_ssm_backend(model, backend)
+    if "ssm_backend" not in _warned:
+        _warned.add("ssm_backend")
+        logger.warning(
+            "ssm_backend=%r as a model argument is deprecated and is not stored with the "
+            "model: it is a run option (recipes: --ssm_backend=%s; MambaSeparator."
+            "from_hparams(run_opts={'ssm_backend': %r}); sb-mamba separate --backend %s); "
+            "remove it from the YAML.",
+            backend,
+            backend,
+            backend,
+            backend,
+        )
+
+
 def _recording(init):
     """Wrap ``init`` so that it stores its bound arguments on the instance."""
     signature = inspect.signature(init)
 
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
+        backend = kwargs.pop("ssm_backend", None)  # a run option now (old YAMLs pass it)
         init(self, *args, **kwargs)
+        if backend is not None:
+            _deprecated_backend(self, backend)
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         recorded = {}
@@ -96,7 +124,6 @@ def _recording(init):
             else:
                 recorded[name] = bound.arguments[name]
         # set on the instance directly: a plain attribute, never in the state_dict
-        object.__setattr__(self, "_model_args",
-                           {k: _plain(v, k) for k, v in recorded.items()})
+        object.__setattr__(self, "_model_args", {k: _as_plain(v, k) for k, v in recorded.items()})
 
     return __init__

@@ -63,9 +63,18 @@ class _ConvNorm(nn.Sequential):
     """Conv1d ('same' padding for odd kernels) -> gLN [-> PReLU]."""
 
     def __init__(self, c_in, c_out, kernel_size, stride=1, groups=1, bias=True, act=False):
-        layers = [nn.Conv1d(c_in, c_out, kernel_size, stride=stride,
-                            padding=(kernel_size - 1) // 2, groups=groups, bias=bias),
-                  GlobLN(c_out)]
+        layers = [
+            nn.Conv1d(
+                c_in,
+                c_out,
+                kernel_size,
+                stride=stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=bias,
+            ),
+            GlobLN(c_out),
+        ]
         super().__init__(*layers + ([nn.PReLU()] if act else []))
 
 
@@ -98,14 +107,14 @@ class _ResidualBlock(nn.Module):
 
 def _s4_block(dim, d_state):
     """Bidirectional S4 (HiPPO-LegS NPLR, GELU, GLU output) in a residual block."""
-    return _ResidualBlock(dim, S4(dim, d_state=d_state, bidirectional=True,
-                                  dropout=0.0, transposed=True))
+    return _ResidualBlock(
+        dim, S4(dim, d_state=d_state, bidirectional=True, dropout=0.0, transposed=True)
+    )
 
 
 def _ff_block(dim, expand=2):
     """1x1 (dim -> expand*dim) -> GELU -> 1x1 (-> dim) in a residual block."""
-    ff = nn.Sequential(nn.Conv1d(dim, expand * dim, 1), nn.GELU(),
-                       nn.Conv1d(expand * dim, dim, 1))
+    ff = nn.Sequential(nn.Conv1d(dim, expand * dim, 1), nn.GELU(), nn.Conv1d(expand * dim, dim, 1))
     return _ResidualBlock(dim, ff)
 
 
@@ -125,10 +134,12 @@ class _LocalGlobalFusion(nn.Module):
     def forward(self, x_local, x_global):
         """[B, C, L], [B, C, L'] -> [B, C, L]."""
         size = x_local.shape[-1]
-        gate = F.interpolate(torch.sigmoid(self.global_act(x_global)), size=size,
-                             mode="nearest")  # [B, C, L]
-        glob = F.interpolate(self.global_embedding(x_global), size=size,
-                             mode="nearest")  # [B, C, L]
+        gate = F.interpolate(
+            torch.sigmoid(self.global_act(x_global)), size=size, mode="nearest"
+        )  # [B, C, L]
+        glob = F.interpolate(
+            self.global_embedding(x_global), size=size, mode="nearest"
+        )  # [B, C, L]
         return self.local_embedding(x_local) * gate + glob
 
 
@@ -163,8 +174,9 @@ class S4MBlock(nn.Module):
     torch.Size([2, 16, 37])
     """
 
-    def __init__(self, out_channels=128, in_channels=512, upsampling_depth=4, d_state=16,
-                 decoder_s4=False):
+    def __init__(
+        self, out_channels=128, in_channels=512, upsampling_depth=4, d_state=16, decoder_s4=False
+    ):
         super().__init__()
         if upsampling_depth < 2:
             raise ValueError("upsampling_depth must be >= 2")
@@ -172,8 +184,11 @@ class S4MBlock(nn.Module):
         C = in_channels
         self.proj_1x1 = _ConvNorm(out_channels, C, 1, act=True)
         self.spp_dw = nn.ModuleList(
-            [_ConvNorm(C, C, 5, stride=1 if k == 0 else 2, groups=C, bias=True)
-             for k in range(depth)])
+            [
+                _ConvNorm(C, C, 5, stride=1 if k == 0 else 2, groups=C, bias=True)
+                for k in range(depth)
+            ]
+        )
         # Released top-down wiring: step i (depth-2 .. 0) fuses x_fused[i] with
         # x_fused[i - 1] first, then with the running result. Build only the
         # fusion layers of the scales it reads.
@@ -185,7 +200,8 @@ class S4MBlock(nn.Module):
         self.ff = _ff_block(C)
         self.last_layer = nn.ModuleList([_LocalGlobalFusion(C, 5) for _ in range(depth - 1)])
         self.td_s4 = nn.ModuleList(
-            [_s4_block(C, d_state) for _ in range(depth - 1)] if decoder_s4 else [])
+            [_s4_block(C, d_state) for _ in range(depth - 1)] if decoder_s4 else []
+        )
         self.res_conv = nn.Conv1d(C, out_channels, 1)
 
     def forward(self, x, kernels=None):
@@ -196,8 +212,10 @@ class S4MBlock(nn.Module):
         coarse = scales[-1].shape[-1]
         glob = sum(F.adaptive_avg_pool1d(s, coarse) for s in scales)  # [B, C, Lc]
         glob = self.ff(self.s4(glob, kernels))  # [B, C, Lc]
-        fused = {k: self.loc_glo_fus[n](scales[k], glob)  # [B, C, L_k]
-                 for k, n in self._fus_index.items()}
+        fused = {
+            k: self.loc_glo_fus[n](scales[k], glob)  # [B, C, L_k]
+            for k, n in self._fus_index.items()
+        }
         expanded = fused[self._first_global]
         for i in range(self.depth - 2, -1, -1):
             expanded = self.last_layer[i](fused[i], expanded)  # [B, C, L_i]
@@ -264,9 +282,18 @@ class S4M(ModelArgsMixin, nn.Module):
     torch.Size([3, 1001, 2])
     """
 
-    def __init__(self, num_spks=2, sample_rate=8000, enc_kernel_ms=4, out_channels=128,
-                 in_channels=512, num_blocks=16, upsampling_depth=4, d_state=16,
-                 decoder_s4=False):
+    def __init__(
+        self,
+        num_spks=2,
+        sample_rate=8000,
+        enc_kernel_ms=4,
+        out_channels=128,
+        in_channels=512,
+        num_blocks=16,
+        upsampling_depth=4,
+        d_state=16,
+        decoder_s4=False,
+    ):
         super().__init__()
         K = int(enc_kernel_ms * sample_rate // 1000)
         if K < 4:
@@ -279,10 +306,12 @@ class S4M(ModelArgsMixin, nn.Module):
         self.bottleneck = nn.Conv1d(N, out_channels, 1)
         self.block = S4MBlock(out_channels, in_channels, upsampling_depth, d_state, decoder_s4)
         self.concat_block = nn.Sequential(
-            nn.Conv1d(out_channels, out_channels, 1, groups=out_channels), nn.PReLU())
+            nn.Conv1d(out_channels, out_channels, 1, groups=out_channels), nn.PReLU()
+        )
         self.mask_net = nn.Sequential(nn.PReLU(), nn.Conv1d(out_channels, num_spks * N, 1))
-        self.decoder = nn.ConvTranspose1d(num_spks * N, num_spks, K, stride=K // 4,
-                                          padding=K // 2, bias=False)
+        self.decoder = nn.ConvTranspose1d(
+            num_spks * N, num_spks, K, stride=K // 4, padding=K // 2, bias=False
+        )
         nn.init.xavier_uniform_(self.encoder.weight)
         nn.init.xavier_uniform_(self.decoder.weight)
 

@@ -202,9 +202,6 @@ class SepMamba(ModelArgsMixin, nn.Module):
         ``"relu"``, ``"silu"``, ``"mish"`` or ``"prelu"``.
     d_state, d_conv, expand : int
         Mamba state size, depthwise-conv kernel and expansion.
-    ssm_backend : str
-        Selective-scan backend: ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or
-        ``"cuda"``.
     output : str
         ``"mapping"`` (the paper's): the last transposed convolution emits
         the sources. ``"mask"`` (not in the paper; a Conv-TasNet-style
@@ -248,7 +245,6 @@ class SepMamba(ModelArgsMixin, nn.Module):
         d_state=16,
         d_conv=4,
         expand=2,
-        ssm_backend="auto",
         output="mapping",
     ):
         super().__init__()
@@ -262,9 +258,7 @@ class SepMamba(ModelArgsMixin, nn.Module):
             raise ValueError(f"num_levels must be >= 1, got {num_levels}.")
         self.num_spks, self.causal = num_spks, causal
         self.kernel_size, self.stride, self.num_levels = kernel_size, stride, num_levels
-        mamba_kwargs = dict(
-            d_state=d_state, d_conv=d_conv, expand=expand, ssm_backend=ssm_backend
-        )
+        mamba_kwargs = dict(d_state=d_state, d_conv=d_conv, expand=expand)
         widths = [dim * 2**i for i in range(num_levels)]
 
         def layer(c):
@@ -285,9 +279,7 @@ class SepMamba(ModelArgsMixin, nn.Module):
         else:
             self.decoder = nn.ConvTranspose1d(dim, num_spks, kernel_size, stride=stride)
         self.min_length = min_input_length(kernel_size, stride, num_levels)
-        self.lookahead = (
-            causal_lookahead(kernel_size, stride, num_levels) if causal else None
-        )
+        self.lookahead = causal_lookahead(kernel_size, stride, num_levels) if causal else None
 
     def padded_length(self, length):
         """Length >= ``length`` that the U-Net maps onto itself.

@@ -71,8 +71,13 @@ def stft_analysis(wav, n_fft, hop_length):
             wav = F.pad(wav, (0, n_fft // 2 + 1 - wav.shape[-1]))
         window = torch.hann_window(n_fft, device=wav.device)
         return torch.stft(
-            wav, n_fft, hop_length, window=window, center=True,
-            pad_mode="reflect", return_complex=True,
+            wav,
+            n_fft,
+            hop_length,
+            window=window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
         )
 
 
@@ -106,9 +111,7 @@ def stft_synthesis(spec, n_fft, hop_length, length):
         spec = spec.to(torch.complex64)
         window = torch.hann_window(n_fft, device=spec.device)
         n_out = max(length, n_fft // 2 + 1)
-        wav = torch.istft(
-            spec, n_fft, hop_length, window=window, center=True, length=n_out
-        )
+        wav = torch.istft(spec, n_fft, hop_length, window=window, center=True, length=n_out)
         return wav[..., :length]
 
 
@@ -192,7 +195,7 @@ class SPMambaBlock(nn.Module):
     eps : float
         Epsilon of the LayerNorms.
     **mamba_kwargs
-        Passed to each Mamba (d_state, d_conv, expand, ssm_backend).
+        Passed to each Mamba (d_state, d_conv, expand).
 
     Example
     -------
@@ -202,27 +205,40 @@ class SPMambaBlock(nn.Module):
     """
 
     def __init__(
-        self, emb_dim, emb_ks, emb_hs, num_freqs, attn_heads=4,
-        attn_approx_qk_dim=512, eps=1e-5, **mamba_kwargs,
+        self,
+        emb_dim,
+        emb_ks,
+        emb_hs,
+        num_freqs,
+        attn_heads=4,
+        attn_approx_qk_dim=512,
+        eps=1e-5,
+        **mamba_kwargs,
     ):
         super().__init__()
         if emb_dim % attn_heads != 0:
-            raise ValueError(
-                f"emb_dim ({emb_dim}) must be divisible by attn_heads ({attn_heads})."
-            )
+            raise ValueError(f"emb_dim ({emb_dim}) must be divisible by attn_heads ({attn_heads}).")
         self.emb_dim, self.emb_ks, self.emb_hs = emb_dim, emb_ks, emb_hs
         self.attn_heads = attn_heads
         d_model = emb_dim * emb_ks
         # Names as in the original; RMSNorm eps is fixed at 1e-5 there.
         self.intra_norm = LayerNormalization4D(emb_dim, eps=eps)
         self.intra_mamba = BiMamba(
-            d_model, 1, merge="concat", norm="rmsnorm", norm_epsilon=1e-5,
+            d_model,
+            1,
+            merge="concat",
+            norm="rmsnorm",
+            norm_epsilon=1e-5,
             **mamba_kwargs,
         )
         self.intra_linear = nn.ConvTranspose1d(2 * d_model, emb_dim, emb_ks, emb_hs)
         self.inter_norm = LayerNormalization4D(emb_dim, eps=eps)
         self.inter_mamba = BiMamba(
-            d_model, 1, merge="concat", norm="rmsnorm", norm_epsilon=1e-5,
+            d_model,
+            1,
+            merge="concat",
+            norm="rmsnorm",
+            norm_epsilon=1e-5,
             **mamba_kwargs,
         )
         self.inter_linear = nn.ConvTranspose1d(2 * d_model, emb_dim, emb_ks, emb_hs)
@@ -319,9 +335,6 @@ class SPMamba(ModelArgsMixin, nn.Module):
         Mamba convolution kernel.
     expand : int
         Mamba inner-width factor.
-    ssm_backend : str
-        Selective-scan backend: ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or
-        ``"cuda"``.
 
     Example
     -------
@@ -333,9 +346,20 @@ class SPMamba(ModelArgsMixin, nn.Module):
     """
 
     def __init__(
-        self, num_spks=2, n_fft=256, hop_length=64, num_layers=6, emb_dim=16,
-        emb_ks=8, emb_hs=1, attn_heads=4, attn_approx_qk_dim=512, eps=1e-5,
-        d_state=16, d_conv=4, expand=4, ssm_backend="auto",
+        self,
+        num_spks=2,
+        n_fft=256,
+        hop_length=64,
+        num_layers=6,
+        emb_dim=16,
+        emb_ks=8,
+        emb_hs=1,
+        attn_heads=4,
+        attn_approx_qk_dim=512,
+        eps=1e-5,
+        d_state=16,
+        d_conv=4,
+        expand=4,
     ):
         super().__init__()
         self.num_spks, self.n_fft, self.hop_length = num_spks, n_fft, hop_length
@@ -348,9 +372,16 @@ class SPMamba(ModelArgsMixin, nn.Module):
         )
         self.blocks = nn.ModuleList(
             SPMambaBlock(
-                emb_dim, emb_ks, emb_hs, num_freqs, attn_heads=attn_heads,
-                attn_approx_qk_dim=attn_approx_qk_dim, eps=eps, d_state=d_state,
-                d_conv=d_conv, expand=expand, ssm_backend=ssm_backend,
+                emb_dim,
+                emb_ks,
+                emb_hs,
+                num_freqs,
+                attn_heads=attn_heads,
+                attn_approx_qk_dim=attn_approx_qk_dim,
+                eps=eps,
+                d_state=d_state,
+                d_conv=d_conv,
+                expand=expand,
             )
             for _ in range(num_layers)
         )

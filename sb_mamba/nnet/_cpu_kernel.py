@@ -36,7 +36,8 @@ from speechbrain.utils.logger import get_logger
 # torch.utils.cpp_extension warns "No CUDA runtime is found" when imported on a
 # CPU-only machine: true, and irrelevant to a CPU kernel, so it is dropped
 logging.getLogger("torch.utils.cpp_extension").addFilter(
-    lambda record: "No CUDA runtime is found" not in record.getMessage())
+    lambda record: "No CUDA runtime is found" not in record.getMessage()
+)
 
 logger = get_logger(__name__)
 
@@ -121,8 +122,9 @@ def build_folder(root, torch_build, prefix, sources_hash):
     """
     version = re.sub(r"[^\w.]+", "_", torch_build.split("@")[0])
     env = hashlib.sha256(f"{torch_build}\0{prefix}".encode()).hexdigest()[:10]
-    return os.path.join(root, "sb_mamba", f"{_EXT_NAME}-torch{version}-env{env}-src"
-                                          f"{sources_hash[:12]}")
+    return os.path.join(
+        root, "sb_mamba", f"{_EXT_NAME}-torch{version}-env{env}-src{sources_hash[:12]}"
+    )
 
 
 def _torch_build():
@@ -148,8 +150,12 @@ def _extensions_root():
 
 def _build_directory():
     """The build folder of this environment (see :func:`build_folder`)."""
-    return build_folder(_extensions_root(), _torch_build(), sys.prefix,
-                        source_hash(_SOURCES + _HEADERS, _CFLAGS + _LDFLAGS))
+    return build_folder(
+        _extensions_root(),
+        _torch_build(),
+        sys.prefix,
+        source_hash(_SOURCES + _HEADERS, _CFLAGS + _LDFLAGS),
+    )
 
 
 def _torch_lock_is_a_file():
@@ -178,8 +184,9 @@ def _build_lock(folder):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("Waiting for another process that compiles the sb_mamba CPU "
-                        "kernel in %s.", folder)
+            logger.info(
+                "Waiting for another process that compiles the sb_mamba CPU kernel in %s.", folder
+            )
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             baton = os.path.join(folder, "lock")
@@ -259,13 +266,16 @@ def _compile():
     library = os.path.join(build_dir, _EXT_NAME + ".so")
     with _build_lock(build_dir):
         cached = os.path.exists(library) and os.path.getmtime(library) >= max(
-            os.path.getmtime(f) for f in _SOURCES + _HEADERS)
+            os.path.getmtime(f) for f in _SOURCES + _HEADERS
+        )
         if cached:
             logger.debug("Loading the sb_mamba CPU kernel from %s.", build_dir)
         else:
             logger.info(
                 "Compiling the sb_mamba CPU kernel: once for this environment, it takes a "
-                "minute or two; later runs load it from %s.", build_dir)
+                "minute or two; later runs load it from %s.",
+                build_dir,
+            )
         return load(
             name=_EXT_NAME,
             sources=_SOURCES,
@@ -300,9 +310,7 @@ def load_cpu_kernel():
             return _state["module"]
         module = None
         if os.environ.get("SB_MAMBA_NO_CPU_KERNEL", "0") not in ("", "0"):
-            logger.info(
-                "SB_MAMBA_NO_CPU_KERNEL is set: using the pure PyTorch CPU scan"
-            )
+            logger.info("SB_MAMBA_NO_CPU_KERNEL is set: using the pure PyTorch CPU scan")
         else:
             try:
                 module = _compile()

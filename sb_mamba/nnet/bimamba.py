@@ -44,7 +44,11 @@ class MambaBlock(nn.Module):
     """
 
     def __init__(
-        self, d_model, norm="layernorm", norm_epsilon=1e-5, residual_in_fp32=False,
+        self,
+        d_model,
+        norm="layernorm",
+        norm_epsilon=1e-5,
+        residual_in_fp32=False,
         **mamba_kwargs,
     ):
         super().__init__()
@@ -86,7 +90,6 @@ class MambaBlock(nn.Module):
         if hidden.dtype == residual.dtype:  # out_proj's fresh output: add in place
             return hidden.add_(residual).to(x.dtype)
         return (residual + hidden).to(x.dtype)
-
 
     def forward_chunk(self, x, chunk_state):
         """The next frames of a stream: [B, L, N] -> [B, L, N] (see
@@ -133,8 +136,14 @@ class BiMamba(nn.Module):
     """
 
     def __init__(
-        self, d_model, num_blocks=1, bidirectional=True, merge="sum",
-        norm="layernorm", norm_epsilon=1e-5, **mamba_kwargs,
+        self,
+        d_model,
+        num_blocks=1,
+        bidirectional=True,
+        merge="sum",
+        norm="layernorm",
+        norm_epsilon=1e-5,
+        **mamba_kwargs,
     ):
         super().__init__()
         if merge not in ("sum", "concat"):
@@ -181,10 +190,11 @@ class BiMamba(nn.Module):
             One :meth:`Mamba.allocate_chunk_state` per forward block.
         """
         if self.bidirectional:
-            raise ValueError("A bidirectional BiMamba reads the future (its backward "
-                             "stack): it cannot stream; build it with bidirectional=False.")
-        return [blk.mixer.allocate_chunk_state(batch_size, device)
-                for blk in self.forward_blocks]
+            raise ValueError(
+                "A bidirectional BiMamba reads the future (its backward "
+                "stack): it cannot stream; build it with bidirectional=False."
+            )
+        return [blk.mixer.allocate_chunk_state(batch_size, device) for blk in self.forward_blocks]
 
     def forward_chunk(self, x, chunk_state):
         """The next frames of a stream, [B, L, N] -> [B, L, N] (causal only).

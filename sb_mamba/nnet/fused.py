@@ -96,9 +96,20 @@ def causal_depthwise_conv1d(x, weight, bias=None):
     return y if bias is None else y + bias[:, None]
 
 
-def mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                    dt_proj_bias, A_log, D, reverse=False, backend="torch", hist=None,
-                    state=None):
+def mamba_inner_ref(
+    xz,
+    conv_weight,
+    conv_bias,
+    x_proj_weight,
+    dt_proj_weight,
+    dt_proj_bias,
+    A_log,
+    D,
+    reverse=False,
+    backend="torch",
+    hist=None,
+    state=None,
+):
     """Mamba's inner path in PyTorch, [B, L, 2Di] -> [B, L, Di] (any device, dtype).
 
     Arguments
@@ -154,14 +165,34 @@ def mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
     """
     if hist is not None or state is not None:
         if reverse:
-            raise ValueError("mamba_inner_ref: hist/state continue a sequence forward in "
-                             "time; they do not go with reverse=True.")
-        return _inner_ref_continued(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                                    dt_proj_bias, A_log, D, backend, hist, state)
+            raise ValueError(
+                "mamba_inner_ref: hist/state continue a sequence forward in "
+                "time; they do not go with reverse=True."
+            )
+        return _inner_ref_continued(
+            xz,
+            conv_weight,
+            conv_bias,
+            x_proj_weight,
+            dt_proj_weight,
+            dt_proj_bias,
+            A_log,
+            D,
+            backend,
+            hist,
+            state,
+        )
     if reverse:
         return mamba_inner_ref(
-            xz.flip(1), conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-            dt_proj_bias, A_log, D, backend=backend,
+            xz.flip(1),
+            conv_weight,
+            conv_bias,
+            x_proj_weight,
+            dt_proj_weight,
+            dt_proj_bias,
+            A_log,
+            D,
+            backend=backend,
         ).flip(1)
     R, S = dt_proj_weight.shape[1], A_log.shape[1]
     x, z = xz.transpose(1, 2).chunk(2, dim=1)  # [B, Di, L] each
@@ -184,8 +215,19 @@ def mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
     return y.transpose(1, 2)
 
 
-def _inner_ref_continued(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                         dt_proj_bias, A_log, D, backend, hist, state):
+def _inner_ref_continued(
+    xz,
+    conv_weight,
+    conv_bias,
+    x_proj_weight,
+    dt_proj_weight,
+    dt_proj_bias,
+    A_log,
+    D,
+    backend,
+    hist,
+    state,
+):
     """:func:`mamba_inner_ref` continuing from ``hist`` / ``state`` (updated in place)."""
     R, S, K = dt_proj_weight.shape[1], A_log.shape[1], conv_weight.shape[-1]
     Bn, L, Di = xz.shape[0], xz.shape[1], xz.shape[2] // 2
@@ -195,15 +237,24 @@ def _inner_ref_continued(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weig
     xp = torch.cat([hist.transpose(1, 2).to(x.dtype), x], dim=-1)  # [B, Di, K - 1 + L]
     if K > 1:
         hist.copy_(xp[..., L:].transpose(1, 2))  # the last K - 1 inputs
-    x = F.silu(causal_depthwise_conv1d(xp, conv_weight, conv_bias)[..., K - 1:])
+    x = F.silu(causal_depthwise_conv1d(xp, conv_weight, conv_bias)[..., K - 1 :])
     x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # [B, L, R + 2S]
     dt, B, C = torch.split(x_dbl, [R, S, S], dim=-1)
     dt = (dt @ dt_proj_weight.t()).transpose(1, 2)  # [B, Di, L]
     x0 = None if state is None else state.transpose(1, 2)  # [B, Di, S]
     y, last = selective_scan(
-        x, dt, -torch.exp(A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
-        D.float(), z=z, delta_bias=dt_proj_bias.float(), delta_softplus=True,
-        return_last_state=True, backend=backend, initial_state=x0,
+        x,
+        dt,
+        -torch.exp(A_log.float()),
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        D.float(),
+        z=z,
+        delta_bias=dt_proj_bias.float(),
+        delta_softplus=True,
+        return_last_state=True,
+        backend=backend,
+        initial_state=x0,
     )  # [B, Di, L], [B, Di, S]
     if state is not None:
         state.copy_(last.transpose(1, 2))
@@ -214,13 +265,25 @@ def _kernels():
     """The compiled kernels, or a clear error when they were not built."""
     kernels = load_cpu_kernel()
     if kernels is None:
-        raise RuntimeError("The fused CPU kernels are not available (see "
-                           "load_cpu_kernel's warning): use mamba_inner_ref.")
+        raise RuntimeError(
+            "The fused CPU kernels are not available (see "
+            "load_cpu_kernel's warning): use mamba_inner_ref."
+        )
     return kernels
 
 
-def mamba_inner_cpu(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                    dt_proj_bias, A_log, D, reverse=False, inplace=False):
+def mamba_inner_cpu(
+    xz,
+    conv_weight,
+    conv_bias,
+    x_proj_weight,
+    dt_proj_weight,
+    dt_proj_bias,
+    A_log,
+    D,
+    reverse=False,
+    inplace=False,
+):
     """Mamba's inner path on the fused CPU kernels, [B, L, 2Di] -> [B, L, Di].
 
     Takes float32 CPU tensors and needs the compiled kernels
@@ -258,9 +321,7 @@ def mamba_inner_cpu(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
     torch.Size([2, 50, 32])
     """
     params = (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (xz,) + params
-    ):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xz,) + params):
         return _MambaInnerFn.apply(xz, *params, reverse)
     with torch.no_grad():
         return _inner_inference(xz, *params, reverse, inplace)
@@ -366,22 +427,36 @@ def mamba_mixer_inference_cpu(
             xz = F.linear(hidden_states[:, t0:t1], in_proj_weight, in_proj_bias)
             x, z = xz[..., :Di], xz[..., Di:]
             if K > 1:  # the segment's last K - 1 inputs, in processing order
-                last = x[:, : K - 1].flip(1) if reverse else x[:, -(K - 1):]
-                new_hist = torch.cat([hist, last], 1)[:, -(K - 1):].contiguous()
+                last = x[:, : K - 1].flip(1) if reverse else x[:, -(K - 1) :]
+                new_hist = torch.cat([hist, last], 1)[:, -(K - 1) :].contiguous()
             k.conv_silu_fwd(x, w2, conv_bias, x, reverse, hist)
             hist = new_hist if K > 1 else hist
             xdbl = F.linear(x, x_proj_weight).contiguous()
-            k.mamba_scan_fwd(x, z, xdbl, wdt, bdt, A, Dc, x, reverse,
-                             FUSED_CHECKPOINT_STEPS, False, state)
+            k.mamba_scan_fwd(
+                x, z, xdbl, wdt, bdt, A, Dc, x, reverse, FUSED_CHECKPOINT_STEPS, False, state
+            )
             out[:, t0:t1] = F.linear(x, out_proj_weight, out_proj_bias)
         if hist_out is not None and hist_out is not hist:
             hist_out.copy_(hist)
         return out
 
 
-def mamba_mixer_chunk_cpu(hidden_states, in_proj_weight, in_proj_bias, conv_weight2d,
-                          conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
-                          out_proj_weight, out_proj_bias, hist, state):
+def mamba_mixer_chunk_cpu(
+    hidden_states,
+    in_proj_weight,
+    in_proj_bias,
+    conv_weight2d,
+    conv_bias,
+    x_proj_weight,
+    dt_proj_weight,
+    dt_proj_bias,
+    A,
+    D,
+    out_proj_weight,
+    out_proj_bias,
+    hist,
+    state,
+):
     """The next frames of a stream through a Mamba mixer on the fused CPU kernels.
 
     :func:`mamba_mixer_inference_cpu` with ``hist`` and ``state``, lean for
@@ -437,19 +512,41 @@ def mamba_mixer_chunk_cpu(hidden_states, in_proj_weight, in_proj_bias, conv_weig
     xz = F.linear(hidden_states, in_proj_weight, in_proj_bias)  # [B, L, 2 Di]
     x, z = xz[..., :Di], xz[..., Di:]
     if K > 1:  # the next hist: the last K - 1 inputs, read before x is overwritten
-        last = x[:, L - K + 1:] if L >= K - 1 else torch.cat([hist, x], 1)[:, L:]
+        last = x[:, L - K + 1 :] if L >= K - 1 else torch.cat([hist, x], 1)[:, L:]
         last = last.clone(memory_format=torch.contiguous_format)
     k.conv_silu_fwd(x, conv_weight2d, conv_bias, x, False, hist)
     if K > 1:
         hist.copy_(last)
     xdbl = F.linear(x, x_proj_weight)  # [B, L, R + 2S]
-    k.mamba_scan_fwd(x, z, xdbl, dt_proj_weight, dt_proj_bias, A, D, x, False,
-                     FUSED_CHECKPOINT_STEPS, False, state)
+    k.mamba_scan_fwd(
+        x,
+        z,
+        xdbl,
+        dt_proj_weight,
+        dt_proj_bias,
+        A,
+        D,
+        x,
+        False,
+        FUSED_CHECKPOINT_STEPS,
+        False,
+        state,
+    )
     return F.linear(x, out_proj_weight, out_proj_bias)
 
 
-def _inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                     dt_proj_bias, A_log, D, reverse, inplace):
+def _inner_inference(
+    xz,
+    conv_weight,
+    conv_bias,
+    x_proj_weight,
+    dt_proj_weight,
+    dt_proj_bias,
+    A_log,
+    D,
+    reverse,
+    inplace,
+):
     """No-autograd path: the conv output and then y overwrite x in ``xz``."""
     k = _kernels()
     if not inplace or xz.stride(-1) != 1:
@@ -460,8 +557,17 @@ def _inner_inference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
     xdbl = F.linear(x, x_proj_weight).contiguous()  # [B, L, R + 2S]
     A = -torch.exp(A_log)
     k.mamba_scan_fwd(
-        x, z, xdbl, dt_proj_weight.contiguous(), dt_proj_bias.contiguous(), A,
-        D.contiguous(), x, reverse, FUSED_CHECKPOINT_STEPS, False,
+        x,
+        z,
+        xdbl,
+        dt_proj_weight.contiguous(),
+        dt_proj_bias.contiguous(),
+        A,
+        D.contiguous(),
+        x,
+        reverse,
+        FUSED_CHECKPOINT_STEPS,
+        False,
     )
     return x
 
@@ -470,8 +576,18 @@ class _MambaInnerFn(torch.autograd.Function):
     """Autograd wrapper of the fused kernels (see :func:`mamba_inner_cpu`)."""
 
     @staticmethod
-    def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                dt_proj_bias, A_log, D, reverse):
+    def forward(
+        ctx,
+        xz,
+        conv_weight,
+        conv_bias,
+        x_proj_weight,
+        dt_proj_weight,
+        dt_proj_bias,
+        A_log,
+        D,
+        reverse,
+    ):
         """Conv + SiLU, x_proj, fused scan; stores the scan's checkpoints."""
         k = _kernels()
         xz = xz.contiguous()
@@ -486,8 +602,7 @@ class _MambaInnerFn(torch.autograd.Function):
         ckpt = k.mamba_scan_fwd(
             xc, xz[..., Di:], xdbl, wdt, bdt, A, Dc, y, reverse, FUSED_CHECKPOINT_STEPS, True
         )
-        ctx.save_for_backward(xz, xc, xdbl, ckpt, w2, conv_bias, x_proj_weight, wdt,
-                              bdt, A, Dc)
+        ctx.save_for_backward(xz, xc, xdbl, ckpt, w2, conv_bias, x_proj_weight, wdt, bdt, A, Dc)
         ctx.reverse, ctx.conv_shape = reverse, conv_weight.shape
         return y
 
@@ -502,14 +617,33 @@ class _MambaInnerFn(torch.autograd.Function):
         gx, gz = gxz[..., :Di], gxz[..., Di:]
         gxdbl = torch.empty_like(xdbl)
         g_wdt, g_bdt, gA, gD = k.mamba_scan_bwd(
-            xc, xz[..., Di:], xdbl, wdt, bdt, A, Dc, ckpt, gy.contiguous(), gx, gz,
-            gxdbl, ctx.reverse, FUSED_CHECKPOINT_STEPS,
+            xc,
+            xz[..., Di:],
+            xdbl,
+            wdt,
+            bdt,
+            A,
+            Dc,
+            ckpt,
+            gy.contiguous(),
+            gx,
+            gz,
+            gxdbl,
+            ctx.reverse,
+            FUSED_CHECKPOINT_STEPS,
         )
         gxdbl2 = gxdbl.view(B * L, -1)
         gx.view(B * L, Di).addmm_(gxdbl2, wx)  # + the path through x_proj
         g_wx = gxdbl2.t() @ xc.view(B * L, Di)
         g_w, g_cb = k.conv_silu_bwd(xz[..., :Di], w2, cb, gx, ctx.reverse)
         return (
-            gxz, g_w.view(ctx.conv_shape), g_cb if cb is not None else None, g_wx,
-            g_wdt, g_bdt, gA * A, gD, None,
+            gxz,
+            g_w.view(ctx.conv_shape),
+            g_cb if cb is not None else None,
+            g_wx,
+            g_wdt,
+            g_bdt,
+            gA * A,
+            gD,
+            None,
         )

@@ -21,6 +21,11 @@ Each mixer picks its path from its backend (see :mod:`sb_mamba.nnet.scan`):
 
 The module chooses the path (:meth:`Mamba.uses_fused_path`) and passes its
 parameters to the ops of :mod:`sb_mamba.nnet.fused`, which take tensors only.
+The backend is a run option, not part of a model: :func:`set_ssm_backend`
+sets it once on every mixer of a model (recipes: ``--ssm_backend``;
+``MambaSeparator.from_hparams(run_opts={"ssm_backend": ...})``; the CLI:
+``--backend``), and :func:`~sb_mamba.nnet.scan.resolve_backend` decides what
+it means on a device once per process.
 
 Authors
 -------
@@ -40,6 +45,39 @@ from sb_mamba.nnet.fused import (
     mamba_mixer_inference_cpu,
 )
 from sb_mamba.nnet.scan import BACKENDS, mamba_ssm_ops, resolve_backend
+
+
+def set_ssm_backend(model, backend):
+    """Set the selective-scan backend of every Mamba mixer in ``model``.
+
+    The backend is a run option (like the device): set once per run on the
+    model, never stored with it (``get_model_args`` and model folders do not
+    carry it).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any module; its :class:`Mamba` submodules (itself included) are set.
+    backend : str
+        ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or ``"cuda"``.
+
+    Returns
+    -------
+    int
+        Number of mixers set (0 for a model without Mamba, e.g. S4M).
+
+    Example
+    -------
+    >>> net = torch.nn.Sequential(Mamba(8), Mamba(8))
+    >>> set_ssm_backend(net, "torch"), net[1].ssm_backend
+    (2, 'torch')
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown ssm_backend {backend!r}: choose one of {BACKENDS}.")
+    mixers = [m for m in model.modules() if isinstance(m, Mamba)]
+    for m in mixers:
+        m.ssm_backend = backend
+    return len(mixers)
 
 
 def init_mamba_weights(module, n_layer, n_residuals_per_layer=1):
@@ -104,7 +142,8 @@ class Mamba(nn.Module):
     bias : bool
         Bias of the input and output projections.
     ssm_backend : str
-        ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or ``"cuda"``.
+        ``"auto"``, ``"torch"``, ``"cpu_kernel"`` or ``"cuda"``; a run
+        option that :func:`set_ssm_backend` sets on a whole model.
 
     Example
     -------
@@ -130,9 +169,7 @@ class Mamba(nn.Module):
     ):
         super().__init__()
         if ssm_backend not in BACKENDS:
-            raise ValueError(
-                f"Unknown ssm_backend {ssm_backend!r}: choose one of {BACKENDS}."
-            )
+            raise ValueError(f"Unknown ssm_backend {ssm_backend!r}: choose one of {BACKENDS}.")
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
@@ -147,17 +184,14 @@ class Mamba(nn.Module):
             padding=d_conv - 1,
             bias=conv_bias,
         )
-        self.x_proj = nn.Linear(
-            self.d_inner, self.dt_rank + 2 * d_state, bias=False
-        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
 
         # Step-size init (mamba-ssm): dt ~ logU[dt_min, dt_max], bias = softplus^-1.
         dt_init_std = self.dt_rank**-0.5 * dt_scale
         nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
         dt = torch.exp(
-            torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min))
-            + math.log(dt_min)
+            torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         ).clamp(min=dt_init_floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
@@ -226,22 +260,32 @@ class Mamba(nn.Module):
         ops = mamba_ssm_ops()
         batch, seqlen, _ = hidden_states.shape
         # xz laid out (B, 2 Di, L) with unit stride in time, as mamba-ssm builds it
-        xz = (self.in_proj.weight @ hidden_states.reshape(-1, self.d_model).t())
+        xz = self.in_proj.weight @ hidden_states.reshape(-1, self.d_model).t()
         xz = xz.view(-1, batch, seqlen).transpose(0, 1)  # [B, 2*Di, L]
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(dtype=xz.dtype)[:, None]
         A = -torch.exp(self.A_log.float())  # [Di, S]
         if ops["mamba_inner_fn"] is not None and ops["causal_conv1d_fn"] is not None:
             return ops["mamba_inner_fn"](
-                xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None,
-                None, self.D.float(), delta_bias=self.dt_proj.bias.float(),
+                xz,
+                self.conv1d.weight,
+                self.conv1d.bias,
+                self.x_proj.weight,
+                self.dt_proj.weight,
+                self.out_proj.weight,
+                self.out_proj.bias,
+                A,
+                None,
+                None,
+                self.D.float(),
+                delta_bias=self.dt_proj.bias.float(),
                 delta_softplus=True,
             )  # [B, L, N]
         x, z = xz.chunk(2, dim=1)  # [B, Di, L] each
         if ops["causal_conv1d_fn"] is not None:
-            x = ops["causal_conv1d_fn"](x=x, weight=self.conv1d.weight.squeeze(1),
-                                        bias=self.conv1d.bias, activation="silu")
+            x = ops["causal_conv1d_fn"](
+                x=x, weight=self.conv1d.weight.squeeze(1), bias=self.conv1d.bias, activation="silu"
+            )
         else:
             x = F.silu(self.conv1d(x)[..., :seqlen])
         x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * seqlen, -1))  # [(B L), R + 2S]
@@ -249,15 +293,30 @@ class Mamba(nn.Module):
         dt = (self.dt_proj.weight @ dt.t()).view(-1, batch, seqlen).transpose(0, 1)
         B = B.view(batch, seqlen, -1).transpose(1, 2).contiguous()  # [B, S, L]
         C = C.view(batch, seqlen, -1).transpose(1, 2).contiguous()
-        y = ops["selective_scan_fn"](x, dt, A, B, C, self.D.float(), z=z,
-                                     delta_bias=self.dt_proj.bias.float(),
-                                     delta_softplus=True)  # [B, Di, L]
+        y = ops["selective_scan_fn"](
+            x,
+            dt,
+            A,
+            B,
+            C,
+            self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+        )  # [B, Di, L]
         return self.out_proj(y.transpose(1, 2))
 
     def _inner_params(self):
         """The tensors of the inner path, in the order the ops take them."""
-        return (self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
+        return (
+            self.conv1d.weight,
+            self.conv1d.bias,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            self.dt_proj.bias,
+            self.A_log,
+            self.D,
+        )
 
     def _forward_fused(self, hidden_states, reverse):
         """The fused CPU kernels: with autograd on the inner path, else the whole mixer."""
@@ -268,8 +327,13 @@ class Mamba(nn.Module):
             y = mamba_inner_cpu(xz, *self._inner_params(), reverse=reverse, inplace=True)
             return self.out_proj(y)  # [B, L, N]
         return mamba_mixer_inference_cpu(
-            hidden_states, self.in_proj.weight, self.in_proj.bias, *self._inner_params(),
-            self.out_proj.weight, self.out_proj.bias, reverse=reverse,
+            hidden_states,
+            self.in_proj.weight,
+            self.in_proj.bias,
+            *self._inner_params(),
+            self.out_proj.weight,
+            self.out_proj.bias,
+            reverse=reverse,
         )  # [B, L, N]
 
     def _forward_ref(self, hidden_states, reverse):
@@ -299,16 +363,29 @@ class Mamba(nn.Module):
             kernels' layout, taken now (allocate again after changing them).
         """
         device = device or self.in_proj.weight.device
-        state = {"hist": torch.zeros(batch_size, self.d_conv - 1, self.d_inner, device=device),
-                 "ssm": torch.zeros(batch_size, self.d_state, self.d_inner, device=device),
-                 "kernel": None}
+        state = {
+            "hist": torch.zeros(batch_size, self.d_conv - 1, self.d_inner, device=device),
+            "ssm": torch.zeros(batch_size, self.d_state, self.d_inner, device=device),
+            "kernel": None,
+        }
         if self.uses_fused_path(state["ssm"]):
             with torch.no_grad():
-                w = [t if t is None else t.detach().contiguous() for t in (
-                    self.in_proj.weight, self.in_proj.bias,
-                    self.conv1d.weight.reshape(self.d_inner, -1), self.conv1d.bias,
-                    self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-                    -torch.exp(self.A_log), self.D, self.out_proj.weight, self.out_proj.bias)]
+                w = [
+                    t if t is None else t.detach().contiguous()
+                    for t in (
+                        self.in_proj.weight,
+                        self.in_proj.bias,
+                        self.conv1d.weight.reshape(self.d_inner, -1),
+                        self.conv1d.bias,
+                        self.x_proj.weight,
+                        self.dt_proj.weight,
+                        self.dt_proj.bias,
+                        -torch.exp(self.A_log),
+                        self.D,
+                        self.out_proj.weight,
+                        self.out_proj.bias,
+                    )
+                ]
             state["kernel"] = tuple(w)
         return state
 
@@ -346,14 +423,18 @@ class Mamba(nn.Module):
         torch.Size([2, 30, 8])
         """
         hist, ssm, kernel = chunk_state["hist"], chunk_state["ssm"], chunk_state["kernel"]
-        if (kernel is not None and hidden_states.dtype == torch.float32
-                and not torch.is_grad_enabled()):
+        if (
+            kernel is not None
+            and hidden_states.dtype == torch.float32
+            and not torch.is_grad_enabled()
+        ):
             return mamba_mixer_chunk_cpu(hidden_states, *kernel, hist, ssm)  # [B, L, N]
         if resolve_backend(self.ssm_backend, hidden_states.device) == "cuda":
             return self._chunk_by_steps(hidden_states, hist, ssm)
         xz = self.in_proj(hidden_states)  # [B, L, 2 * Di]
-        y = mamba_inner_ref(xz, *self._inner_params(), backend=self.ssm_backend,
-                            hist=hist, state=ssm)
+        y = mamba_inner_ref(
+            xz, *self._inner_params(), backend=self.ssm_backend, hist=hist, state=ssm
+        )
         return self.out_proj(y)  # [B, L, N]
 
     def _chunk_by_steps(self, hidden_states, hist, ssm):
@@ -361,8 +442,10 @@ class Mamba(nn.Module):
         dtype = self.in_proj.weight.dtype
         conv_state = F.pad(hist.transpose(1, 2), (1, 0)).to(dtype).contiguous()
         ssm_state = ssm.transpose(1, 2).contiguous()  # [B, Di, S]
-        out = [self.step(hidden_states[:, t:t + 1], conv_state, ssm_state)[0]
-               for t in range(hidden_states.shape[1])]
+        out = [
+            self.step(hidden_states[:, t : t + 1], conv_state, ssm_state)[0]
+            for t in range(hidden_states.shape[1])
+        ]
         hist.copy_(conv_state[..., 1:].transpose(1, 2))
         ssm.copy_(ssm_state.transpose(1, 2))
         return torch.cat(out, dim=1)  # [B, L, N]
@@ -388,9 +471,7 @@ class Mamba(nn.Module):
         """
         device = device or self.in_proj.weight.device
         dtype = dtype or self.in_proj.weight.dtype
-        conv_state = torch.zeros(
-            batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype
-        )
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
         ssm_state = torch.zeros(
             batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32
         )
@@ -430,8 +511,9 @@ class Mamba(nn.Module):
         cuda = resolve_backend(self.ssm_backend, hidden_states.device) == "cuda"
         ops = mamba_ssm_ops() if cuda else {}
         if ops.get("causal_conv1d_update") is not None:
-            x = ops["causal_conv1d_update"](x, conv_state, self.conv1d.weight.squeeze(1),
-                                            self.conv1d.bias, "silu")
+            x = ops["causal_conv1d_update"](
+                x, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, "silu"
+            )
         else:
             conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
             conv_state[:, :, -1] = x
@@ -439,14 +521,20 @@ class Mamba(nn.Module):
             if self.conv1d.bias is not None:
                 x = x + self.conv1d.bias
             x = F.silu(x)
-        dt, B, C = torch.split(
-            self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1
-        )
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         A = -torch.exp(self.A_log.float())  # [Di, S]
         if ops.get("selective_state_update") is not None:
             y = ops["selective_state_update"](
-                ssm_state, x, F.linear(dt, self.dt_proj.weight), A, B, C, self.D, z=z,
-                dt_bias=self.dt_proj.bias, dt_softplus=True,
+                ssm_state,
+                x,
+                F.linear(dt, self.dt_proj.weight),
+                A,
+                B,
+                C,
+                self.D,
+                z=z,
+                dt_bias=self.dt_proj.bias,
+                dt_softplus=True,
             )  # [B, Di]
         else:
             dt = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias)

@@ -17,9 +17,18 @@ import torch.nn.functional as F
 
 from sb_mamba.nnet.s4_kernel import S4Kernel
 
-_ACTIVATIONS = {None: nn.Identity, "id": nn.Identity, "identity": nn.Identity,
-                "linear": nn.Identity, "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU,
-                "swish": nn.SiLU, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
+_ACTIVATIONS = {
+    None: nn.Identity,
+    "id": nn.Identity,
+    "identity": nn.Identity,
+    "linear": nn.Identity,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "swish": nn.SiLU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+}
 
 
 def _activation(name, dim=-1):
@@ -87,26 +96,60 @@ class S4(nn.Module):
     torch.Size([2, 16, 50])
     """
 
-    def __init__(self, d_model, d_state=64, l_max=None, channels=1, bidirectional=False,
-                 activation="gelu", postact="glu", dropout=0.0, tie_dropout=False,
-                 transposed=True, mode="nplr", measure=None, rank=1, dt_min=0.001,
-                 dt_max=0.1, lr=None, n_ssm=None, **kernel_args):
+    def __init__(
+        self,
+        d_model,
+        d_state=64,
+        l_max=None,
+        channels=1,
+        bidirectional=False,
+        activation="gelu",
+        postact="glu",
+        dropout=0.0,
+        tie_dropout=False,
+        transposed=True,
+        mode="nplr",
+        measure=None,
+        rank=1,
+        dt_min=0.001,
+        dt_max=0.1,
+        lr=None,
+        n_ssm=None,
+        **kernel_args,
+    ):
         super().__init__()
         self.d_model = self.H = d_model
         self.N, self.L, self.channels = d_state, l_max, channels
         self.bidirectional, self.transposed = bidirectional, transposed
         self.D = nn.Parameter(torch.randn(channels, d_model))
-        self.kernel = S4Kernel(d_model, N=d_state, L=l_max, measure=measure, rank=rank,
-                               channels=channels * (2 if bidirectional else 1), dt_min=dt_min,
-                               dt_max=dt_max, lr=lr, mode=mode, n_ssm=n_ssm, **kernel_args)
+        self.kernel = S4Kernel(
+            d_model,
+            N=d_state,
+            L=l_max,
+            measure=measure,
+            rank=rank,
+            channels=channels * (2 if bidirectional else 1),
+            dt_min=dt_min,
+            dt_max=dt_max,
+            lr=lr,
+            mode=mode,
+            n_ssm=n_ssm,
+            **kernel_args,
+        )
         self.activation = _activation(activation)
         drop = nn.Dropout1d if tie_dropout else nn.Dropout
         self.dropout = drop(dropout) if dropout > 0.0 else nn.Identity()
         d_out = d_model * (2 if postact == "glu" else 1)
-        linear = (nn.Conv1d(d_model * channels, d_out, 1) if transposed
-                  else nn.Linear(d_model * channels, d_out))
-        self.output_linear = linear if postact is None else nn.Sequential(
-            linear, _activation(postact, dim=-2 if transposed else -1))
+        linear = (
+            nn.Conv1d(d_model * channels, d_out, 1)
+            if transposed
+            else nn.Linear(d_model * channels, d_out)
+        )
+        self.output_linear = (
+            linear
+            if postact is None
+            else nn.Sequential(linear, _activation(postact, dim=-2 if transposed else -1))
+        )
 
     @property
     def d_output(self):

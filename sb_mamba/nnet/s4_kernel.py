@@ -110,8 +110,11 @@ class _SSMModule(nn.Module):
 
     def _real_init(self, w_real, tol):
         x = -torch.clamp(w_real, max=-tol)
-        return {"exp": torch.log, "none": lambda x: x,
-                "softplus": lambda x: torch.log(torch.expm1(x))}[self.real_type](x)
+        return {
+            "exp": torch.log,
+            "none": lambda x: x,
+            "softplus": lambda x: torch.log(torch.expm1(x)),
+        }[self.real_type](x)
 
     def _real(self, x):
         return -{"exp": torch.exp, "none": lambda x: x, "softplus": F.softplus}[self.real_type](x)
@@ -181,8 +184,9 @@ class SSMKernelNPLR(_SSMModule):
     torch.Size([2, 4, 100])
     """
 
-    def __init__(self, w, P, B, C, log_dt, l_max=None, lr=None, real_type="exp",
-                 real_tolerance=1e-3):
+    def __init__(
+        self, w, P, B, C, log_dt, l_max=None, lr=None, real_type="exp", real_tolerance=1e-3
+    ):
         super().__init__()
         self.real_type, self.l_max = real_type, l_max
         self.H, self.N, self.rank = log_dt.size(-1), w.size(-1), P.size(0)
@@ -335,8 +339,21 @@ class S4Kernel(nn.Module):
     torch.Size([2, 8, 30])
     """
 
-    def __init__(self, H, N=64, L=None, measure=None, rank=1, channels=1, dt_min=0.001,
-                 dt_max=0.1, lr=None, mode="nplr", n_ssm=None, **kernel_args):
+    def __init__(
+        self,
+        H,
+        N=64,
+        L=None,
+        measure=None,
+        rank=1,
+        channels=1,
+        dt_min=0.001,
+        dt_max=0.1,
+        lr=None,
+        mode="nplr",
+        n_ssm=None,
+        **kernel_args,
+    ):
         super().__init__()
         n_ssm = n_ssm or H
         if H % n_ssm:

@@ -103,13 +103,16 @@ def cuda_scan_works(device="cuda"):
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         u = torch.randn(1, 4, 8, device=device)
-        y = selective_scan_fn(u, torch.rand_like(u), -torch.rand(4, 2, device=device),
-                              torch.randn(1, 2, 8, device=device),
-                              torch.randn(1, 2, 8, device=device))
+        y = selective_scan_fn(
+            u,
+            torch.rand_like(u),
+            -torch.rand(4, 2, device=device),
+            torch.randn(1, 2, 8, device=device),
+            torch.randn(1, 2, 8, device=device),
+        )
         return bool(torch.isfinite(y).all())
     except Exception as e:  # a missing or failing kernel
-        logger.warning("mamba-ssm imports but its selective scan fails on %s: %s",
-                       device, e)
+        logger.warning("mamba-ssm imports but its selective scan fails on %s: %s", device, e)
         return False
 
 
@@ -135,8 +138,10 @@ OPS = {  # name -> (module, attribute): what mamba_ssm.Mamba runs on a GPU
     "selective_scan_fn": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
     "causal_conv1d_fn": ("causal_conv1d", "causal_conv1d_fn"),
     "causal_conv1d_update": ("causal_conv1d", "causal_conv1d_update"),
-    "selective_state_update": ("mamba_ssm.ops.triton.selective_state_update",
-                               "selective_state_update"),
+    "selective_state_update": (
+        "mamba_ssm.ops.triton.selective_state_update",
+        "selective_state_update",
+    ),
 }
 
 
@@ -164,9 +169,12 @@ def mamba_ssm_ops():
             found[name] = getattr(importlib.import_module(module), attr)
         except Exception:  # ImportError, or a broken compiled extension
             found[name] = None
-            _warn_once(f"ops-{name}", f"{module}.{attr} is not available: sb_mamba's "
-                       "cuda backend runs without it (slower); install "
-                       "`pip install 'sb_mamba[cuda]'` for the fused path.")
+            _warn_once(
+                f"ops-{name}",
+                f"{module}.{attr} is not available: sb_mamba's "
+                "cuda backend runs without it (slower); install "
+                "`pip install 'sb_mamba[cuda]'` for the fused path.",
+            )
     _ops.update(found)
     return _ops
 
@@ -200,13 +208,18 @@ def resolve_backend(backend, device):
     if backend not in BACKENDS:
         raise ValueError(
             f"Unknown ssm_backend {backend!r}: choose one of {BACKENDS} "
-            "(set it in the YAML as `ssm_backend: auto`)."
+            "(a run option: --ssm_backend in recipes, --backend in sb-mamba)."
         )
     key = (backend, torch.device(device).type)
     impl = _resolved.get(key)
     if impl is None:
         with _resolve_lock:
-            impl = _resolved.get(key) or _resolve(backend, torch.device(device))
+            impl = _resolved.get(key)
+            if impl is None:
+                impl = _resolve(backend, torch.device(device))
+                logger.info(
+                    "ssm_backend %s -> %s on %s (decided once per process).", backend, impl, key[1]
+                )
             _resolved[key] = impl
     return impl
 
@@ -340,8 +353,7 @@ def selective_scan(
     """
     if A.is_complex():
         raise ValueError(
-            "sb_mamba's selective_scan supports real A only (as Mamba uses); "
-            "got a complex A."
+            "sb_mamba's selective_scan supports real A only (as Mamba uses); got a complex A."
         )
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(
@@ -371,8 +383,10 @@ def selective_scan(
     x0 = None
     if initial_state is not None:
         if initial_state.shape != (batch, dim, A.shape[1]):
-            raise ValueError(f"initial_state must be (batch, dim, N) = {(batch, dim, A.shape[1])}, "
-                             f"got {tuple(initial_state.shape)}.")
+            raise ValueError(
+                f"initial_state must be (batch, dim, N) = {(batch, dim, A.shape[1])}, "
+                f"got {tuple(initial_state.shape)}."
+            )
         x0 = initial_state.detach().float().contiguous()
     y, last_state = _ScanCore.apply(u32, delta32, A.float(), Bt, Ct, impl, x0)
     if D is not None:
@@ -429,8 +443,7 @@ class _ScanCore(torch.autograd.Function):
         u, delta, A, Bt, Ct, saved, *x0 = ctx.saved_tensors
         gy = gy.float().contiguous()
         if ctx.impl == "cpu_kernel":
-            grads = _cpu_kernel().scan_bwd(u, delta, A, Bt, Ct, saved, gy,
-                                           SCAN_CHECKPOINT_STEPS)
+            grads = _cpu_kernel().scan_bwd(u, delta, A, Bt, Ct, saved, gy, SCAN_CHECKPOINT_STEPS)
         else:
             grads = scan_bwd_torch(u, delta, A, Bt, Ct, saved, gy, *x0)
         return (*grads, None, None)

@@ -27,7 +27,6 @@ import torch
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
-from tqdm import tqdm
 
 from sb_mamba.audio import write_audio
 from sb_mamba.errors import UserError
@@ -39,13 +38,30 @@ CPU_META = "epoch_cpu_minutes"  # intra-epoch checkpoints: the epoch's CPU time 
 # The recipe-YAML keys this Brain reads (besides SpeechBrain's run options):
 # recipe.load_hparams refuses a top-level key that nothing reads (a misspelt
 # optional key); tests/recipes/test_yaml_consistency.py keeps this honest.
-HPARAMS_READ = frozenset({
-    "dataloader_opts", "epoch_counter", "limit_training_signal_len", "loss",
-    "loss_upper_lim", "lr_scheduler", "max_shift", "min_shift", "n_audio_to_save",
-    "num_spks", "output_folder", "sample_rate", "segment_curriculum", "speed_perturb",
-    "threshold", "threshold_byloss", "train_logger", "training_signal_len",
-    "use_rand_shift", "use_speedperturb",
-})  # fmt: skip
+HPARAMS_READ = frozenset(
+    {
+        "dataloader_opts",
+        "epoch_counter",
+        "limit_training_signal_len",
+        "loss",
+        "loss_upper_lim",
+        "lr_scheduler",
+        "max_shift",
+        "min_shift",
+        "n_audio_to_save",
+        "num_spks",
+        "output_folder",
+        "sample_rate",
+        "segment_curriculum",
+        "speed_perturb",
+        "threshold",
+        "threshold_byloss",
+        "train_logger",
+        "training_signal_len",
+        "use_rand_shift",
+        "use_speedperturb",
+    }
+)
 
 
 class Separation(sb.Brain):
@@ -157,9 +173,7 @@ class Separation(sb.Brain):
             finite = bool(torch.isfinite(loss).all())
             if getattr(hp, "threshold_byloss", False):
                 loss = loss[loss > hp.threshold]  # drop examples already solved
-            local_ok = (
-                finite and loss.numel() > 0 and loss.mean().item() < hp.loss_upper_lim
-            )
+            local_ok = finite and loss.numel() > 0 and loss.mean().item() < hp.loss_upper_lim
             # DDP: a rank that skips backward() while the others run it would
             # hang them in the gradient all-reduce, so all ranks skip together
             if self._all_ranks_agree(local_ok):
@@ -173,11 +187,16 @@ class Separation(sb.Brain):
                     logger.warning(
                         "Skipped a batch with an unusable loss (%s: non-finite or "
                         "above loss_upper_lim=%s); %d skipped so far.",
-                        loss.detach().cpu().tolist(), hp.loss_upper_lim, self.skipped_steps,
+                        loss.detach().cpu().tolist(),
+                        hp.loss_upper_lim,
+                        self.skipped_steps,
                     )
                 elif local_ok:
-                    logger.info("Skipped a step with the other DDP ranks (one had an "
-                                "unusable loss); %d skipped so far.", self.skipped_steps)
+                    logger.info(
+                        "Skipped a step with the other DDP ranks (one had an "
+                        "unusable loss); %d skipped so far.",
+                        self.skipped_steps,
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = torch.zeros((), device=self.device)
         self.on_fit_batch_end(batch, est, loss, should_step)
@@ -210,19 +229,19 @@ class Separation(sb.Brain):
         )
 
     def on_fit_start(self):
-        """Log the effective batch size and the SSM backend actually used."""
+        """Log where training starts and the effective batch size."""
         super().on_fit_start()
         if self.checkpointer is not None and self.step:  # resumed inside an epoch
             ckpt = self.checkpointer.find_checkpoint()
             self._cpu_carried = 60 * float((ckpt.meta if ckpt else {}).get(CPU_META, 0.0))
-        from sb_mamba.nnet.scan import resolve_backend
         from sb_mamba.training.cpu_load import warn_if_cores_busy
 
         counter = getattr(self.hparams, "epoch_counter", None)
         logger.info(
-            "Training starts after epoch %s, at step %d of that epoch "
-            "(optimizer step %d)%s.",
-            getattr(counter, "current", 0), self.step, self.optimizer_step,
+            "Training starts after epoch %s, at step %d of that epoch (optimizer step %d)%s.",
+            getattr(counter, "current", 0),
+            self.step,
+            self.optimizer_step,
             " - resumed from a checkpoint" if self.optimizer_step else "",
         )
         if str(self.device).startswith("cpu"):
@@ -233,35 +252,34 @@ class Separation(sb.Brain):
         logger.info(
             "Effective batch size: %d (batch_size %d x %d process(es) x "
             "grad_accumulation_factor %d).",
-            per_proc * world * self.grad_accumulation_factor, per_proc, world,
+            per_proc * world * self.grad_accumulation_factor,
+            per_proc,
+            world,
             self.grad_accumulation_factor,
         )
-        # the path each state-space mixer takes, as the modules choose it
-        backends = sorted({m.ssm_backend for m in self.modules.separator.modules()
-                           if isinstance(getattr(m, "ssm_backend", None), str)})
-        for backend in backends:
-            used = resolve_backend(backend, self.device)
-            logger.info("ssm_backend: %s -> %s on %s.", backend, used, self.device)
-            out = getattr(self.hparams, "output_folder", None)
-            if out and if_main_process():
-                with open(os.path.join(out, "env.log"), "a") as f:
-                    f.write(f"sb_mamba ssm_backend: {backend} -> {used} ({self.device})\n")
 
     # ------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
-        """-SI-SNR of the batch; also accumulates the SI-SNR improvement."""
+        """-SI-SNR of the batch; also accumulates the SI-SNR improvement.
+
+        In the TEST stage the same separation also gives the rows of
+        ``test_results.csv`` and the first ``n_audio_to_save`` examples as
+        audio (the test set is separated once).
+        """
         mix, targets, _ = self._signals(batch)
         with self.evaluation_ctx:
             est, targets = self.compute_forward(mix, targets, stage)
         loss = self.compute_objectives(est, targets, stage)  # [B]
         base = pit_si_snr_loss(targets, mix.unsqueeze(-1).expand_as(targets))
         self._sisnri.append((base - loss).detach().cpu())
+        if stage == sb.Stage.TEST:
+            self._add_test_rows(batch.id, mix, targets, est.float())
         return loss.mean().detach().cpu()
 
     def on_stage_start(self, stage, epoch=None):
         """Reset the SI-SNRi accumulator; tell dynamic mixing the epoch."""
-        self._sisnri = []
+        self._sisnri, self._rows = [], []
         # an epoch resumed from an intra-epoch checkpoint keeps the CPU time
         # spent in it before the kill (see _save_intra_epoch_ckpt)
         carried = getattr(self, "_cpu_carried", 0.0) if stage == sb.Stage.TRAIN else 0.0
@@ -273,8 +291,11 @@ class Separation(sb.Brain):
         if stage == sb.Stage.TRAIN:
             crop = self.curriculum_length(epoch)
             if crop != getattr(self, "_crop", None) and crop is not None:
-                logger.info("Epoch %s: training on %.2f s crops (segment_curriculum).",
-                            epoch, crop / self.hparams.sample_rate)
+                logger.info(
+                    "Epoch %s: training on %.2f s crops (segment_curriculum).",
+                    epoch,
+                    crop / self.hparams.sample_rate,
+                )
             self._crop = crop
 
     def curriculum_length(self, epoch):
@@ -295,7 +316,7 @@ class Separation(sb.Brain):
             raise UserError(
                 f"segment_curriculum must be a list of [first_epoch >= 1, seconds > 0] "
                 f"pairs, e.g. [[1, 0.5], [3, 1.0], [6, 2.0]]; got "
-                f"{getattr(self.hparams, 'segment_curriculum')!r}."
+                f"{self.hparams.segment_curriculum!r}."
             )
         seconds = [s for e, s in stages if epoch >= e]
         return int(seconds[-1] * self.hparams.sample_rate) if seconds else None
@@ -328,54 +349,51 @@ class Separation(sb.Brain):
                 self.checkpointer.save_and_keep_only(
                     meta={"si-snr": -stage_loss}, max_keys=["si-snr"]
                 )
-        elif stage == sb.Stage.TEST and hasattr(self.hparams, "train_logger"):
-            self.hparams.train_logger.log_stats(
-                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
-                test_stats=stats,
-            )
+        elif stage == sb.Stage.TEST:
+            if hasattr(self.hparams, "train_logger"):
+                self.hparams.train_logger.log_stats(
+                    stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                    test_stats=stats,
+                )
+            self.test_results = self._write_test_results()
 
     @torch.no_grad()
-    def save_results(self, test_data, csv_path=None):
-        """Write ``test_results.csv``: SI-SNR, SI-SNRi, SDR, SDRi per mixture.
+    def _add_test_rows(self, ids, mix, targets, est):
+        """Rows of ``test_results.csv`` for a test batch (batch size 1: no padding)."""
+        n_audio = getattr(self.hparams, "n_audio_to_save", 5)
+        for i, snt_id in enumerate(ids):
+            m, t, e = mix[i : i + 1], targets[i : i + 1], est[i : i + 1]  # [1, T], [1, T, S]
+            value, perm = pit_metric(t, e, si_snr)
+            mix_rep = m.unsqueeze(-1).expand_as(t)
+            base = pit_metric(t, mix_rep, si_snr)[0]
+            sdr_est, sdr_mix = sdr(t[0], e[0]).mean().item(), sdr(t[0], mix_rep[0]).mean().item()
+            self._rows.append(
+                {
+                    "snt_id": snt_id,
+                    "sdr": sdr_est,
+                    "sdr_i": sdr_est - sdr_mix,
+                    "si-snr": value.item(),
+                    "si-snr_i": (value - base).item(),
+                }
+            )
+            if len(self._rows) <= n_audio and if_main_process():
+                self._save_audio(snt_id, m[0], t[0], e[0, :, perm[0]])
 
-        Arguments
-        ---------
-        test_data : Dataset
-            The test set (evaluated with batch size 1, unaugmented).
-        csv_path : str, optional
-            Defaults to ``<output_folder>/test_results.csv``.
-
-        Returns
-        -------
-        dict
-            The averages (the ``avg`` row).
-        """
-        hp = self.hparams
-        csv_path = csv_path or os.path.join(hp.output_folder, "test_results.csv")
-        n_audio = getattr(hp, "n_audio_to_save", 5)
-        loader = sb.dataio.dataloader.make_dataloader(
-            test_data, batch_size=1, collate_fn=sb.dataio.batch.PaddedBatch
-        )
-        self.modules.eval()
+    def _write_test_results(self):
+        """Write ``<output_folder>/test_results.csv`` (SI-SNR, SI-SNRi, SDR, SDRi per
+        mixture and their average) from the test stage's rows; return the averages."""
+        rows = self._rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, rows)  # each rank's share of the set
+            seen, rows = set(), []
+            for r in (r for part in parts for r in part):
+                if r["snt_id"] not in seen:  # a padded sampler repeats some mixtures
+                    seen.add(r["snt_id"])
+                    rows.append(r)
         fields = ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
-        rows = []
-        for i, batch in enumerate(tqdm(loader, desc="test_results", dynamic_ncols=True)):
-            mix, targets, _ = self._signals(batch)
-            with self.evaluation_ctx:  # the numerics of evaluate_batch
-                est, targets = self.compute_forward(mix, targets, sb.Stage.TEST)
-            est = est.float()  # [1, T, S]
-            value, perm = pit_metric(targets, est, si_snr)
-            mix_rep = mix.unsqueeze(-1).expand_as(targets)
-            base = pit_metric(targets, mix_rep, si_snr)[0]
-            sdr_est = sdr(targets[0], est[0]).mean().item()
-            sdr_mix = sdr(targets[0], mix_rep[0]).mean().item()
-            rows.append({
-                "snt_id": batch.id[0], "sdr": sdr_est, "sdr_i": sdr_est - sdr_mix,
-                "si-snr": value.item(), "si-snr_i": (value - base).item(),
-            })
-            if i < n_audio and if_main_process():
-                self._save_audio(batch.id[0], mix[0], targets[0], est[0, :, perm[0]])
         avg = {k: sum(r[k] for r in rows) / max(len(rows), 1) for k in fields[1:]}
+        csv_path = os.path.join(self.hparams.output_folder, "test_results.csv")
         if if_main_process():
             with open(csv_path, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)
@@ -384,8 +402,13 @@ class Separation(sb.Brain):
                 writer.writerow({"snt_id": "avg", **avg})
         logger.info(
             "Test: SI-SNR %.2f dB, SI-SNRi %.2f dB, SDR %.2f dB, SDRi %.2f dB "
-            "over %d mixtures -> %s", avg["si-snr"], avg["si-snr_i"], avg["sdr"],
-            avg["sdr_i"], len(rows), csv_path,
+            "over %d mixtures -> %s",
+            avg["si-snr"],
+            avg["si-snr_i"],
+            avg["sdr"],
+            avg["sdr_i"],
+            len(rows),
+            csv_path,
         )
         return avg
 

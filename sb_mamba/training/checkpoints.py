@@ -162,8 +162,7 @@ def set_aside(folder, why):
     while target.exists():
         target, n = folder.with_name(f"{BROKEN_PREFIX}{name}+{n}"), n + 1
     os.replace(folder, target)
-    logger.warning("%s; moved aside to %s (kept for inspection: delete it when done).",
-                   why, target)
+    logger.warning("%s; moved aside to %s (kept for inspection: delete it when done).", why, target)
     return target
 
 
@@ -203,8 +202,13 @@ class KillSafeCheckpointer(Checkpointer):
     ['BROKEN+CKPT+']
     """
 
-    def save_checkpoint(self, meta={}, end_of_epoch=True, name=None,  # noqa: B006 (SpeechBrain's)
-                        verbosity=logging.INFO):  # fmt: skip
+    def save_checkpoint(
+        self,
+        meta={},  # noqa: B006 - SpeechBrain's signature, never mutated
+        end_of_epoch=True,
+        name=None,
+        verbosity=logging.INFO,
+    ):
         """Save a checkpoint into ``PARTIAL+<name>``, rename it to ``<name>`` once complete.
 
         Arguments and return value: those of SpeechBrain's
@@ -212,8 +216,11 @@ class KillSafeCheckpointer(Checkpointer):
         """
         final = partial = saved_meta = None
         if if_main_process():
-            final = (self._new_checkpoint_dirpath() if name is None
-                     else self._custom_checkpoint_dirpath(name))  # fmt: skip
+            final = (
+                self._new_checkpoint_dirpath()
+                if name is None
+                else self._custom_checkpoint_dirpath(name)
+            )
             partial = final.with_name(PARTIAL_PREFIX + final.name)
             if partial.exists():  # left by a save killed with this very name
                 shutil.rmtree(partial)
@@ -224,8 +231,10 @@ class KillSafeCheckpointer(Checkpointer):
         for key, obj in self.recoverables.items():
             hook = self.custom_save_hooks.get(key) or get_default_hook(obj, DEFAULT_SAVE_HOOKS)
             if hook is None:
-                raise RuntimeError(f"Don't know how to save {type(obj)}. Register a default "
-                                   "hook or add a custom hook for this object.")
+                raise RuntimeError(
+                    f"Don't know how to save {type(obj)}. Register a default "
+                    "hook or add a custom hook for this object."
+                )
             hook(obj, partial / f"{key}{PARAMFILE_EXT}")
         ddp_barrier()  # every process has written its part
 
@@ -254,21 +263,29 @@ class KillSafeCheckpointer(Checkpointer):
         good = [d for d in self._list_checkpoint_dirs() if _meta_ok(d)]
         return self._construct_checkpoint_objects(good)
 
-    def recover_if_possible(self, importance_key=None, max_key=None, min_key=None,
-                            ckpt_predicate=None):  # fmt: skip
+    def recover_if_possible(
+        self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None
+    ):
         """Recover from the checkpoint SpeechBrain would pick, after moving broken ones aside.
 
         The main process moves aside every ``PARTIAL+`` folder and, while
         the chosen checkpoint does not read, that checkpoint; then every
         process recovers as SpeechBrain does.
         """
-        run_on_main(self.set_aside_broken, kwargs=dict(
-            importance_key=importance_key, max_key=max_key, min_key=min_key,
-            ckpt_predicate=ckpt_predicate))  # fmt: skip
+        run_on_main(
+            self.set_aside_broken,
+            kwargs=dict(
+                importance_key=importance_key,
+                max_key=max_key,
+                min_key=min_key,
+                ckpt_predicate=ckpt_predicate,
+            ),
+        )
         return super().recover_if_possible(importance_key, max_key, min_key, ckpt_predicate)
 
-    def set_aside_broken(self, importance_key=None, max_key=None, min_key=None,
-                         ckpt_predicate=None):  # fmt: skip
+    def set_aside_broken(
+        self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None
+    ):
         """Move aside broken checkpoints until the one picked by these keys reads.
 
         Also moves aside ``PARTIAL+`` folders (saves cut by a kill) and
@@ -283,20 +300,27 @@ class KillSafeCheckpointer(Checkpointer):
         for folder in sorted(self.checkpoints_dir.glob(PARTIAL_PREFIX + "*")):
             found = broken_file(folder) if folder.is_dir() else None
             what = f"{found[0].name} is broken ({found[1]})" if found else "it is incomplete"
-            moved.append(set_aside(folder, f"Checkpoint {folder} was cut by a kill while "
-                                           f"it was written: {what}"))
+            moved.append(
+                set_aside(
+                    folder, f"Checkpoint {folder} was cut by a kill while it was written: {what}"
+                )
+            )
         for folder in self._list_checkpoint_dirs():
             if not _meta_ok(folder):
-                moved.append(set_aside(folder, f"Checkpoint {folder}: {METAFNAME} does "
-                                               "not read"))
+                moved.append(set_aside(folder, f"Checkpoint {folder}: {METAFNAME} does not read"))
         while True:
             chosen = self.find_checkpoint(importance_key, max_key, min_key, ckpt_predicate)
             found = None if chosen is None else self._broken(chosen)
             if found is None:
                 return moved
-            moved.append(set_aside(chosen.path, f"Checkpoint {chosen.path} is broken: "
-                                                f"{found[0].name} does not read ({found[1]}); "
-                                                "resuming from the next intact checkpoint"))
+            moved.append(
+                set_aside(
+                    chosen.path,
+                    f"Checkpoint {chosen.path} is broken: "
+                    f"{found[0].name} does not read ({found[1]}); "
+                    "resuming from the next intact checkpoint",
+                )
+            )
 
     def _broken(self, checkpoint):
         """(file, why) of a checkpoint that cannot be loaded, or None.
@@ -308,8 +332,9 @@ class KillSafeCheckpointer(Checkpointer):
         found = broken_file(checkpoint.path)
         if found is not None:
             return found
-        others = {k for c in self.list_checkpoints() if c.path != checkpoint.path
-                  for k in c.paramfiles}  # fmt: skip
+        others = {
+            k for c in self.list_checkpoints() if c.path != checkpoint.path for k in c.paramfiles
+        }
         for key in self.recoverables:
             if key in others and key not in checkpoint.paramfiles and "dataloader" not in key:
                 return checkpoint.path / f"{key}{PARAMFILE_EXT}", "missing"

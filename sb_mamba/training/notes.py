@@ -38,8 +38,17 @@ import yaml
 
 from sb_mamba.modelfolder import read_test_results
 
-FIELDS = ["run", "epoch", "steps", "cpu_hours", "cpu_estimated", "lr", "batch_size",
-          "segment_seconds", "valid_si_snri"]
+FIELDS = [
+    "run",
+    "epoch",
+    "steps",
+    "cpu_hours",
+    "cpu_estimated",
+    "lr",
+    "batch_size",
+    "segment_seconds",
+    "valid_si_snri",
+]
 
 
 def run_rows(run, history, label=None):
@@ -48,7 +57,7 @@ def run_rows(run, history, label=None):
     steps_per_epoch = -(-int(hp["epoch_size"]) // int(hp["batch_size"]))
     steps = int(history[-1]["steps"]) if history else 0
     hours = float(history[-1]["cpu_hours"]) if history else 0.0
-    label = label or "run %d" % (len({r["run"] for r in history}) + 1)
+    label = label or f"run {len({r['run'] for r in history}) + 1}"
     rows = []
     for line in (run / "train_log.txt").read_text().splitlines():
         epoch = re.search(r"epoch: (\d+)", line)
@@ -58,12 +67,19 @@ def run_rows(run, history, label=None):
         cpu = re.search(r"train cpu-minutes: ([-+.\de]+)", line)
         steps += steps_per_epoch
         hours += float(cpu.group(1)) / 60 if cpu else 0.0
-        rows.append(dict(
-            run=label, epoch=int(epoch.group(1)), steps=steps, cpu_hours=round(hours, 6),
-            cpu_estimated=0 if cpu else 1, lr=float(re.search(r"lr: ([-+.\de]+)", line).group(1)),
-            batch_size=hp["batch_size"], segment_seconds=hp["segment_seconds"],
-            valid_si_snri=float(sisnri.group(1)),
-        ))
+        rows.append(
+            dict(
+                run=label,
+                epoch=int(epoch.group(1)),
+                steps=steps,
+                cpu_hours=round(hours, 6),
+                cpu_estimated=0 if cpu else 1,
+                lr=float(re.search(r"lr: ([-+.\de]+)", line).group(1)),
+                batch_size=hp["batch_size"],
+                segment_seconds=hp["segment_seconds"],
+                valid_si_snri=float(sisnri.group(1)),
+            )
+        )
     return rows
 
 
@@ -81,7 +97,11 @@ def plot(rows, png, name="model"):
         axes[0].plot([int(r["steps"]) for r in part], y, marker=".", label=run)
         axes[1].plot([float(r["cpu_hours"]) for r in part], y, marker=".", label=run)
     axes[0].set_xlabel("optimizer steps")
-    axes[1].set_xlabel("CPU-hours (process CPU time; run 1 estimated)")
+    estimated = sorted({r["run"] for r in rows if str(r.get("cpu_estimated", "0")) == "1"})
+    axes[1].set_xlabel(
+        "CPU-hours (process CPU time"
+        + (f"; {', '.join(estimated)} estimated)" if estimated else ")")
+    )
     axes[0].set_ylabel("valid SI-SNRi (dB), held-out speakers")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -110,8 +130,11 @@ def extrapolate(rows, target_db, from_hours=1.0):
     import numpy as np
 
     from_hours = min(from_hours, float(rows[-1]["cpu_hours"]) / 2)
-    pts = [(float(r["cpu_hours"]), float(r["valid_si_snri"])) for r in rows
-           if float(r["cpu_hours"]) >= from_hours]
+    pts = [
+        (float(r["cpu_hours"]), float(r["valid_si_snri"]))
+        for r in rows
+        if float(r["cpu_hours"]) >= from_hours
+    ]
     if len(pts) < 2:
         return float("nan"), float("nan")
     x, y = np.log2([h for h, _ in pts]), np.array([v for _, v in pts])
@@ -130,16 +153,20 @@ def notes(rows, hp_text, test_db=None, target_db=8.0, card=None):
     hp = yaml.safe_load(re.sub(r"!\S+", "", hp_text))
     last = rows[-1]
     out = [
-        "## Training", "",
-        "![learning curve](learning_curve.png)", "",
+        "## Training",
+        "",
+        "![learning curve](learning_curve.png)",
+        "",
         "Trained on CPU (a 2-core machine shared with development work), in several",
         "sessions, each resumed from the last checkpoint (a new machine warm-starts from",
-        "these weights):", "",
+        "these weights):",
+        "",
         "```bash",
         f"cd {card['recipe_dir']}",
         f"bash {card['train_script']} RUN_FOLDER     # resumable; kill it any time",
         f"bash {card['export_script']} RUN_FOLDER    # test + export the best checkpoint",
-        "```", "",
+        "```",
+        "",
         f"SepMamba dim {hp['model_dim']}, {hp['model_blocks']} Mamba block(s) per direction, "
         f"stride {hp.get('model_stride', 2)}, {hp.get('model_output', 'mapping')} output; "
         f"{card['data']}; now batch "
@@ -147,9 +174,13 @@ def notes(rows, hp_text, test_db=None, target_db=8.0, card=None):
         f"({hp.get('lr_schedule', 'plateau')}).",
         f"So far: {last['steps']} optimizer steps, {float(last['cpu_hours']):.1f} CPU-hours "
         "(process CPU time of training"
-        + ("; the first run's are estimated from its wall time)."
-           if any(str(r.get("cpu_estimated")) == "1" for r in rows) else ")."),
-        f"{card['eval']} `learning_curve.csv` and `train_log.txt` hold the full record.", "",
+        + (
+            "; the first run's are estimated from its wall time)."
+            if any(str(r.get("cpu_estimated")) == "1" for r in rows)
+            else ")."
+        ),
+        f"{card['eval']} `learning_curve.csv` and `train_log.txt` hold the full record.",
+        "",
     ]
     # a run validated on another set than its history's is fitted on its own epochs
     own = [r for r in rows if r["run"] == last["run"]] if card["own_curve"] else rows
@@ -160,22 +191,33 @@ def notes(rows, hp_text, test_db=None, target_db=8.0, card=None):
         f"How far from {target_db:g} dB? A straight line through the curve against log2 of "
         f"the CPU-hours (epochs after the steep start) gains {per_doubling:.2f} dB per "
         "doubling of the CPU time."
-        + (f" The test speakers score {gap:.2f} dB below the validation speakers (best "
-           f"epoch: valid {float(best['valid_si_snri']):.2f}, test {test_db:.2f} dB), so "
-           f"{target_db:g} dB on the test speakers needs about "
-           f"{target_db + gap:.1f} dB on validation:" if test_db is not None else "")
-        + (f" the fit reaches it after about **{hours:,.0f} CPU-hours** of this recipe "
-           f"({max(0.0, hours - float(last['cpu_hours'])):,.0f} more)."
-           if math.isfinite(hours) and hours < 1000 else
-           " the fit rises too slowly (the curve is still short and flat) to give a useful "
-           "estimate." if math.isfinite(hours) else " the fit does not rise, so it gives no "
-           "estimate.")
+        + (
+            f" The test speakers score {gap:.2f} dB below the validation speakers (best "
+            f"epoch: valid {float(best['valid_si_snri']):.2f}, test {test_db:.2f} dB), so "
+            f"{target_db:g} dB on the test speakers needs about "
+            f"{target_db + gap:.1f} dB on validation:"
+            if test_db is not None
+            else ""
+        )
+        + (
+            f" the fit reaches it after about **{hours:,.0f} CPU-hours** of this recipe "
+            f"({max(0.0, hours - float(last['cpu_hours'])):,.0f} more)."
+            if math.isfinite(hours) and hours < 1000
+            else " the fit rises too slowly (the curve is still short and flat) to give a useful "
+            "estimate."
+            if math.isfinite(hours)
+            else " the fit does not rise, so it gives no estimate."
+        )
         + " A rough guide, not a promise: the curve is noisy and each run changed the recipe.",
         "",
-        "| run | epoch | steps | CPU-hours | lr | valid SI-SNRi (dB) |", "|---|---|---|---|---|---|",
+        "| run | epoch | steps | CPU-hours | lr | valid SI-SNRi (dB) |",
+        "|---|---|---|---|---|---|",
     ]
-    out += [f"| {r['run']} | {r['epoch']} | {r['steps']} | {float(r['cpu_hours']):.2f} | "
-            f"{float(r['lr']):.2e} | {float(r['valid_si_snri']):.2f} |" for r in rows]
+    out += [
+        f"| {r['run']} | {r['epoch']} | {r['steps']} | {float(r['cpu_hours']):.2f} | "
+        f"{float(r['lr']):.2e} | {float(r['valid_si_snri']):.2f} |"
+        for r in rows
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -186,7 +228,7 @@ CARD_DEFAULTS = {  # the LibriMini demo model's
     "export_script": "demo/export_demo.sh",
     "data": "dynamic mixing of the bundled LibriMini train speakers at 8 kHz",
     "eval": "Validation: 50 fixed 4 s mixtures of 20 held-out speakers; test: 100 mixtures "
-            "of 20 other held-out speakers.",
+    "of 20 other held-out speakers.",
     "run_label": "",  # the curve's label of this run; empty: "run N" after the history's
     "own_curve": "",  # non-empty: fit only this run's epochs (its validation set differs)
 }
@@ -210,7 +252,8 @@ def main(run, out, card=None, target_db=8.0):
         writer.writerows(rows)
     plot(rows, out / "learning_curve.png", card["name"])
     (out / "notes.md").write_text(
-        notes(rows, (run / "hyperparams.yaml").read_text(), test_si_snri, target_db, card))
+        notes(rows, (run / "hyperparams.yaml").read_text(), test_si_snri, target_db, card)
+    )
 
 
 if __name__ == "__main__":
@@ -219,7 +262,8 @@ if __name__ == "__main__":
     parser.add_argument("out", help="where learning_curve.* and notes.md go")
     for key, value in CARD_DEFAULTS.items():
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, default=value)
-    parser.add_argument("--target-db", type=float, default=8.0,
-                        help="test SI-SNRi the fit is solved for")
+    parser.add_argument(
+        "--target-db", type=float, default=8.0, help="test SI-SNRi the fit is solved for"
+    )
     args = vars(parser.parse_args())
     main(args.pop("run"), args.pop("out"), target_db=args.pop("target_db"), card=args)

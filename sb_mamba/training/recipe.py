@@ -1,7 +1,7 @@
 """The main of every sb_mamba recipe: prepare, train, evaluate, report.
 
-A recipe's ``train.py`` names its data preparation and calls
-:func:`run_recipe`; everything else (DDP set-up, experiment folder, datasets,
+A recipe's ``train.py`` names its data preparation and calls :func:`main`
+(:func:`run_recipe` under the error policy); everything else (DDP set-up, experiment folder, datasets,
 dynamic mixing, the :class:`~sb_mamba.training.brain.Separation` brain, test
 results) is shared here, so recipes stay a few dozen lines.
 
@@ -41,7 +41,7 @@ from speechbrain.utils.logger import get_logger
 from sb_mamba import modelfolder
 from sb_mamba.dataio.manifests import csv_dataset
 from sb_mamba.dataio.mixing import check_remix
-from sb_mamba.errors import USER_ERROR, UserError, user_message
+from sb_mamba.errors import UserError, run_with_policy
 from sb_mamba.resources import hparams_path
 from sb_mamba.training.brain import HPARAMS_READ as BRAIN_HPARAMS_READ
 from sb_mamba.training.brain import Separation
@@ -57,6 +57,7 @@ def _fragment_includes(text, folder):
     shipped fragment (``.../hparams/models/x.yaml``) point to the installed
     copy (:func:`sb_mamba.hparams_path`), so a recipe copied out of the clone
     still finds its model; paths that exist are left alone."""
+
     def fix(match):
         target = match.group(1)
         if (Path(folder) / target).exists() or "hparams/" not in target:
@@ -96,12 +97,30 @@ def merge_overrides(overrides=None, defaults=None):
 # The recipe-YAML keys run_recipe reads (see the module docstring); with the
 # Brain's (brain.HPARAMS_READ) and SpeechBrain's run options, the keys a YAML
 # may hold without referencing them (tests/recipes/test_yaml_consistency.py).
-HPARAMS_READ = frozenset({
-    "checkpointer", "data_folder", "dataloader_opts", "dm_dataset", "dynamic_mixing",
-    "epoch_counter", "init_from", "modules", "num_spks", "optimizer", "output_folder",
-    "prepare_kwargs", "sample_rate", "save_folder", "skip_prep", "test_only",
-    "use_rand_shift", "use_speedperturb", "valid_dataloader_opts",
-})  # fmt: skip
+HPARAMS_READ = frozenset(
+    {
+        "checkpointer",
+        "data_folder",
+        "dataloader_opts",
+        "dm_dataset",
+        "dynamic_mixing",
+        "epoch_counter",
+        "init_from",
+        "modules",
+        "num_spks",
+        "optimizer",
+        "output_folder",
+        "prepare_kwargs",
+        "sample_rate",
+        "save_folder",
+        "skip_prep",
+        "test_only",
+        "use_rand_shift",
+        "use_speedperturb",
+        "valid_dataloader_opts",
+        "ssm_backend",  # old YAMLs: a run option now (--ssm_backend), read with a warning
+    }
+)
 _REF_KEY = re.compile(r"<([^<>\[\].\s]+)")  # the key of <key>, <key[...]>, <key.attr>
 
 
@@ -167,8 +186,13 @@ def check_keys(hparams_file, text, read_keys=()):
     sb_mamba.errors.UserError: r.yaml: key use_speed_perturb is read by nothing ...
     """
     keys, referenced = yaml_keys(text)
-    known = (referenced | HPARAMS_READ | BRAIN_HPARAMS_READ | set(read_keys)
-             | set(sb.core.RunOptions().as_dict()))  # fmt: skip
+    known = (
+        referenced
+        | HPARAMS_READ
+        | BRAIN_HPARAMS_READ
+        | set(read_keys)
+        | set(sb.core.RunOptions().as_dict())
+    )
     unknown = [k for k in keys if not k.startswith("__") and k not in known]
     if not unknown:
         return
@@ -176,11 +200,13 @@ def check_keys(hparams_file, text, read_keys=()):
     hints = []
     for key in unknown:
         close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-        hints.append(f"key {key} is read by nothing (no !ref <{key}> in the YAML, not a "
-                     "key the recipe, the Brain or SpeechBrain reads), so its value would be "
-                     "ignored: " + (f"did you mean {close[0]}? Fix its spelling"
-                                    if close else "check its spelling")
-                     + " or delete it")  # fmt: skip
+        hints.append(
+            f"key {key} is read by nothing (no !ref <{key}> in the YAML, not a "
+            "key the recipe, the Brain or SpeechBrain reads), so its value would be "
+            "ignored: "
+            + (f"did you mean {close[0]}? Fix its spelling" if close else "check its spelling")
+            + " or delete it"
+        )
     raise UserError(f"{hparams_file}: " + "; ".join(hints) + ".")
 
 
@@ -216,7 +242,7 @@ def check_include_keys(hparams_file, text):
         tag = node.tag or ""
         if not (tag.startswith("!include:") and isinstance(node, yaml.MappingNode)):
             continue
-        target = Path(tag[len("!include:"):].strip())
+        target = Path(tag[len("!include:") :].strip())
         target = target if target.is_absolute() else Path(hparams_file).parent / target
         try:
             included = yaml.compose(target.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
@@ -226,13 +252,20 @@ def check_include_keys(hparams_file, text):
             continue
         known = [k.value for k, _ in included.value if isinstance(k, yaml.ScalarNode)]
         for k, _ in node.value:
+            if k.value in modelfolder.RUN_OPTIONS:
+                continue  # an old YAML's run option: HyperPyYAML drops it, run_recipe reads it
             if isinstance(k, yaml.ScalarNode) and k.value not in known:
                 close = difflib.get_close_matches(k.value, known, n=1, cutoff=0.6)
                 raise UserError(
                     f"{hparams_file}, line {k.start_mark.line + 1}: {k.value} is not a key of "
                     f"{target.name} (included as {key.value}), so it would be ignored: "
-                    + (f"did you mean {close[0]}? Fix its spelling" if close
-                       else "check its spelling") + " or delete it.")
+                    + (
+                        f"did you mean {close[0]}? Fix its spelling"
+                        if close
+                        else "check its spelling"
+                    )
+                    + " or delete it."
+                )
 
 
 def check_prepare_kwargs(prepare, kwargs, hparams_file):
@@ -249,8 +282,7 @@ def check_prepare_kwargs(prepare, kwargs, hparams_file):
     import inspect
 
     if not isinstance(kwargs, dict):
-        raise UserError(f"{hparams_file}: prepare_kwargs must be a mapping, e.g. "
-                        "{n_valid: 2}.")
+        raise UserError(f"{hparams_file}: prepare_kwargs must be a mapping, e.g. {{n_valid: 2}}.")
     try:
         params = inspect.signature(prepare).parameters
     except (TypeError, ValueError):
@@ -263,9 +295,13 @@ def check_prepare_kwargs(prepare, kwargs, hparams_file):
             raise UserError(
                 f"{hparams_file}: prepare_kwargs: {key} is not an argument of "
                 f"{getattr(prepare, '__name__', 'the preparation')}: "
-                + (f"did you mean {close[0]}? Fix its spelling" if close
-                   else f"it takes {', '.join(params)}; check its spelling")
-                + " or delete it.")
+                + (
+                    f"did you mean {close[0]}? Fix its spelling"
+                    if close
+                    else f"it takes {', '.join(params)}; check its spelling"
+                )
+                + " or delete it."
+            )
 
 
 def check_duplicate_args(argv):
@@ -284,9 +320,82 @@ def check_duplicate_args(argv):
             continue
         name = arg[2:].split("=", 1)[0]
         if name in seen:
-            raise UserError(f"--{name} is given twice on the command line ({seen[name]} and "
-                            f"{arg}): give each key once.")
+            raise UserError(
+                f"--{name} is given twice on the command line ({seen[name]} and "
+                f"{arg}): give each key once."
+            )
         seen[name] = arg
+
+
+def pop_run_options(argv):
+    """Split sb_mamba's own run options off the command line.
+
+    SpeechBrain parses its run options (``--device``, ``--precision``, ...)
+    and takes every other ``--key`` for a YAML override; sb_mamba's run
+    option ``--ssm_backend`` (the selective scan's path: ``auto``, ``torch``,
+    ``cpu_kernel`` or ``cuda``) is set on the model, never in the YAML.
+
+    Arguments
+    ---------
+    argv : list of str
+        The command line (``--ssm_backend=X`` or ``--ssm_backend X``).
+
+    Returns
+    -------
+    argv : list of str
+        The rest, for ``speechbrain.parse_arguments``.
+    run_opts : dict
+        ``{"ssm_backend": X}`` where given.
+
+    Example
+    -------
+    >>> pop_run_options(["h.yaml", "--ssm_backend", "torch", "--lr=1"])
+    (['h.yaml', '--lr=1'], {'ssm_backend': 'torch'})
+    """
+    rest, opts, it = [], {}, iter(argv)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name[2:] in modelfolder.RUN_OPTIONS and name.startswith("--"):
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise UserError(f"{name} needs a value, e.g. {name}=auto.")
+            opts[name[2:]] = value
+        else:
+            rest.append(arg)
+    return rest, opts
+
+
+def set_run_backend(hparams, run_opts, device):
+    """Set the run's ``ssm_backend`` on every module, once; log and record it.
+
+    The run option wins; an old YAML's ``ssm_backend`` key is used with a
+    deprecation warning; else ``auto``.
+    """
+    from sb_mamba.nnet.mamba import set_ssm_backend
+    from sb_mamba.nnet.scan import BACKENDS, resolve_backend
+
+    backend = run_opts.get("ssm_backend")
+    if backend is None and "ssm_backend" in hparams:
+        backend = hparams["ssm_backend"]
+        logger.warning(
+            "The YAML key ssm_backend is deprecated: it is a run option now "
+            "(--ssm_backend=%s on the command line); remove it from the YAML.",
+            backend,
+        )
+    backend = backend or "auto"
+    if backend not in BACKENDS:
+        raise UserError(f"--ssm_backend={backend} is not a backend: choose one of {BACKENDS}.")
+    n = sum(
+        set_ssm_backend(m, backend) for m in hparams["modules"].values() if hasattr(m, "modules")
+    )
+    if n:
+        used = resolve_backend(backend, device)
+        out = hparams.get("output_folder")
+        if out and if_main_process():
+            with open(os.path.join(out, "env.log"), "a") as f:
+                f.write(f"sb_mamba ssm_backend: {backend} -> {used} ({device})\n")
+    return backend
 
 
 def load_hparams(hparams_file, overrides=None, defaults=None, read_keys=()):
@@ -347,7 +456,9 @@ def save_hparams(hparams_file, overrides, folder):
     text = resolve_references(_yaml_stream(hparams_file), overrides or None).getvalue()
     Path(folder, "hyperparams.yaml").write_text(
         f"# Generated {date.today()} from:\n# {os.path.abspath(hparams_file)}\n"
-        f"# yamllint disable\n{text}", encoding="utf-8")
+        f"# yamllint disable\n{text}",
+        encoding="utf-8",
+    )
 
 
 def main(prepare, argv=None, defaults=None):
@@ -368,13 +479,12 @@ def main(prepare, argv=None, defaults=None):
     defaults : dict, optional
         Values of YAML keys that the command line does not set.
     """
-    try:
-        run_recipe(prepare, argv, defaults)
-    except (UserError, FileNotFoundError) as e:
-        if os.environ.get("SB_MAMBA_TRACEBACK") == "1":
-            raise
-        logger.error("%s: %s", type(e).__name__, user_message(e))
-        sys.exit(USER_ERROR)
+    status = run_with_policy(
+        lambda: run_recipe(prepare, argv, defaults) and 0,
+        lambda e, message: logger.error("%s: %s", type(e).__name__, message),
+    )
+    if status:
+        sys.exit(status)
 
 
 def run_recipe(prepare, argv=None, defaults=None):
@@ -398,6 +508,7 @@ def run_recipe(prepare, argv=None, defaults=None):
     """
     argv = sys.argv[1:] if argv is None else argv
     check_duplicate_args(argv)
+    argv, own_opts = pop_run_options(argv)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     overrides = merge_overrides(overrides, defaults)
     hparams = load_hparams(hparams_file, overrides)
@@ -429,8 +540,11 @@ def run_recipe(prepare, argv=None, defaults=None):
 
     if hparams.get("dynamic_mixing", False):
         train_set = hparams["dm_dataset"]()
-        check_remix(train_set, speed_perturb=hparams.get("use_speedperturb", False),
-                    rand_shift=hparams.get("use_rand_shift", False))
+        check_remix(
+            train_set,
+            speed_perturb=hparams.get("use_speedperturb", False),
+            rand_shift=hparams.get("use_rand_shift", False),
+        )
         logger.info("Dynamic mixing: %d mixtures per epoch.", len(train_set))
     else:
         train_set = manifest("train")
@@ -449,6 +563,7 @@ def run_recipe(prepare, argv=None, defaults=None):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    set_run_backend(hparams, own_opts, brain.device)
     loader_opts = hparams["dataloader_opts"]
     # SpeechBrain parses --test_only itself (a run option); the YAML key works too
     if not (hparams.get("test_only", False) or run_opts.get("test_only", False)):
@@ -459,8 +574,8 @@ def run_recipe(prepare, argv=None, defaults=None):
             train_loader_kwargs=loader_opts,
             valid_loader_kwargs=hparams.get("valid_dataloader_opts", {"batch_size": 1}),
         )
+    # one pass over the test set: the test stats, test_results.csv and the audio examples
     brain.evaluate(test_set, max_key="si-snr", test_loader_kwargs={"batch_size": 1})
-    brain.save_results(test_set)
     return brain
 
 
@@ -524,9 +639,11 @@ def check_same_layout(separator, config, source):
     ours = f"{type(separator).__module__}.{type(separator).__name__}"
     args = separator.get_model_args() if hasattr(separator, "get_model_args") else {}
     diff = [f"class {cls} (the recipe builds {ours})"] if cls != ours else []
-    diff += [f"{k}={v!r} (the recipe builds {args[k]!r})"
-             for k, v in kwargs.items()
-             if k != "ssm_backend" and k in args and args[k] != v]
+    diff += [
+        f"{k}={v!r} (the recipe builds {args[k]!r})"
+        for k, v in kwargs.items()
+        if k in args and args[k] != v
+    ]
     if diff:
         raise UserError(
             f"init_from={source} was trained with " + ", ".join(diff) + ": set the "

@@ -81,8 +81,16 @@ class WarmupCosine:
 SCHEDULES = ("warmup_cosine", "plateau")
 
 
-def build_scheduler(kind, lr, warmup_steps=0, total_steps=100000, final_ratio=0.01,
-                    factor=0.5, patience=2, dont_halve_until_epoch=3):
+def build_scheduler(
+    kind,
+    lr,
+    warmup_steps=0,
+    total_steps=100000,
+    final_ratio=0.01,
+    factor=0.5,
+    patience=2,
+    dont_halve_until_epoch=3,
+):
     """The learning-rate schedule a recipe names with one key (``lr_schedule``).
 
     Arguments
@@ -115,6 +123,7 @@ def build_scheduler(kind, lr, warmup_steps=0, total_steps=100000, final_ratio=0.
     if kind == "plateau":
         from speechbrain.nnet.schedulers import ReduceLROnPlateau
 
-        return ReduceLROnPlateau(factor=factor, patience=patience,
-                                 dont_halve_until_epoch=dont_halve_until_epoch)
+        return ReduceLROnPlateau(
+            factor=factor, patience=patience, dont_halve_until_epoch=dont_halve_until_epoch
+        )
     raise UserError(f"lr_schedule must be one of {SCHEDULES}, got {kind!r}.")

@@ -35,13 +35,12 @@ def _run(argv):
 @pytest.mark.parametrize("command", list(cli.COMMANDS))
 def test_missing_input_exits_2_with_one_line(command, tmp_path):
     args = _missing_input_cases(tmp_path)[command]
-    for argv in ([str(BIN / "sb-mamba"), command, *args],
-                 [str(BIN / f"sb-mamba-{command}"), *args]):  # the alias
-        proc = _run(argv)
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
-        assert len(lines) == 1 and "does_not_exist" in lines[0], proc.stderr
-        assert "Traceback" not in proc.stderr + proc.stdout
+    argv = [str(BIN / "sb-mamba"), command, *args]
+    proc = _run(argv)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+    assert len(lines) == 1 and "does_not_exist" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists() and not (tmp_path / "model").exists()
 
 

@@ -19,8 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-pytestmark = pytest.mark.skipif(os.environ.get("SB_MAMBA_SKIP_DDP") == "1",
-                                reason="DDP disabled")
+pytestmark = pytest.mark.skipif(os.environ.get("SB_MAMBA_SKIP_DDP") == "1", reason="DDP disabled")
 STEPS, NAN_STEP, NAN_RANK = 3, 1, 1
 
 
@@ -31,8 +30,13 @@ def _free_port():
 
 
 def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     from speechbrain.dataio.batch import PaddedBatch
@@ -44,11 +48,21 @@ def _worker(rank, world, port, out):
     torch.manual_seed(0)  # the same initial weights on both ranks
     model = SepMamba(num_spks=2, dim=8, num_blocks=1, d_state=4)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    hparams = dict(num_spks=2, sample_rate=8000, loss=pit_si_snr_loss, threshold_byloss=True,
-                   threshold=-30, loss_upper_lim=999999, max_grad_norm=5.0)
-    brain = Separation(modules={"separator": model},
-                       opt_class=lambda params: torch.optim.Adam(params, lr=1e-3),
-                       hparams=hparams, run_opts={"device": "cpu", "distributed_backend": "gloo"})
+    hparams = dict(
+        num_spks=2,
+        sample_rate=8000,
+        loss=pit_si_snr_loss,
+        threshold_byloss=True,
+        threshold=-30,
+        loss_upper_lim=999999,
+        max_grad_norm=5.0,
+    )
+    brain = Separation(
+        modules={"separator": model},
+        opt_class=lambda params: torch.optim.Adam(params, lr=1e-3),
+        hparams=hparams,
+        run_opts={"device": "cpu", "distributed_backend": "gloo"},
+    )
     brain.on_fit_start()
     assert isinstance(brain.modules.separator, torch.nn.parallel.DistributedDataParallel)
     gen = torch.Generator().manual_seed(100 + rank)  # each rank its own data
@@ -57,13 +71,23 @@ def _worker(rank, world, port, out):
         mix = s1 + s2
         if rank == NAN_RANK and step == NAN_STEP:
             mix[0, 10] = float("nan")
-        batch = PaddedBatch([{"id": f"{rank}-{step}-{i}", "mix_sig": mix[i], "s1_sig": s1[i],
-                              "s2_sig": s2[i]} for i in range(2)])
+        batch = PaddedBatch(
+            [
+                {"id": f"{rank}-{step}-{i}", "mix_sig": mix[i], "s1_sig": s1[i], "s2_sig": s2[i]}
+                for i in range(2)
+            ]
+        )
         brain.fit_batch(batch)
         brain.step += 1
-    torch.save({"state": model.state_dict(), "start": start,
-                "skipped": getattr(brain, "skipped_steps", 0),
-                "optimizer_step": brain.optimizer_step}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "state": model.state_dict(),
+            "start": start,
+            "skipped": getattr(brain, "skipped_steps", 0),
+            "optimizer_step": brain.optimizer_step,
+        },
+        os.path.join(out, f"rank{rank}.pt"),
+    )
     torch.distributed.destroy_process_group()
 
 

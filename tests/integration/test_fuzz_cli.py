@@ -32,8 +32,9 @@ def _mutants(good, rng):
                 data[rng.randrange(min(64, len(data)))] = rng.randrange(256)
         elif kind == 1 and name.endswith(".wav"):  # extreme header fields
             field = rng.choice([(22, "<H"), (24, "<I"), (40, "<I"), (4, "<I"), (34, "<H")])
-            value = rng.choice([0, 1, 2, 255, 65535, 2**31 - 1, 2**32 - 1][: 5 if
-                               field[1] == "<H" else 7])
+            value = rng.choice(
+                [0, 1, 2, 255, 65535, 2**31 - 1, 2**32 - 1][: 5 if field[1] == "<H" else 7]
+            )
             struct.pack_into(field[1], data, field[0], value)
         elif kind == 2:  # truncated
             data = data[: rng.randrange(0, min(200, len(data)))]
@@ -64,10 +65,24 @@ def test_mutated_headers_never_break_the_cli(tmp_path):
 
     code = PEAK_RSS_CLI
     proc = subprocess.run(
-        [sys.executable, "-c", code, "separate", "--model", str(model), str(data),
-         "-o", str(out), "--max-hours", "0.01"],
-        capture_output=True, text=True, timeout=900,
-        env=dict(os.environ, OMP_NUM_THREADS="1"))
+        [
+            sys.executable,
+            "-c",
+            code,
+            "separate",
+            "--model",
+            str(model),
+            str(data),
+            "-o",
+            str(out),
+            "--max-hours",
+            "0.01",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
     rss_mb = int(proc.stdout.split("VmHWM:")[1].split()[0]) / 1024

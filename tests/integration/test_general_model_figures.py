@@ -30,7 +30,8 @@ N_CHECKED = 12  # the first clean mixtures (all 100 take ~1 min on one core)
 MODEL = "sepmamba-8k"
 
 spec = importlib.util.spec_from_file_location(
-    "bench_robustness", ROOT / "benchmarks" / "bench_robustness.py")
+    "bench_robustness", ROOT / "benchmarks" / "bench_robustness.py"
+)
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 

@@ -60,8 +60,11 @@ def marker(tmp_path, monkeypatch):
 
 
 def _hashes(folder):
-    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 def _old_folder_with(tmp_path, extra, name="model"):
@@ -82,16 +85,21 @@ def _refused(folder):
 
 # ------------------------------------------------- 1, 2, 3, 13: model YAMLs
 def test_case_1_tuples_never_reach_an_unsafe_loader(tmp_path, marker):
-    for i, extra in enumerate([
-        'pwn: !tuple "(!!python/object/apply:os.mkdir [PWNED],)"',
-        "pwn: (!!python/object/apply:os.mkdir [PWNED],)",
-    ]):
+    for i, extra in enumerate(
+        [
+            'pwn: !tuple "(!!python/object/apply:os.mkdir [PWNED],)"',
+            "pwn: (!!python/object/apply:os.mkdir [PWNED],)",
+        ]
+    ):
         assert "unexpected key 'pwn'" in _refused(_old_folder_with(tmp_path, extra, f"m{i}"))
     # a tuple-looking scalar where a separator argument goes is a plain string
     folder = tmp_path / "arg"
     tiny_model_folder(folder, "old")
-    text = (folder / "hyperparams.yaml").read_text().replace(
-        'activation: "relu"', "activation: (!!python/object/apply:os.mkdir [PWNED],)")
+    text = (
+        (folder / "hyperparams.yaml")
+        .read_text()
+        .replace('activation: "relu"', "activation: (!!python/object/apply:os.mkdir [PWNED],)")
+    )
     (folder / "hyperparams.yaml").write_text(text)
     assert "Cannot build" in _refused(folder)
 
@@ -105,35 +113,45 @@ def test_case_2_includes_are_never_followed(tmp_path, marker):
     # also as a separator argument
     folder = tmp_path / "arg"
     tiny_model_folder(folder, "old")
-    text = (folder / "hyperparams.yaml").read_text().replace(
-        "    dim: 8", "    dim: !include:sub/a.yaml")
+    text = (
+        (folder / "hyperparams.yaml")
+        .read_text()
+        .replace("    dim: 8", "    dim: !include:sub/a.yaml")
+    )
     (folder / "hyperparams.yaml").write_text(text)
     assert "'!include:sub/a.yaml' is not a plain value" in _refused(folder)
 
 
 def test_case_3_tagged_keys_are_refused(tmp_path, marker):
-    for i, extra in enumerate(['!apply:os.mkdir "PWNED": 2',
-                               '? !apply:os.mkdir ["PWNED"]\n: 2']):
+    for i, extra in enumerate(['!apply:os.mkdir "PWNED": 2', '? !apply:os.mkdir ["PWNED"]\n: 2']):
         message = _refused(_old_folder_with(tmp_path, extra, f"m{i}"))
         assert "a key tagged '!apply:os.mkdir'" in message
     folder = tmp_path / "inner"
     tiny_model_folder(folder, "old")
-    text = (folder / "hyperparams.yaml").read_text().replace(
-        "    dim: 8", '    dim: 8\n    !apply:os.mkdir "PWNED": 2')
+    text = (
+        (folder / "hyperparams.yaml")
+        .read_text()
+        .replace("    dim: 8", '    dim: 8\n    !apply:os.mkdir "PWNED": 2')
+    )
     (folder / "hyperparams.yaml").write_text(text)
     assert "a key tagged" in _refused(folder)
 
 
 def test_case_13_reference_bombs_are_refused_at_once(tmp_path):
-    bombs = ["a: 9\nb: !ref <a> ** <a> ** <a> ** <a>",
-             "a: [1, 2]\nb: !copy <a>\nc: !copy <b>\nd: !copy <c>"]
+    bombs = [
+        "a: 9\nb: !ref <a> ** <a> ** <a> ** <a>",
+        "a: [1, 2]\nb: !copy <a>\nc: !copy <b>\nd: !copy <c>",
+    ]
     for i, extra in enumerate(bombs):
         assert "unexpected key 'a'" in _refused(_old_folder_with(tmp_path, extra, f"m{i}"))
     # inside the separator's arguments too
     folder = tmp_path / "arg"
     tiny_model_folder(folder, "old")
-    text = (folder / "hyperparams.yaml").read_text().replace(
-        "    dim: 8", "    dim: !ref <num_spks> ** <num_spks> ** <num_spks> ** 99")
+    text = (
+        (folder / "hyperparams.yaml")
+        .read_text()
+        .replace("    dim: 8", "    dim: !ref <num_spks> ** <num_spks> ** <num_spks> ** 99")
+    )
     (folder / "hyperparams.yaml").write_text(text)
     assert "'!ref' is not a plain value" in _refused(folder)
 
@@ -146,11 +164,13 @@ def test_old_layout_folders_load_as_before(tmp_path):
     mix = make_mixture(0.5)[0]
     with torch.no_grad():
         ref = net(mix)
-    old = MambaSeparator.from_hparams(source=str(folder))
+    # the backend is a run option: the tiny model ran the torch scan, so does the folder
+    old = MambaSeparator.from_hparams(source=str(folder), run_opts={"ssm_backend": "torch"})
     assert torch.equal(old.separate_batch(mix), ref)
     assert cli.main(["migrate", str(folder)]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "separator.safetensors"]
-    assert torch.equal(MambaSeparator.from_hparams(source=str(folder)).separate_batch(mix), ref)
+    new = MambaSeparator.from_hparams(source=str(folder), run_opts={"ssm_backend": "torch"})
+    assert torch.equal(new.separate_batch(mix), ref)
     assert cli.main(["migrate", str(folder)]) == 0  # already migrated: nothing to do
 
 
@@ -162,11 +182,19 @@ def _run_folder(tmp_path, extra_yaml="", ckpt_name=None):
     out = tmp_path / "run"
     net = tiny_model_folder(tmp_path / "unused", "old")
     args = net.get_model_args() | {"ssm_backend": "torch"}
-    lines = ["seed: 1", "__set_seed: !apply:speechbrain.utils.seed_everything [1]",
-             "num_spks: 2", "sample_rate: 8000", "model:",
-             f"  separator: &id001 !new:{SEPMAMBA}",
-             *(f"    {k}: {json.dumps(v)}" for k, v in args.items()),
-             "modules:", "  separator: *id001", extra_yaml, ""]
+    lines = [
+        "seed: 1",
+        "__set_seed: !apply:speechbrain.utils.seed_everything [1]",
+        "num_spks: 2",
+        "sample_rate: 8000",
+        "model:",
+        f"  separator: &id001 !new:{SEPMAMBA}",
+        *(f"    {k}: {json.dumps(v)}" for k, v in args.items()),
+        "modules:",
+        "  separator: *id001",
+        extra_yaml,
+        "",
+    ]
     out.mkdir()
     (out / "hyperparams.yaml").write_text("\n".join(lines))
     ckpt = Checkpointer(out / "save", {"separator": net}).save_checkpoint(meta={"si-snr": 3.0})
@@ -195,9 +223,14 @@ def test_case_4_init_from_reads_a_folder_as_data(tmp_path, marker):
 def test_case_4_init_from_through_train_py(tmp_path, marker):
     """The LibriMini recipe with init_from at a hostile old-layout folder: exit 2."""
     folder = _old_folder_with(tmp_path, 'pwn: !applyref:os.mkdir ["PWNED"]')
-    argv = ["sepmamba.yaml", f"--output_folder={tmp_path / 'out'}", f"--init_from={folder}",
-            "--model_dim=8", "--n_audio_to_save=0",
-            "--prepare_kwargs={n_valid: 1, n_test: 1, segment_seconds: 0.5}"]
+    argv = [
+        "sepmamba.yaml",
+        f"--output_folder={tmp_path / 'out'}",
+        f"--init_from={folder}",
+        "--model_dim=8",
+        "--n_audio_to_save=0",
+        "--prepare_kwargs={n_valid: 1, n_test: 1, segment_seconds: 0.5}",
+    ]
     code, out = _recipe_main(argv)
     errors = [line for line in out.splitlines() if "UserError" in line]
     assert code == 2 and len(errors) == 1 and "unexpected key 'pwn'" in errors[0], out[-3000:]
@@ -206,15 +239,19 @@ def test_case_4_init_from_through_train_py(tmp_path, marker):
 
 
 def test_case_5_export_never_runs_the_run_yaml(tmp_path, marker):
-    out, net = _run_folder(tmp_path, "pwn: !applyref:os.mkdir [PWNED]\n"
-                                     "more: !apply:os.mkdir [PWNED]")
+    out, net = _run_folder(
+        tmp_path, "pwn: !applyref:os.mkdir [PWNED]\nmore: !apply:os.mkdir [PWNED]"
+    )
     target = export_model(out, tmp_path / "hub")
     config, state = read_folder(target)
-    assert config.separator_args["dim"] == 8 and config.separator_args["ssm_backend"] == "auto"
+    assert config.separator_args["dim"] == 8 and "ssm_backend" not in config.separator_args
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     # a needed value that is code is refused, not run
-    (out / "hyperparams.yaml").write_text((out / "hyperparams.yaml").read_text().replace(
-        "    dim: 8", "    dim: !applyref:os.mkdir [PWNED]"))
+    (out / "hyperparams.yaml").write_text(
+        (out / "hyperparams.yaml")
+        .read_text()
+        .replace("    dim: 8", "    dim: !applyref:os.mkdir [PWNED]")
+    )
     with pytest.raises(UserError, match="'!applyref:os.mkdir' cannot be read as data"):
         export_model(out, tmp_path / "hub2")
     assert not (tmp_path / "hub2").exists()
@@ -224,10 +261,12 @@ def test_case_5_export_reads_a_raw_recipe_yaml(tmp_path):
     """A raw recipe YAML (include of a shipped fragment with overrides) as data."""
     out, _ = _run_folder(tmp_path)
     raw = tmp_path / "raw.yaml"
-    raw.write_text(f"data_folder: !PLACEHOLDER\nnum_spks: 2\nsample_rate: 8000\nwidth: 8\n"
-                   f"model: !include:{hparams_path('models/sepmamba_s.yaml')}\n"
-                   "    num_spks: !ref <num_spks>\n    dim: !ref <width>\n    num_blocks: 1\n"
-                   "    d_state: 4\nmodules:\n    separator: !ref <model[separator]>\n")
+    raw.write_text(
+        f"data_folder: !PLACEHOLDER\nnum_spks: 2\nsample_rate: 8000\nwidth: 8\n"
+        f"model: !include:{hparams_path('models/sepmamba_s.yaml')}\n"
+        "    num_spks: !ref <num_spks>\n    dim: !ref <width>\n    num_blocks: 1\n"
+        "    d_state: 4\nmodules:\n    separator: !ref <model[separator]>\n"
+    )
     config = read_run_hparams(raw)
     assert (config.separator_args["dim"], config.separator_args["num_blocks"]) == (8, 1)
     assert config.separator_args["kernel_size"] == 16  # the fragment's own value
@@ -285,8 +324,7 @@ def test_case_8_temporary_names_are_unpredictable(tmp_path):
     for pid in range(os.getpid() - 50, os.getpid() + 50):  # every name the old code used
         for i in (1, 2):
             (out / f".mix_s{i}.{pid}.tmp.wav").symlink_to(outside / "victim.wav")
-    assert cli.main(["separate", "--model", str(folder), str(tmp_path / "in"),
-                     "-o", str(out)]) == 0
+    assert cli.main(["separate", "--model", str(folder), str(tmp_path / "in"), "-o", str(out)]) == 0
     assert (outside / "victim.wav").read_bytes() == b"precious"
     assert sorted(p.name for p in outside.iterdir()) == ["victim.wav"]
     assert read_audio(out / "mix_s1.wav").shape == (4000,)
@@ -304,11 +342,13 @@ def test_case_9_outputs_stay_within_full_scale_after_resampling(tmp_path):
     t = np.arange(16000) / 16000
     square = np.sign(np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # full scale, 16 kHz
     write_audio(tmp_path / "sq.wav", square, 16000, subtype="PCM_16")
-    model = MambaSeparator({"separator": _Copy()}, {"sample_rate": 8000, "num_spks": 2},
-                           run_opts={"device": "cpu"})
+    model = MambaSeparator(
+        {"separator": _Copy()}, {"sample_rate": 8000, "num_spks": 2}, run_opts={"device": "cpu"}
+    )
     for mode in ("mixture", "peak"):
-        model.separate_file(tmp_path / "sq.wav", normalize=mode, output_dir=tmp_path / mode,
-                            output_rate="input")
+        model.separate_file(
+            tmp_path / "sq.wav", normalize=mode, output_dir=tmp_path / mode, output_rate="input"
+        )
         out = read_audio(tmp_path / mode / "sq_s1.wav", 16000)
         assert 0.8 < out.abs().max() <= 1.0
         assert read_audio(tmp_path / mode / "sq_s2.wav", 16000).abs().max() == 0
@@ -320,16 +360,21 @@ def test_case_15_a_linked_output_folder_is_refused(tmp_path, capsys):
     write_audio(tmp_path / "in" / "a.wav", make_mixture(0.5)[0][0], 8000)
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
-    assert cli.main(["separate", "--model", str(folder), str(tmp_path / "in"),
-                     "-o", str(tmp_path / "link")]) == 2
+    assert (
+        cli.main(
+            ["separate", "--model", str(folder), str(tmp_path / "in"), "-o", str(tmp_path / "link")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a link" in err[0]
     assert not list((tmp_path / "real").iterdir())
 
 
 # --------------------------------------------------- 10, 11: make-mixtures
-QUICK = dict(rir_bank=SAMPLES / "rir", n=(2, 1, 1), segment_seconds=0.5,
-             speaker_split=(0, 0), seed=11)
+QUICK = dict(
+    rir_bank=SAMPLES / "rir", n=(2, 1, 1), segment_seconds=0.5, speaker_split=(0, 0), seed=11
+)
 
 
 @pytest.fixture(scope="module")
@@ -347,8 +392,17 @@ def test_case_10_metadata_ids_stay_inside_out(dataset, tmp_path, capsys):
         src.mkdir()
         shutil.copy(dataset / "metadata.json", src)
         (src / "metadata.csv").write_text(text.replace(row_id, bad, 1))
-        assert cli.main(["make-mixtures", str(tmp_path / "out"),
-                         "--from-metadata", str(src / "metadata.csv")]) == 2
+        assert (
+            cli.main(
+                [
+                    "make-mixtures",
+                    str(tmp_path / "out"),
+                    "--from-metadata",
+                    str(src / "metadata.csv"),
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "not a plain file name" in err[0], err
     assert not (tmp_path / "out").exists()
@@ -382,11 +436,16 @@ def _recipe_main(argv):
 
 def test_case_12_misspelt_keys_inside_an_include(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text(f"num_spks: 2\nmodel: !include:{hparams_path('models/sepmamba_s.yaml')}\n"
-                    "    num_spks: !ref <num_spks>\n    num_blocs: 1\n"
-                    "modules:\n    separator: !ref <model[separator]>\n")
-    with pytest.raises(UserError, match=r"r.yaml, line 4: num_blocs is not a key of "
-                                        r"sepmamba_s.yaml .*did you mean num_blocks\?"):
+    path.write_text(
+        f"num_spks: 2\nmodel: !include:{hparams_path('models/sepmamba_s.yaml')}\n"
+        "    num_spks: !ref <num_spks>\n    num_blocs: 1\n"
+        "modules:\n    separator: !ref <model[separator]>\n"
+    )
+    with pytest.raises(
+        UserError,
+        match=r"r.yaml, line 4: num_blocs is not a key of "
+        r"sepmamba_s.yaml .*did you mean num_blocks\?",
+    ):
         load_hparams(path)
     path.write_text(path.read_text().replace("num_blocs", "num_blocks"))
     assert load_hparams(path)["modules"]["separator"].get_model_args()["num_blocks"] == 1
@@ -395,9 +454,11 @@ def test_case_12_misspelt_keys_inside_an_include(tmp_path):
 def test_case_16_nested_keys_and_duplicate_flags_exit_2(tmp_path):
     base = ["sepmamba.yaml", f"--output_folder={tmp_path / 'out'}", "--model_dim=8"]
     for args, message in [
-        (["--prepare_kwargs={n_vaild: 2}"],
-         "prepare_kwargs: n_vaild is not an argument of prepare_librimini: did you mean "
-         "n_valid?"),
+        (
+            ["--prepare_kwargs={n_vaild: 2}"],
+            "prepare_kwargs: n_vaild is not an argument of prepare_librimini: did you mean "
+            "n_valid?",
+        ),
         (["--N_epochs=1", "--N_epochs=2"], "--N_epochs is given twice"),
     ]:
         code, out = _recipe_main([*base, *args])
@@ -413,8 +474,20 @@ def test_case_17_sample_rates_are_checked(tmp_path, capsys):
     src = tmp_path / "sepmamba.pth"
     torch.save(SepMamba(dim=8, num_blocks=1, d_state=4).state_dict(), src)
     for rate in ("10", "0", "1000000"):
-        assert cli.main(["convert", str(src), str(tmp_path / "out"), "--model", "sepmamba",
-                         "--sample-rate", rate]) == 2
+        assert (
+            cli.main(
+                [
+                    "convert",
+                    str(src),
+                    str(tmp_path / "out"),
+                    "--model",
+                    "sepmamba",
+                    "--sample-rate",
+                    rate,
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "not a sample rate" in err[0], err
     assert not (tmp_path / "out").exists()
@@ -445,8 +518,7 @@ def test_case_18_outputs_at_the_mixtures_level_on_many_mixtures():
         gen = torch.Generator().manual_seed(i)
         offset = float(torch.rand(1, generator=gen)) * 2.5
         gains = tuple((torch.rand(3, generator=gen) * 10 - 5).tolist())
-        mix, _ = make_mixture(1.5, num_spks=3 if i % 3 == 0 else 2, offset=offset,
-                              gains_db=gains)
+        mix, _ = make_mixture(1.5, num_spks=3 if i % 3 == 0 else 2, offset=offset, gains_db=gains)
         est = model.separate_signal(mix[0], chunk_seconds=None)
         level = 10 * torch.log10((est[0] ** 2).mean(0)) - 10 * torch.log10((mix**2).mean())
         rel.append(float(level.max()))
@@ -472,21 +544,31 @@ def test_long_names_that_fit_the_filesystem(tmp_path):
     tiny_model_folder(folder)
     name = "n" * 240 + ".wav"  # the output name (247 characters) fits in 255
     write_audio(tmp_path / "in" / name, make_mixture(0.5)[0][0], 8000)
-    assert cli.main(["separate", "--model", str(folder), str(tmp_path / "in"),
-                     "-o", str(tmp_path / "out")]) == 0
+    assert (
+        cli.main(
+            ["separate", "--model", str(folder), str(tmp_path / "in"), "-o", str(tmp_path / "out")]
+        )
+        == 0
+    )
     assert sorted(len(p.name) for p in (tmp_path / "out").iterdir()) == [247, 247]
 
 
 def test_a_full_disk_is_named_by_its_errno(tmp_path, monkeypatch, capsys):
     """A write cut by the file-size limit (EFBIG, in a child process) and one by a
     full disk (ENOSPC) say so; the run stops with one line; no temporary file stays."""
-    code = ("import resource, signal, sys, torch; from sb_mamba.audio import write_audio\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
-            "try:\n    write_audio(sys.argv[1], torch.zeros(80000), 8000)\n"
-            "except OSError as e:\n    print(e)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.wav")],
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import resource, signal, sys, torch; from sb_mamba.audio import write_audio\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "try:\n    write_audio(sys.argv[1], torch.zeros(80000), 8000)\n"
+        "except OSError as e:\n    print(e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "big.wav")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "File too large (EFBIG) while writing" in proc.stdout, proc.stdout + proc.stderr
     assert not list(tmp_path.iterdir())
 
@@ -507,10 +589,15 @@ def test_a_full_disk_is_named_by_its_errno(tmp_path, monkeypatch, capsys):
     for name in ("a.wav", "b.wav"):
         write_audio(tmp_path / "in" / name, make_mixture(0.5)[0][0], 8000)
     init = audio._ErrnoFile.__init__
-    monkeypatch.setattr(audio._ErrnoFile, "__init__",
-                        lambda self, f, failed: init(self, Full(f), failed))
-    assert cli.main(["separate", "--model", str(folder), str(tmp_path / "in"),
-                     "-o", str(tmp_path / "out")]) == 2
+    monkeypatch.setattr(
+        audio._ErrnoFile, "__init__", lambda self, f, failed: init(self, Full(f), failed)
+    )
+    assert (
+        cli.main(
+            ["separate", "--model", str(folder), str(tmp_path / "in"), "-o", str(tmp_path / "out")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     err = [line for line in err if "error" in line]
     assert len(err) == 1 and "No space left on device (ENOSPC)" in err[0], err
@@ -533,8 +620,9 @@ def test_ctrl_c_inside_a_write_is_not_swallowed(tmp_path, monkeypatch, capfd):
             return getattr(self.f, name)
 
     init = audio._ErrnoFile.__init__
-    monkeypatch.setattr(audio._ErrnoFile, "__init__",
-                        lambda self, f, failed: init(self, Interrupted(f), failed))
+    monkeypatch.setattr(
+        audio._ErrnoFile, "__init__", lambda self, f, failed: init(self, Interrupted(f), failed)
+    )
     with pytest.raises(KeyboardInterrupt):
         write_audio(tmp_path / "a.wav", torch.zeros(8000), 8000)
     assert not list(tmp_path.iterdir())
@@ -547,9 +635,23 @@ def test_ctrl_c_ends_with_one_line(tmp_path):
     for i in range(100):
         write_audio(tmp_path / "in" / f"{i:03d}.wav", make_mixture(3.0)[0][0], 8000)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "sb_mamba.cli", "separate", "--model",
-                             str(folder), str(tmp_path / "in"), "-o", str(tmp_path / "out")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sb_mamba.cli",
+            "separate",
+            "--model",
+            str(folder),
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 400  # a loaded machine starts slowly
     while time.time() < deadline and not (tmp_path / "out" / "000_s2.wav").exists():
         time.sleep(0.1)

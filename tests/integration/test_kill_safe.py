@@ -30,7 +30,7 @@ from tests.helpers import read_results, run_train_py
 
 # Runs train.py (sys.argv[1]) in this process with a torch.save that cuts the
 # KILL_AT_SAVE-th checkpoint file in half and SIGKILLs the process.
-LAUNCHER = '''
+LAUNCHER = """
 import io, os, runpy, signal, sys
 import torch
 
@@ -51,14 +51,19 @@ def save(obj, f, *args, **kwargs):
 torch.save = save
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 STEPS = 12  # epoch_size 24 / batch_size 2: optimizer steps of the epoch
 ARGS = [
-    "--N_epochs=1", "--model_dim=8", "--epoch_size=24", "--batch_size=2",
-    "--segment_seconds=0.5", "--n_audio_to_save=0",
+    "--N_epochs=1",
+    "--model_dim=8",
+    "--epoch_size=24",
+    "--batch_size=2",
+    "--segment_seconds=0.5",
+    "--n_audio_to_save=0",
     "--prepare_kwargs={n_valid: 2, n_test: 2, segment_seconds: 1.0}",
-    "--ckpt_interval_minutes=0", "--ckpt_interval_steps=3",
+    "--ckpt_interval_minutes=0",
+    "--ckpt_interval_steps=3",
 ]
 # torch.save calls per checkpoint: separator, lr_scheduler, optimizer (in the
 # order of the recoverables); the 4th is the separator of the second one.
@@ -76,8 +81,15 @@ def test_sigkill_while_writing_a_checkpoint_then_resume(tmp_path, monkeypatch):
     launcher.write_text(LAUNCHER)
     monkeypatch.setenv("KILL_AT_SAVE", str(KILL_AT_SAVE))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    first = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *ARGS,
-                         launcher=[sys.executable, str(launcher)], check=False, timeout=300)
+    first = run_train_py(
+        "LibriMini",
+        "sepmamba.yaml",
+        f"--output_folder={out}",
+        *ARGS,
+        launcher=[sys.executable, str(launcher)],
+        check=False,
+        timeout=300,
+    )
     assert first.returncode == -signal.SIGKILL, first.stdout[-3000:]
     assert "KILLED while writing" in first.stdout and "separator.ckpt" in first.stdout
     # SpeechBrain sees only the complete checkpoint; the cut one is a PARTIAL+ folder.
@@ -87,8 +99,9 @@ def test_sigkill_while_writing_a_checkpoint_then_resume(tmp_path, monkeypatch):
     assert broken_file(partial)[0].name == "separator.ckpt"
 
     monkeypatch.delenv("KILL_AT_SAVE")
-    second = run_train_py("LibriMini", "sepmamba.yaml", f"--output_folder={out}", *ARGS,
-                          timeout=300)
+    second = run_train_py(
+        "LibriMini", "sepmamba.yaml", f"--output_folder={out}", *ARGS, timeout=300
+    )
     log = second.stdout
     assert f"{partial} was cut by a kill while it was written: separator.ckpt is broken" in log
     assert "at step 3 of that epoch (optimizer step 3) - resumed" in log, log[-3000:]
@@ -96,8 +109,11 @@ def test_sigkill_while_writing_a_checkpoint_then_resume(tmp_path, monkeypatch):
     assert broken.name == "BROKEN+" + partial.name.removeprefix("PARTIAL+")
     assert (broken / "separator.ckpt").is_file()  # moved aside, not deleted
     assert not list(save.glob("PARTIAL+*"))
-    final = [_brain(c) for c in save.glob("CKPT+*")
-             if not yaml.safe_load((c / "CKPT.yaml").read_text()).get("brain_intra_epoch_ckpt")]
+    final = [
+        _brain(c)
+        for c in save.glob("CKPT+*")
+        if not yaml.safe_load((c / "CKPT.yaml").read_text()).get("brain_intra_epoch_ckpt")
+    ]
     assert final and final[-1]["optimizer_step"] == STEPS
     assert "epoch: 1" in (out / "train_log.txt").read_text()
     read_results(out)
@@ -125,9 +141,11 @@ def test_broken_newest_checkpoint_falls_back(tmp_path, caplog, checkpointer, dam
     good = _train_and_save(writer, net, opt, meta={"n": 1})
     weights = {k: v.clone() for k, v in net.state_dict().items()}
     newest = _train_and_save(writer, net, opt, meta={"n": 2})
-    name, cut = {"truncated optimizer": ("optimizer.ckpt", 0.5),
-                 "empty separator": ("separator.ckpt", 0),
-                 "empty meta": ("CKPT.yaml", 0)}[damage]  # fmt: skip
+    name, cut = {
+        "truncated optimizer": ("optimizer.ckpt", 0.5),
+        "empty separator": ("separator.ckpt", 0),
+        "empty meta": ("CKPT.yaml", 0),
+    }[damage]
     data = (newest.path / name).read_bytes()
     (newest.path / name).write_bytes(data[: int(len(data) * cut)])
 

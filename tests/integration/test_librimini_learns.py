@@ -38,9 +38,14 @@ from tests.helpers import LIBRIMINI_DATA, RECIPES, run_train_py
 RISE_DB = 2.0  # over the untrained model (the bar)
 MIN_SI_SNRI_DB = 0.3  # and better than the unprocessed mixture
 BUDGET = [
-    "--N_epochs=4", "--epoch_size=160", "--batch_size=4", "--segment_seconds=1.0",
-    "--lr=0.002", "--prepare_kwargs={n_valid: 20, n_test: 4, segment_seconds: 2.0}",
-    "--n_audio_to_save=0", "--ckpt_interval_minutes=0",
+    "--N_epochs=4",
+    "--epoch_size=160",
+    "--batch_size=4",
+    "--segment_seconds=1.0",
+    "--lr=0.002",
+    "--prepare_kwargs={n_valid: 20, n_test: 4, segment_seconds: 2.0}",
+    "--n_audio_to_save=0",
+    "--ckpt_interval_minutes=0",
 ]
 
 
@@ -69,8 +74,7 @@ def test_librimini_sepmamba_learns(tmp_path, monkeypatch):
     monkeypatch.chdir(RECIPES / "LibriMini" / "separation")
     hparams_file, _, overrides = sb.parse_arguments(["hparams/sepmamba.yaml", *args])
     hparams = load_hparams(hparams_file, overrides, {"data_folder": str(LIBRIMINI_DATA)})
-    untrained = valid_si_snri(hparams["modules"]["separator"].eval(),
-                              out / "save" / "valid.csv")
+    untrained = valid_si_snri(hparams["modules"]["separator"].eval(), out / "save" / "valid.csv")
     summary = f"untrained {untrained:.2f} dB, per epoch {curve}\n{proc.stdout[-2000:]}"
     assert max(curve) >= untrained + RISE_DB, summary
     assert max(curve) >= MIN_SI_SNRI_DB, summary

@@ -31,7 +31,7 @@ def test_sepmamba_overfits_one_mixture():
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
 
     start = time.time()
-    for step in range(MAX_STEPS + 1):
+    for step in range(MAX_STEPS + 1):  # noqa: B007 - reported after the loop
         est = model(mix)  # [1, T, 2]
         si_snri = si_snr_improvement(est.detach(), sources, mix)
         if si_snri >= TARGET_DB:  # reached after `step` updates

@@ -25,8 +25,12 @@ def test_spmamba_overfits_one_mixture():
     torch.manual_seed(0)
     mix, sources = make_mixture(seconds=1.0)  # [1, T], [1, T, 2]
     model = SPMamba(
-        num_spks=2, n_fft=256, hop_length=64, num_layers=1, emb_dim=8,
-        expand=2, ssm_backend="auto",
+        num_spks=2,
+        n_fft=256,
+        hop_length=64,
+        num_layers=1,
+        emb_dim=8,
+        expand=2,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     threads = torch.get_num_threads()

@@ -20,8 +20,9 @@ BIN = [sys.executable, "-m", "sb_mamba.cli"]
 
 def _model(tmp_path, causal=True):
     folder = tmp_path / ("causal" if causal else "bidir")
-    net = tiny_model_folder(folder, causal=causal, stride=4, kernel_size=8, output="mask",
-                            ssm_backend="auto")
+    net = tiny_model_folder(
+        folder, causal=causal, stride=4, kernel_size=8, output="mask", ssm_backend="auto"
+    )  # the backend of the returned model, not stored
     return folder, net
 
 
@@ -39,12 +40,16 @@ def _expected(net, pcm):
 
 
 def _stream(folder, data, extra=(), pieces=True, stdout=subprocess.PIPE):
-    proc = subprocess.Popen([*BIN, "stream", str(folder), *extra], stdin=subprocess.PIPE,
-                            stdout=stdout, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*BIN, "stream", str(folder), *extra],
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
     rng, a = random.Random(0), 0
     while a < len(data):  # odd-sized writes: samples split between writes
         n = rng.choice([1, 3, 77, 129, 1001]) if pieces else len(data)
-        proc.stdin.write(data[a:a + n])
+        proc.stdin.write(data[a : a + n])
         proc.stdin.flush()
         a += n
     proc.stdin.close()
@@ -84,8 +89,12 @@ def test_stream_errors_are_one_line(tmp_path):
 
 def test_stream_broken_pipe(tmp_path):
     folder, _ = _model(tmp_path)
-    proc = subprocess.Popen([*BIN, "stream", str(folder)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*BIN, "stream", str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # the reader is gone
     try:
         proc.stdin.write(np.zeros(8000 * 20, "<i2").tobytes())
@@ -103,15 +112,37 @@ def test_separate_stream_equals_offline(tmp_path):
     sf.write(tmp_path / "mix.wav", make_mixture(1.2)[0][0].numpy() * 0.5, 8000)
     outs = {}
     for name, flags in (("offline", ["--chunk-seconds", "0"]), ("stream", ["--stream"])):
-        proc = subprocess.run([*BIN, "separate", str(folder), str(tmp_path / "mix.wav"),
-                               "-o", str(tmp_path / name), *flags],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                *BIN,
+                "separate",
+                str(folder),
+                str(tmp_path / "mix.wav"),
+                "-o",
+                str(tmp_path / name),
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         outs[name] = [sf.read(tmp_path / name / f"mix_s{i}.wav")[0] for i in (1, 2)]
     for a, b in zip(outs["offline"], outs["stream"]):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
     bidir, _ = _model(tmp_path, causal=False)
-    proc = subprocess.run([*BIN, "separate", str(bidir), str(tmp_path / "mix.wav"), "-o",
-                           str(tmp_path / "x"), "--stream"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            *BIN,
+            "separate",
+            str(bidir),
+            str(tmp_path / "mix.wav"),
+            "-o",
+            str(tmp_path / "x"),
+            "--stream",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "not causal" in proc.stderr

@@ -36,6 +36,7 @@ SPEECH = ROOT / "tests" / "samples" / "speech_8k"  # 4 speakers: the DM speaker 
 # Recipe folder -> fixture builder of its dataset (WHAMandWHAMR: per YAML).
 DATASET = {"WSJ0Mix": "wsj0mix", "LibriMix": "librimix", "Echo2Mix": "echo2mix"}
 
+
 # Command-line overrides that shrink each model to a few thousand parameters.
 def _cases():
     """(recipe, yaml, extra args) for every recipe YAML, plus option variants."""
@@ -44,14 +45,24 @@ def _cases():
         for path in sorted((RECIPES / recipe / "separation" / "hparams").glob("*.yaml")):
             cases.append(pytest.param(recipe, path.name, [], id=f"{recipe}/{path.name}"))
     cases += [  # the options the default YAMLs leave off
-        pytest.param("WSJ0Mix", "spmamba.yaml", ["--dynamic_mixing=True"],
-                     id="WSJ0Mix/spmamba.yaml+DM"),
-        pytest.param("WHAMandWHAMR", "spmamba-wham.yaml", ["--dynamic_mixing=True"],
-                     id="WHAMandWHAMR/spmamba-wham.yaml+DM"),
-        pytest.param("LibriMix", "sepmamba.yaml", ["--use_wham_noise=True"],
-                     id="LibriMix/sepmamba.yaml+noise+DM"),
-        pytest.param("LibriMix", "s4m.yaml", ["--use_wham_noise=True"],
-                     id="LibriMix/s4m.yaml+noise"),
+        pytest.param(
+            "WSJ0Mix", "spmamba.yaml", ["--dynamic_mixing=True"], id="WSJ0Mix/spmamba.yaml+DM"
+        ),
+        pytest.param(
+            "WHAMandWHAMR",
+            "spmamba-wham.yaml",
+            ["--dynamic_mixing=True"],
+            id="WHAMandWHAMR/spmamba-wham.yaml+DM",
+        ),
+        pytest.param(
+            "LibriMix",
+            "sepmamba.yaml",
+            ["--use_wham_noise=True"],
+            id="LibriMix/sepmamba.yaml+noise+DM",
+        ),
+        pytest.param(
+            "LibriMix", "s4m.yaml", ["--use_wham_noise=True"], id="LibriMix/s4m.yaml+noise"
+        ),
     ]
     return cases
 
@@ -79,12 +90,21 @@ def _csv_rows(path):
 def test_recipe_runs(recipe, yaml_name, extra, dataset_folder, tmp_path, one_thread):
     yaml_path = RECIPES / recipe / "separation" / "hparams" / yaml_name
     text = yaml_path.read_text()
-    dataset = re.search(r"^    dataset: (\w+)", text, re.M).group(1) \
-        if recipe == "WHAMandWHAMR" else DATASET[recipe]
+    dataset = (
+        re.search(r"^    dataset: (\w+)", text, re.M).group(1)
+        if recipe == "WHAMandWHAMR"
+        else DATASET[recipe]
+    )
     model = yaml_name.split("-")[0].removesuffix(".yaml")
     out = tmp_path / "run"
-    args = [str(yaml_path), f"--data_folder={dataset_folder(dataset)}",
-            f"--output_folder={out}", *COMMON, *SHRINK[model], *extra]
+    args = [
+        str(yaml_path),
+        f"--data_folder={dataset_folder(dataset)}",
+        f"--output_folder={out}",
+        *COMMON,
+        *SHRINK[model],
+        *extra,
+    ]
     dm = "--dynamic_mixing=True" in extra or re.search(r"^dynamic_mixing: True", text, re.M)
     if dm:  # mix the bundled speakers on the fly (noise: the dataset's own)
         args += [f"--base_folder_dm={SPEECH}", "--epoch_size=2"]

@@ -32,8 +32,9 @@ from tests.helpers import (
 
 SAMPLES = ROOT / "tests" / "samples"
 SPEECH, NOISE, RIRS = SAMPLES / "speech_8k", SAMPLES / "noise_8k", SAMPLES / "rir"
-TINY_DATA = dict(n=(2, 1, 1), segment_seconds=0.5, speaker_split=(0, 0), seed=3,
-                 room_ranges={"rt60": [0.2, 0.4]})  # fmt: skip
+TINY_DATA = dict(
+    n=(2, 1, 1), segment_seconds=0.5, speaker_split=(0, 0), seed=3, room_ranges={"rt60": [0.2, 0.4]}
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +62,23 @@ CASES = [
 
 
 @pytest.mark.parametrize("recipe, yaml_name, layout, dm", CASES)
-def test_recipe_on_generated_data(recipe, yaml_name, layout, dm, generated, tmp_path,
-                                  one_thread):  # fmt: skip
+def test_recipe_on_generated_data(recipe, yaml_name, layout, dm, generated, tmp_path, one_thread):
     data = generated(layout)
     out = tmp_path / "run"
-    args = [str(RECIPES / recipe / "separation" / "hparams" / yaml_name),
-            f"--data_folder={data}", f"--output_folder={out}", *COMMON, *SHRINK["sepmamba"]]
+    args = [
+        str(RECIPES / recipe / "separation" / "hparams" / yaml_name),
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        *COMMON,
+        *SHRINK["sepmamba"],
+    ]
     if dm:  # new reverberant mixtures of the bundled speakers, from the dataset's bank
-        args += ["--dynamic_mixing=True", f"--base_folder_dm={SPEECH}", "--epoch_size=2",
-                 f"--rir_bank={data / 'rir_bank'}"]  # fmt: skip
+        args += [
+            "--dynamic_mixing=True",
+            f"--base_folder_dm={SPEECH}",
+            "--epoch_size=2",
+            f"--rir_bank={data / 'rir_bank'}",
+        ]
     brain = run_recipe(load_prepare(recipe), args)
     assert len(read_results(out)) == 2  # 1 test mixture + avg
     assert brain.hparams.epoch_counter.current == 1
@@ -85,13 +94,23 @@ def test_recipe_on_generated_data(recipe, yaml_name, layout, dm, generated, tmp_
 
 def test_librimini_reverberant_and_noisy(tmp_path, one_thread):
     out = tmp_path / "run"
-    args = [str(RECIPES / "LibriMini" / "separation" / "hparams" / "sepmamba.yaml"),
-            f"--output_folder={out}", *COMMON, *SHRINK["sepmamba"], "--epoch_size=2",
-            "--prepare_kwargs={n_valid: 1, n_test: 1, segment_seconds: 0.5, "
-            "use_reverb: True, rir_bank: " + str(RIRS) + ", noise_folder: " + str(NOISE)
-            + ", reverb_target: early}",
-            "--use_reverb=True", f"--rir_bank={RIRS}", f"--noise_folder={NOISE}",
-            "--reverb_target=early"]  # fmt: skip
+    args = [
+        str(RECIPES / "LibriMini" / "separation" / "hparams" / "sepmamba.yaml"),
+        f"--output_folder={out}",
+        *COMMON,
+        *SHRINK["sepmamba"],
+        "--epoch_size=2",
+        "--prepare_kwargs={n_valid: 1, n_test: 1, segment_seconds: 0.5, "
+        "use_reverb: True, rir_bank: "
+        + str(RIRS)
+        + ", noise_folder: "
+        + str(NOISE)
+        + ", reverb_target: early}",
+        "--use_reverb=True",
+        f"--rir_bank={RIRS}",
+        f"--noise_folder={NOISE}",
+        "--reverb_target=early",
+    ]
     brain = run_recipe(prepare_librimini, args, {"data_folder": str(LIBRIMINI_DATA)})
     assert len(read_results(out)) == 2
     ds = brain._train_dataset

@@ -56,16 +56,19 @@ def test_every_key_is_referenced_or_read(path):
 
 @pytest.mark.parametrize("path", RECIPE_YAMLS, **IDS)
 def test_every_recipe_yaml_loads(path, tmp_path):
-    hp = load_hparams(path, {"output_folder": str(tmp_path / "out")},
-                      {"data_folder": str(tmp_path / "data")})
+    hp = load_hparams(
+        path, {"output_folder": str(tmp_path / "out")}, {"data_folder": str(tmp_path / "data")}
+    )
     assert type(hp["checkpointer"]).__name__ == "KillSafeCheckpointer"
     assert "separator" in hp["modules"]
 
 
 def test_yaml_keys_reads_references():
-    text = ("seed: 1\nout: !ref results/<seed>\nmodel: {a: 1}\nm: !ref <model[a]>\n"
-            "n: !ref <seed> * <x.y>\nx: !new:collections.OrderedDict\n"
-            "s: !copy <seed>\n# <nope> in a comment\nplain: <notaref>\n")
+    text = (
+        "seed: 1\nout: !ref results/<seed>\nmodel: {a: 1}\nm: !ref <model[a]>\n"
+        "n: !ref <seed> * <x.y>\nx: !new:collections.OrderedDict\n"
+        "s: !copy <seed>\n# <nope> in a comment\nplain: <notaref>\n"
+    )
     keys, referenced = yaml_keys(text)
     assert keys == ["seed", "out", "model", "m", "n", "x", "s", "plain"]
     assert referenced == {"seed", "model", "x"}
@@ -77,24 +80,35 @@ def test_misspelt_optional_key_is_a_user_error(tmp_path):
     assert "use_rand_shfit" in text
     copy = tmp_path / "sepmamba.yaml"
     copy.write_text(text)
-    with pytest.raises(UserError, match=r"key use_rand_shfit is read by nothing .* did you "
-                                        r"mean use_rand_shift\? Fix its spelling"):
+    with pytest.raises(
+        UserError,
+        match=r"key use_rand_shfit is read by nothing .* did you "
+        r"mean use_rand_shift\? Fix its spelling",
+    ):
         load_hparams(copy, None, {"data_folder": str(tmp_path)})
     # keys starting with __ and keys the caller says it reads are fine
     copy.write_text(text.replace("use_rand_shfit:", "__use_rand_shfit:"))
     load_hparams(copy, {"output_folder": str(tmp_path / "a")}, {"data_folder": str(tmp_path)})
     copy.write_text(text.replace("use_rand_shfit:", "my_key:"))
-    load_hparams(copy, {"output_folder": str(tmp_path / "b")}, {"data_folder": str(tmp_path)},
-                 read_keys={"my_key"})
+    load_hparams(
+        copy,
+        {"output_folder": str(tmp_path / "b")},
+        {"data_folder": str(tmp_path)},
+        read_keys={"my_key"},
+    )
 
 
 def test_misspelt_key_ends_train_py_with_one_line(tmp_path, caplog):
     shutil.copy(LIBRIMINI, tmp_path / "sepmamba.yaml")
     (tmp_path / "sepmamba.yaml").write_text(
-        LIBRIMINI.read_text().replace("use_speedperturb:", "use_speed_perturb:"))
+        LIBRIMINI.read_text().replace("use_speedperturb:", "use_speed_perturb:")
+    )
     with pytest.raises(SystemExit) as exit_info:
-        main(None, [str(tmp_path / "sepmamba.yaml"), f"--output_folder={tmp_path}/out"],
-             {"data_folder": str(tmp_path)})
+        main(
+            None,
+            [str(tmp_path / "sepmamba.yaml"), f"--output_folder={tmp_path}/out"],
+            {"data_folder": str(tmp_path)},
+        )
     assert exit_info.value.code == 2
     (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "use_speed_perturb" in record.getMessage()

@@ -66,10 +66,20 @@ def test_eval_dir_scores_a_mix_s1_s2_folder_at_any_rate(tmp_path):
 
 
 def test_markdown_table_of_a_report(tmp_path):
-    report = {"load_average": [[0.5, 1.9], [1.0, 2.1]], "runs": [
-        {"name": "ours", "overrides": "{model_dim: 32}", "params": 744354, "steps": 10,
-         "curve": [{"budget_point": 5.0, "valid_si_snri": 1.5}], "test_si_snri": 1.4,
-         "test_sdri": 2.0}]}
+    report = {
+        "load_average": [[0.5, 1.9], [1.0, 2.1]],
+        "runs": [
+            {
+                "name": "ours",
+                "overrides": "{model_dim: 32}",
+                "params": 744354,
+                "steps": 10,
+                "curve": [{"budget_point": 5.0, "valid_si_snri": 1.5}],
+                "test_si_snri": 1.4,
+                "test_sdri": 2.0,
+            }
+        ],
+    }
     (tmp_path / "r.json").write_text(json.dumps(report))
     table = bench.markdown_table([tmp_path / "r.json"]).splitlines()
     assert table[0].startswith("| run | overrides |") and "5 min" in table[0]
@@ -83,8 +93,13 @@ def test_training_loader_draws_new_mixtures_every_epoch(tmp_path):
     from sb_mamba.training.brain import Separation
 
     hp = bench.load_hparams(bench.DEFAULT_YAML, "{model_dim: 8, epoch_size: 4}", tmp_path)
-    brain = Separation(modules=hp["modules"], opt_class=hp["optimizer"], hparams=hp,
-                       run_opts={"device": "cpu"}, checkpointer=None)
+    brain = Separation(
+        modules=hp["modules"],
+        opt_class=hp["optimizer"],
+        hparams=hp,
+        run_opts={"device": "cpu"},
+        checkpointer=None,
+    )
     loader = bench.train_loader(brain, hp)
     firsts = []
     for epoch in (1, 2, 1):

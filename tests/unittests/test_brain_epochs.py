@@ -32,11 +32,16 @@ class LengthRecorder(torch.nn.Module):
 
 
 def brain(curriculum, checkpointer=None, **extra):
-    hparams = dict(num_spks=2, sample_rate=100, loss=pit_si_snr_loss,
-                   segment_curriculum=curriculum, **extra)
-    return Separation(modules={"separator": LengthRecorder()}, hparams=hparams,
-                      opt_class=lambda p: torch.optim.SGD(p, lr=0.0),
-                      run_opts={"device": "cpu"}, checkpointer=checkpointer)
+    hparams = dict(
+        num_spks=2, sample_rate=100, loss=pit_si_snr_loss, segment_curriculum=curriculum, **extra
+    )
+    return Separation(
+        modules={"separator": LengthRecorder()},
+        hparams=hparams,
+        opt_class=lambda p: torch.optim.SGD(p, lr=0.0),
+        run_opts={"device": "cpu"},
+        checkpointer=checkpointer,
+    )
 
 
 def train_lengths(b, epoch, T=200):
@@ -57,7 +62,9 @@ def test_before_the_first_stage_and_without_curriculum_nothing_is_cropped():
     # the curriculum takes precedence over training_signal_len
     b = brain([[1, 0.3]], limit_training_signal_len=True, training_signal_len=80)
     assert train_lengths(b, 1) == 30
-    assert train_lengths(brain(None, limit_training_signal_len=True, training_signal_len=80), 1) == 80
+    assert (
+        train_lengths(brain(None, limit_training_signal_len=True, training_signal_len=80), 1) == 80
+    )
 
 
 def test_evaluation_is_never_cropped():

@@ -87,11 +87,17 @@ def official_sepmamba_state(model):
 def official_spmamba_state(model):
     """SPMamba's official keys are sb_mamba's (a few checked literally)."""
     state = OrderedDict((k, v.clone()) for k, v in model.state_dict().items())
-    for key in ("conv.0.weight", "conv.1.weight", "deconv.weight",
-                "blocks.0.intra_norm.gamma", "blocks.0.inter_linear.weight",
-                "blocks.0.intra_mamba.forward_blocks.0.mixer.A_log",
-                "blocks.0.inter_mamba.backward_blocks.0.norm.weight",
-                "blocks.0.attn_conv_Q_1.2.gamma", "blocks.0.attn_concat_proj.1.weight"):
+    for key in (
+        "conv.0.weight",
+        "conv.1.weight",
+        "deconv.weight",
+        "blocks.0.intra_norm.gamma",
+        "blocks.0.inter_linear.weight",
+        "blocks.0.intra_mamba.forward_blocks.0.mixer.A_log",
+        "blocks.0.inter_mamba.backward_blocks.0.norm.weight",
+        "blocks.0.attn_conv_Q_1.2.gamma",
+        "blocks.0.attn_concat_proj.1.weight",
+    ):
         assert key in state, key
     return state
 
@@ -106,34 +112,62 @@ def lightning_ckpt(state, config):
             if isinstance(v, dict):
                 flatten(v, key)
             else:  # look2hear's config_to_hparams: lists -> tensors, None -> "None"
-                flat[key] = torch.tensor(v) if isinstance(v, list) else \
-                    ("None" if v is None else v)
+                flat[key] = torch.tensor(v) if isinstance(v, list) else ("None" if v is None else v)
 
     flatten(config)
     return {
-        "epoch": 41, "global_step": 12345, "pytorch-lightning_version": "2.1.2",
+        "epoch": 41,
+        "global_step": 12345,
+        "pytorch-lightning_version": "2.1.2",
         "state_dict": OrderedDict((f"audio_model.{k}", v) for k, v in state.items()),
         "loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 7}}},
-        "callbacks": {"ModelCheckpoint{'monitor': 'val_loss/dataloader_idx_0'}": {
-            "best_model_score": torch.tensor(-14.2), "dirpath": "/exp/ckpt"}},
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0)}},
-                              "param_groups": [{"lr": 1e-3, "params": [0]}]}],
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_loss/dataloader_idx_0'}": {
+                "best_model_score": torch.tensor(-14.2),
+                "dirpath": "/exp/ckpt",
+            }
+        },
+        "optimizer_states": [
+            {
+                "state": {0: {"step": torch.tensor(3.0)}},
+                "param_groups": [{"lr": 1e-3, "params": [0]}],
+            }
+        ],
         "lr_schedulers": [{"factor": 0.5, "best": 1.5, "mode": "min"}],
-        "hparams_name": "kwargs", "hyper_parameters": flat, "training_config": config,
+        "hparams_name": "kwargs",
+        "hyper_parameters": flat,
+        "training_config": config,
     }
 
 
 def look2hear_config(n_fft, stride, sample_rate):
     """The look2hear training config (configs/spmamba-*.yml), as a dict."""
     return {
-        "audionet": {"audionet_name": "SPMamba", "audionet_config": {
-            "input_dim": 64, "n_srcs": 2, "n_fft": n_fft, "stride": stride,
-            "window": "hann", "n_imics": 1, "n_layers": 1, "attn_n_head": 2,
-            "attn_approx_qk_dim": 512, "emb_dim": 4, "emb_ks": 2, "emb_hs": 1,
-            "activation": "prelu", "eps": 1.0e-5, "use_builtin_complex": False}},
+        "audionet": {
+            "audionet_name": "SPMamba",
+            "audionet_config": {
+                "input_dim": 64,
+                "n_srcs": 2,
+                "n_fft": n_fft,
+                "stride": stride,
+                "window": "hann",
+                "n_imics": 1,
+                "n_layers": 1,
+                "attn_n_head": 2,
+                "attn_approx_qk_dim": 512,
+                "emb_dim": 4,
+                "emb_ks": 2,
+                "emb_hs": 1,
+                "activation": "prelu",
+                "eps": 1.0e-5,
+                "use_builtin_complex": False,
+            },
+        },
         "training": {"system": "AudioLightningModule", "gpus": [0, 1], "epochs": 500},
-        "datamodule": {"data_name": "Libri2MixDataModule", "data_config": {
-            "sample_rate": sample_rate, "segment": 3.0, "batch_size": 1}},
+        "datamodule": {
+            "data_name": "Libri2MixDataModule",
+            "data_config": {"sample_rate": sample_rate, "segment": 3.0, "batch_size": 1},
+        },
         "main_args": {"exp_dir": "/exp/ckpt", "conf_dir": None},
     }
 
@@ -154,7 +188,7 @@ def check_folder(out, ref, sample_rate, source):
     assert "check the licence with the original authors" in card
     assert "hyperparams_train.yaml" not in card
     config = json.loads((out / "config.json").read_text())
-    assert config["separator_args"]["ssm_backend"] == "auto"
+    assert "ssm_backend" not in config["separator_args"]  # a run option, never stored
     assert config["sample_rate"] == sample_rate and digest in config["origin"]
     return card
 
@@ -163,8 +197,7 @@ def check_folder(out, ref, sample_rate, source):
 def test_spmamba_lightning_ckpt_reads_the_stored_config(tmp_path):
     ref = tiny_spmamba(hop_length=128)  # stored config, not the n_fft guess
     path = tmp_path / "epoch=41.ckpt"
-    torch.save(lightning_ckpt(official_spmamba_state(ref),
-                              look2hear_config(256, 128, 16000)), path)
+    torch.save(lightning_ckpt(official_spmamba_state(ref), look2hear_config(256, 128, 16000)), path)
     convert(path, tmp_path / "out")
     card = check_folder(tmp_path / "out", ref, 16000, path)
     assert "PyTorch-Lightning checkpoint" in card and "| `hop_length` | `128` |" in card
@@ -173,11 +206,20 @@ def test_spmamba_lightning_ckpt_reads_the_stored_config(tmp_path):
 def test_spmamba_serialize_package_16k(tmp_path):
     ref = tiny_spmamba(n_fft=512, hop_length=128)
     path = tmp_path / "best_model.pth"
-    torch.save({"model_name": "SPMamba", "state_dict": official_spmamba_state(ref),
-                "model_args": {"n_sample_rate": 2},  # what look2hear stores
-                "infos": {"software_versions": {
+    torch.save(
+        {
+            "model_name": "SPMamba",
+            "state_dict": official_spmamba_state(ref),
+            "model_args": {"n_sample_rate": 2},  # what look2hear stores
+            "infos": {
+                "software_versions": {
                     "torch_version": torch.torch_version.TorchVersion("2.1.0"),
-                    "pytorch_lightning_version": "2.1.2"}}}, path)
+                    "pytorch_lightning_version": "2.1.2",
+                }
+            },
+        },
+        path,
+    )
     convert(path, tmp_path / "out")
     card = check_folder(tmp_path / "out", ref, 16000, path)
     assert "serialize()" in card and "257 bins" in card
@@ -202,13 +244,22 @@ def test_spmamba_bare_state_dict_8k_and_namespace_hparams(tmp_path):
 def test_sepmamba_training_checkpoint(tmp_path, causal):
     ref = tiny_sepmamba(causal=causal, activation="prelu" if causal else "relu")
     official = official_sepmamba_state(ref)
-    assert ("down.0.mamba_layer.backward_mamba_block.mamba_blocks.0.mixer.A_log"
-            in official) != causal
+    assert (
+        "down.0.mamba_layer.backward_mamba_block.mamba_blocks.0.mixer.A_log" in official
+    ) != causal
     path = tmp_path / "best_model.pth"
-    torch.save({"epoch": 12, "model_state_dict": official,
-                "optimizer_state_dict": {"state": {}, "param_groups": [
-                    {"lr": 1e-3, "params": list(range(len(official)))}]},
-                "lr_scheduler": {"step_size": 2, "gamma": 0.5, "last_epoch": 12}}, path)
+    torch.save(
+        {
+            "epoch": 12,
+            "model_state_dict": official,
+            "optimizer_state_dict": {
+                "state": {},
+                "param_groups": [{"lr": 1e-3, "params": list(range(len(official)))}],
+            },
+            "lr_scheduler": {"step_size": 2, "gamma": 0.5, "last_epoch": 12},
+        },
+        path,
+    )
     convert(path, tmp_path / "out", sample_rate=8000)
     card = check_folder(tmp_path / "out", ref, 8000, path)
     assert "T - 1 samples" in card  # the odd-length note
@@ -219,8 +270,22 @@ def test_sepmamba_bare_state_dict_from_the_cli(tmp_path, capsys):
     ref = tiny_sepmamba(seed=5)
     path = tmp_path / "sepmamba.pt"
     torch.save(official_sepmamba_state(ref), path)
-    assert cli.main(["convert", str(path), str(tmp_path / "out"), "--model",
-                     "sepmamba", "--sample-rate", "8000", "--name", "SepMamba-S"]) == 0
+    assert (
+        cli.main(
+            [
+                "convert",
+                str(path),
+                str(tmp_path / "out"),
+                "--model",
+                "sepmamba",
+                "--sample-rate",
+                "8000",
+                "--name",
+                "SepMamba-S",
+            ]
+        )
+        == 0
+    )
     check_folder(tmp_path / "out", ref, 8000, path)
     # no rate in a SepMamba file: one line asking for it, nothing written
     assert cli.main(["convert", str(path), str(tmp_path / "out2")]) == 2
@@ -238,13 +303,18 @@ def _sepmamba_file(tmp_path, edit):
     return path
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.pop("up.1.conv1d_fusion.bias"), "missing keys 'up.1.fusion.bias'"),
-    (lambda s: s.update({"down.1.extra.weight": torch.ones(3)}),
-     "unexpected keys (left over) 'down.1.extra.weight'"),
-    (lambda s: s.update({"decoder.bias": torch.ones(3)}), "'decoder.bias' (3,) vs (2,)"),
-    (lambda s: s.pop("decoder.weight"), "cannot tell SPMamba from SepMamba"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.pop("up.1.conv1d_fusion.bias"), "missing keys 'up.1.fusion.bias'"),
+        (
+            lambda s: s.update({"down.1.extra.weight": torch.ones(3)}),
+            "unexpected keys (left over) 'down.1.extra.weight'",
+        ),
+        (lambda s: s.update({"decoder.bias": torch.ones(3)}), "'decoder.bias' (3,) vs (2,)"),
+        (lambda s: s.pop("decoder.weight"), "cannot tell SPMamba from SepMamba"),
+    ],
+)
 def test_wrong_keys_one_error_nothing_written(tmp_path, edit, message):
     path = _sepmamba_file(tmp_path, edit)
     with pytest.raises(UserError) as err:
@@ -296,8 +366,11 @@ class Planted:
 def test_unknown_classes_are_refused_by_name(tmp_path):
     state = official_sepmamba_state(tiny_sepmamba())
     torch.save(PlainStateDict(state), tmp_path / "custom.pth")
-    with pytest.raises(UserError, match=r"holds a [\w.]*PlainStateDict object.*"
-                                        r"--trust-checkpoint"):
+    with pytest.raises(
+        UserError,
+        match=r"holds a [\w.]*PlainStateDict object.*"
+        r"--trust-checkpoint",
+    ):
         convert(tmp_path / "custom.pth", tmp_path / "out", sample_rate=8000)
     assert not (tmp_path / "out").exists()
     marker = tmp_path / "PLANTED"
@@ -306,6 +379,5 @@ def test_unknown_classes_are_refused_by_name(tmp_path):
         convert(tmp_path / "bad.pth", tmp_path / "out", sample_rate=8000)
     assert not marker.exists() and not (tmp_path / "out").exists()
     # the innocent class loads when the user trusts the file
-    convert(tmp_path / "custom.pth", tmp_path / "out", sample_rate=8000,
-            trust_checkpoint=True)
+    convert(tmp_path / "custom.pth", tmp_path / "out", sample_rate=8000, trust_checkpoint=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == FILES

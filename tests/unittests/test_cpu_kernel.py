@@ -21,8 +21,10 @@ from tests.helpers import LENGTHS, make_scan_inputs, rand64
 kernel = load_cpu_kernel()
 if kernel is None:
     if not os.environ.get("SB_MAMBA_NO_CPU_KERNEL"):  # a build failure must not pass as a skip
-        raise RuntimeError("the sb_mamba CPU scan kernel could not be built (needs a C++ "
-                           "compiler and ninja); set SB_MAMBA_NO_CPU_KERNEL=1 to test without it")
+        raise RuntimeError(
+            "the sb_mamba CPU scan kernel could not be built (needs a C++ "
+            "compiler and ninja); set SB_MAMBA_NO_CPU_KERNEL=1 to test without it"
+        )
     pytest.skip("SB_MAMBA_NO_CPU_KERNEL is set", allow_module_level=True)
 
 
@@ -122,9 +124,7 @@ def test_kernel_matches_reference(b, d, N, L, G, chunk):
     names = ["du", "ddelta", "dA", "dBt", "dCt"]
     for name, g, g_ref, x in zip(names, grads, grads_ref, args):
         assert g.shape == x.shape and g.dtype == torch.float32, name
-        torch.testing.assert_close(
-            g.double(), g_ref, **tol, msg=lambda m, n=name: f"{n}: {m}"
-        )
+        torch.testing.assert_close(g.double(), g_ref, **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_intermediate_checkpoints():
@@ -138,9 +138,7 @@ def test_intermediate_checkpoints():
         prefix = [t[..., :end] for t in (u, delta)] + [A]
         prefix += [t[:, :, :end] for t in (Bt, Ct)]
         _, last = reference_scan(*prefix)
-        torch.testing.assert_close(
-            ckpt[:, :, k].double(), last.detach(), rtol=1e-4, atol=1e-5
-        )
+        torch.testing.assert_close(ckpt[:, :, k].double(), last.detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_nan_propagates():
@@ -204,15 +202,16 @@ def test_load_is_cached():
 # Fused Mamba kernels (time-major layout): conv_silu_* and mamba_scan_*.
 # ---------------------------------------------------------------------------
 
+
 def reference_conv_silu(x, w, b, reverse):
     """silu(causal depthwise conv) in float64 with autograd, (B, L, D)."""
     if reverse:
         return reference_conv_silu(x.flip(1), w, b, False).flip(1)
     D, K = w.shape
     L = x.shape[1]
-    s = torch.nn.functional.conv1d(
-        x.transpose(1, 2), w[:, None], b, padding=K - 1, groups=D
-    )[..., :L]
+    s = torch.nn.functional.conv1d(x.transpose(1, 2), w[:, None], b, padding=K - 1, groups=D)[
+        ..., :L
+    ]
     return torch.nn.functional.silu(s).transpose(1, 2)
 
 
@@ -278,8 +277,17 @@ def test_mamba_scan_in_place_and_in_segments(reverse):
     kernel.mamba_scan_fwd(u, z, xdbl, w_dt, dt_bias, A, D, full, reverse, 64, False)
     inplace = xz.clone()
     kernel.mamba_scan_fwd(
-        inplace[..., :16], z, xdbl, w_dt, dt_bias, A, D, inplace[..., :16], reverse,
-        64, False,
+        inplace[..., :16],
+        z,
+        xdbl,
+        w_dt,
+        dt_bias,
+        A,
+        D,
+        inplace[..., :16],
+        reverse,
+        64,
+        False,
     )
     torch.testing.assert_close(inplace[..., :16], full, rtol=0, atol=0)
 
@@ -289,8 +297,18 @@ def test_mamba_scan_in_place_and_in_segments(reverse):
     for sl in parts:
         y = torch.empty(2, sl.stop - sl.start, 16)
         kernel.mamba_scan_fwd(
-            u[:, sl], z[:, sl], xdbl[:, sl].contiguous(), w_dt, dt_bias, A, D, y,
-            reverse, 64, False, state,
+            u[:, sl],
+            z[:, sl],
+            xdbl[:, sl].contiguous(),
+            w_dt,
+            dt_bias,
+            A,
+            D,
+            y,
+            reverse,
+            64,
+            False,
+            state,
         )
         out[:, sl] = y
     torch.testing.assert_close(out, full, rtol=1e-6, atol=1e-6)
@@ -302,8 +320,9 @@ def test_mamba_scan_nan_propagates():
     xz, xdbl, w_dt, dt_bias, A, D = [as_f32(t) for t in (xz, xdbl, w_dt, dt_bias, A, D)]
     xz[0, 5, 3] = float("nan")
     y = torch.empty(1, 20, 16)
-    kernel.mamba_scan_fwd(xz[..., :16], xz[..., 16:], xdbl, w_dt, dt_bias, A, D, y, False,
-                          64, False)
+    kernel.mamba_scan_fwd(
+        xz[..., :16], xz[..., 16:], xdbl, w_dt, dt_bias, A, D, y, False, 64, False
+    )
     assert torch.isnan(y[0, 5:, 3]).all()
     assert not torch.isnan(y[0, :5]).any() and not torch.isnan(y[0, :, 4]).any()
 
@@ -316,14 +335,39 @@ def test_mamba_scan_bad_inputs_raise():
     with pytest.raises(RuntimeError, match="xdbl"):
         kernel.mamba_scan_fwd(u, z, xdbl[..., :-1], w_dt, dt_bias, A, D, y, False, 4, True)
     with pytest.raises(RuntimeError, match="contiguous channels"):
-        kernel.mamba_scan_fwd(u.transpose(1, 2).contiguous().transpose(1, 2), z, xdbl,
-                              w_dt, dt_bias, A, D, y, False, 4, True)
+        kernel.mamba_scan_fwd(
+            u.transpose(1, 2).contiguous().transpose(1, 2),
+            z,
+            xdbl,
+            w_dt,
+            dt_bias,
+            A,
+            D,
+            y,
+            False,
+            4,
+            True,
+        )
     with pytest.raises(RuntimeError, match="chunk"):
         kernel.mamba_scan_fwd(u, z, xdbl, w_dt, dt_bias, A, D, y, False, 0, True)
     ckpt = kernel.mamba_scan_fwd(u, z, xdbl, w_dt, dt_bias, A, D, y, False, 4, True)
     with pytest.raises(RuntimeError, match="ckpt"):
-        kernel.mamba_scan_bwd(u, z, xdbl, w_dt, dt_bias, A, D, ckpt, y, y.clone(),
-                              y.clone(), torch.empty_like(xdbl), False, 3)
+        kernel.mamba_scan_bwd(
+            u,
+            z,
+            xdbl,
+            w_dt,
+            dt_bias,
+            A,
+            D,
+            ckpt,
+            y,
+            y.clone(),
+            y.clone(),
+            torch.empty_like(xdbl),
+            False,
+            3,
+        )
     with pytest.raises(RuntimeError, match="hist"):
         kernel.conv_silu_fwd(u, torch.ones(16, 4), None, y, False, torch.zeros(1, 2, 16))
 
@@ -333,9 +377,7 @@ def test_fused_kernels_agree_across_thread_counts(B):
     """Blocks of one batch item split between threads (partial sums of
     d[dt_low | B | C] and of the conv's weight gradient) give the same result."""
     xz, xdbl, w_dt, dt_bias, A, D, gy = make_scan_inputs(B, 300, 64, 16, 4)
-    xz, xdbl, w_dt, dt_bias, A, D, gy = [
-        as_f32(t) for t in (xz, xdbl, w_dt, dt_bias, A, D, gy)
-    ]
+    xz, xdbl, w_dt, dt_bias, A, D, gy = [as_f32(t) for t in (xz, xdbl, w_dt, dt_bias, A, D, gy)]
     u, z = xz[..., :64], xz[..., 64:]
     w = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 
@@ -343,8 +385,9 @@ def test_fused_kernels_agree_across_thread_counts(B):
         y = torch.empty(B, 300, 64)
         ckpt = kernel.mamba_scan_fwd(u, z, xdbl, w_dt, dt_bias, A, D, y, False, 64, True)
         gu, gz, gx = torch.empty_like(y), torch.empty_like(y), torch.empty_like(xdbl)
-        grads = kernel.mamba_scan_bwd(u, z, xdbl, w_dt, dt_bias, A, D, ckpt, gy, gu, gz,
-                                      gx, False, 64)
+        grads = kernel.mamba_scan_bwd(
+            u, z, xdbl, w_dt, dt_bias, A, D, ckpt, gy, gu, gz, gx, False, 64
+        )
         gw, gb = kernel.conv_silu_bwd(u, w, None, gu, True)
         return [y, gu, gz, gx, gw, gb, *grads]
 
@@ -365,6 +408,7 @@ def test_fused_kernels_agree_across_thread_counts(B):
 # compilation here: torch's load is replaced).
 # ---------------------------------------------------------------------------
 
+
 def test_build_folder_is_a_pure_function_of_its_inputs():
     from sb_mamba.nnet._cpu_kernel import build_folder
 
@@ -372,10 +416,12 @@ def test_build_folder_is_a_pure_function_of_its_inputs():
     folder = build_folder(*base)
     assert folder == build_folder(*base)
     assert folder.startswith("/root/sb_mamba/") and "-torch2.5.1_cpu-" in folder
-    others = {build_folder(*base[:1], "2.6.0+cpu@def/cpython-311", *base[2:]),  # torch
-              build_folder(*base[:1], "2.5.1+cpu@abc/cpython-312", *base[2:]),  # Python ABI
-              build_folder(*base[:2], "/envs/b", base[3]),  # another venv or clone
-              build_folder(*base[:3], "1" * 64)}  # edited sources
+    others = {
+        build_folder(*base[:1], "2.6.0+cpu@def/cpython-311", *base[2:]),  # torch
+        build_folder(*base[:1], "2.5.1+cpu@abc/cpython-312", *base[2:]),  # Python ABI
+        build_folder(*base[:2], "/envs/b", base[3]),  # another venv or clone
+        build_folder(*base[:3], "1" * 64),
+    }  # edited sources
     assert len(others) == 4 and folder not in others
 
 
@@ -399,9 +445,12 @@ def test_each_environment_has_its_own_build_folder(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     folder = ck._build_directory()
-    assert folder == ck.build_folder(str(tmp_path), ck._torch_build(), sys.prefix,
-                                     ck.source_hash(ck._SOURCES + ck._HEADERS,
-                                                    ck._CFLAGS + ck._LDFLAGS))
+    assert folder == ck.build_folder(
+        str(tmp_path),
+        ck._torch_build(),
+        sys.prefix,
+        ck.source_hash(ck._SOURCES + ck._HEADERS, ck._CFLAGS + ck._LDFLAGS),
+    )
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "another-venv"))
     assert ck._build_directory() != folder
 
@@ -430,7 +479,7 @@ def test_compile_says_so_first_once_and_where(fake_load, caplog):
     from sb_mamba.nnet import _cpu_kernel as ck
 
     assert ck._compile() == "module"
-    (kwargs, before), = fake_load
+    ((kwargs, before),) = fake_load
     assert kwargs["build_directory"] == ck._build_directory()
     (message,) = [m for m in before if "Compiling the sb_mamba CPU kernel" in m]
     assert "once for this environment" in message and "a minute or two" in message

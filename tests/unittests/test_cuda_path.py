@@ -14,7 +14,6 @@ Authors
 
 import copy
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from sb_mamba.nnet.bimamba import BiMamba
-from sb_mamba.nnet.mamba import Mamba
+from sb_mamba.nnet.mamba import Mamba, set_ssm_backend
 
 FRAGMENTS = sorted((Path(__file__).resolve().parents[2] / "hparams" / "models").glob("*.yaml"))
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,12 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _pair(module):
     """(module on the cuda backend, the same weights on the torch backend)."""
     ref = copy.deepcopy(module)
-    for m in module.modules():
-        if isinstance(m, Mamba):
-            m.ssm_backend = "cuda"
-    for m in ref.modules():
-        if isinstance(m, Mamba):
-            m.ssm_backend = "torch"
+    set_ssm_backend(module, "cuda")
+    set_ssm_backend(ref, "torch")
     return module, ref
 
 
@@ -104,8 +99,8 @@ def test_bimamba_reverse_stack_runs_on_the_cuda_path(mamba_ssm_standin):
 @pytest.mark.parametrize("path", FRAGMENTS, ids=lambda p: p.stem)
 def test_fragment_forward_backward_through_the_standin(mamba_ssm_standin, path, bf16):
     torch.manual_seed(0)
-    text = path.read_text()  # S4M has no Mamba, hence no ssm_backend key
-    overrides = {"ssm_backend": "cuda"} if re.search(r"^ssm_backend:", text, re.M) else {}
+    text = path.read_text()
+    overrides = {}
     if path.stem.startswith("spmamba"):  # 1 of its 6 identical blocks: the suite stays fast
         overrides["num_layers"] = 1
     model = load_hyperpyyaml(text, overrides)["separator"]
@@ -123,8 +118,9 @@ def test_fragment_forward_backward_through_the_standin(mamba_ssm_standin, path, 
     assert _rel(est, est_ref) < tol
     est.float().square().mean().backward()
     est_ref.float().square().mean().backward()
-    grads = [(p.grad, q.grad) for p, q in zip(model.parameters(), ref.parameters())
-             if q.grad is not None]
+    grads = [
+        (p.grad, q.grad) for p, q in zip(model.parameters(), ref.parameters()) if q.grad is not None
+    ]
     assert grads and all(p is not None for p, _ in grads)
     # relative to the largest gradient of the model: some gradients are ~0 by symmetry
     # (e.g. a norm's shift before a softmax), where a per-tensor ratio is noise
@@ -144,7 +140,7 @@ class Count(importlib.abc.MetaPathFinder):
             attempts.append(name)
 sys.meta_path.insert(0, Count())
 import torch
-from sb_mamba.nnet.mamba import Mamba
+from sb_mamba.nnet.mamba import Mamba, set_ssm_backend
 from sb_mamba.nnet.scan import resolve_backend
 assert resolve_backend("auto", "cuda") == "torch"
 first = len(attempts)
@@ -160,8 +156,13 @@ assert first == 1 and len(attempts) == first, attempts
 
 def test_gpu_check_on_a_cpu_machine_says_so_and_exits_0():
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines() == [
-        "gpu_check: no CUDA device on this machine; nothing to check."]
+        "gpu_check: no CUDA device on this machine; nothing to check."
+    ]

@@ -44,7 +44,9 @@ def test_relative_links_lead_somewhere(page):
         file = (page.parent / path).resolve() if path else page
         assert file.exists(), f"{page.name}: {target} leads nowhere"
         if anchor and file.suffix == ".md":
-            anchors = {_anchor(h) for h in re.findall(r"^#+ .*$", _outside_code(file.read_text()), re.M)}
+            anchors = {
+                _anchor(h) for h in re.findall(r"^#+ .*$", _outside_code(file.read_text()), re.M)
+            }
             assert anchor in anchors, f"{page.name}: no heading #{anchor} in {file.name}"
 
 

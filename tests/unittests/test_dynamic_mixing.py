@@ -94,7 +94,9 @@ def test_relative_levels_match_drawn_gains():
 
 @pytest.mark.parametrize("segment_seconds, peak", [(1.0, 0.9), (5.0, 0.1)])  # 5 s: looped
 def test_snr_matches_drawn(noise_folder, segment_seconds, peak):
-    ds = make_ds(noise_folder=noise_folder, segment_seconds=segment_seconds, peak=peak, epoch_size=4)
+    ds = make_ds(
+        noise_folder=noise_folder, segment_seconds=segment_seconds, peak=peak, epoch_size=4
+    )
     snrs = []
     for idx in range(len(ds)):
         item = ds[idx]
@@ -131,7 +133,9 @@ def test_dataloader_workers_give_same_items():
 
     serial, parallel = batches(0), batches(2)
     assert [s[0] for s in serial] == [p[0] for p in parallel]
-    assert all(torch.equal(s[1], p[1]) and torch.equal(s[2], p[2]) for s, p in zip(serial, parallel))
+    assert all(
+        torch.equal(s[1], p[1]) and torch.equal(s[2], p[2]) for s, p in zip(serial, parallel)
+    )
     assert serial[0][0][0] == ds[0]["id"]  # the workers saw epoch 3
 
 

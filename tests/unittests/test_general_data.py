@@ -51,8 +51,10 @@ def test_silence_loss_scores_a_lone_talker_by_the_quiet_output():
     split = torch.cat([talker, talker], -1) / 2  # the voice over both outputs
     kept = torch.cat([torch.zeros_like(talker), talker], -1)  # in output 2 only (PIT)
     leak = torch.cat([0.1 * talker, talker], -1)  # -20 dB in the other output
-    loss = {name: float(pit_si_snr_silence_loss(targets, x))
-            for name, x in (("split", split), ("kept", kept), ("leak", leak))}
+    loss = {
+        name: float(pit_si_snr_silence_loss(targets, x))
+        for name, x in (("split", split), ("kept", kept), ("leak", leak))
+    }
     assert loss["kept"] < loss["leak"] < loss["split"]
     # leak: SI-SNR of the louder output is perfect; the other is 20 dB below
     # the speech: -(si_snr + (-10 log10(0.01 + 0.001))) / 2
@@ -77,20 +79,28 @@ def test_output_level_ratio():
 
 # ---------------------------------------------------- per-mixture conditions
 def test_single_talkers_have_silent_targets_and_keep_their_level():
-    ds = DynamicMixingDataset(SPEECH_DIR, epoch_size=8, segment_seconds=1.0, single_prob=1.0,
-                              return_meta=True)  # fmt: skip
+    ds = DynamicMixingDataset(
+        SPEECH_DIR, epoch_size=8, segment_seconds=1.0, single_prob=1.0, return_meta=True
+    )
     for i in range(4):
         item = ds[i]
         assert item["meta"]["silent"] == [1]
         assert not item["s2_sig"].any()
         assert torch.allclose(item["mix_sig"], item["s1_sig"])
         assert 10 * np.log10(float(item["s1_sig"].pow(2).mean())) == pytest.approx(
-            -25 + item["meta"]["gains_db"][0], abs=3.0)  # REF_RMS_DB + gain, up to padding
+            -25 + item["meta"]["gains_db"][0], abs=3.0
+        )  # REF_RMS_DB + gain, up to padding
 
 
 def test_noise_prob_mixes_clean_and_noisy_items_that_still_collate():
-    ds = DynamicMixingDataset(SPEECH_DIR, epoch_size=40, segment_seconds=1.0,
-                              noise_folder=NOISE_DIR, noise_prob=0.5, return_meta=True)
+    ds = DynamicMixingDataset(
+        SPEECH_DIR,
+        epoch_size=40,
+        segment_seconds=1.0,
+        noise_folder=NOISE_DIR,
+        noise_prob=0.5,
+        return_meta=True,
+    )
     noisy = [bool(ds[i]["noise_sig"].any()) for i in range(40)]
     assert 8 < sum(noisy) < 32  # about half
     for i in range(40):
@@ -108,9 +118,15 @@ def test_reverb_prob_and_several_banks(tmp_path):
     from sb_mamba.dataio.rir_bank import make_rir_bank
 
     make_rir_bank(tmp_path / "sim", 2, ranges={"rt60": [0.3, 0.3]}, num_mics=1)
-    ds = ReverbDynamicMixing(SPEECH_DIR, epoch_size=40, segment_seconds=1.0, reverb_prob=0.5,
-                             rir_bank=[SAMPLES / "rir", tmp_path / "sim"],
-                             reverb_target="reverberant", return_meta=True)  # fmt: skip
+    ds = ReverbDynamicMixing(
+        SPEECH_DIR,
+        epoch_size=40,
+        segment_seconds=1.0,
+        reverb_prob=0.5,
+        rir_bank=[SAMPLES / "rir", tmp_path / "sim"],
+        reverb_target="reverberant",
+        return_meta=True,
+    )
     metas = [ds[i]["meta"] for i in range(40)]
     wet = [m for m in metas if "rirs" in m]
     assert 8 < len(wet) < 32
@@ -146,8 +162,15 @@ def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("general")
     data, splits = make_shared_data(root)
     out = root / "prep"
-    prepare_general(data, out, librimini_folder=LIBRIMINI_DATA, splits=splits, n_valid=3,
-                    n_test=4, segment_seconds=1.0)  # fmt: skip
+    prepare_general(
+        data,
+        out,
+        librimini_folder=LIBRIMINI_DATA,
+        splits=splits,
+        n_valid=3,
+        n_test=4,
+        segment_seconds=1.0,
+    )
     return out, json.loads(splits.read_text())
 
 
@@ -164,8 +187,9 @@ def test_prepared_sets_use_only_held_out_speakers_noise_and_rooms(prepared):
     for held_out in ("valid", "test"):
         spks = {p.name for p in (out / "links" / "speech" / held_out).iterdir()}
         assert spks and not spks & train
-    assert {p.stem for p in (out / "links" / "noise" / "test").glob("*.wav")} == \
-        set(split["noise"]["test"])  # fmt: skip
+    assert {p.stem for p in (out / "links" / "noise" / "test").glob("*.wav")} == set(
+        split["noise"]["test"]
+    )
     ds = condition_dataset(out, "reverb", 4, segment_seconds=1.0)
     assert {Path(b.folder).name for b in ds.banks} == {"test"}  # links/rir/test, rooms/test
     metas = [ds.draw(i) for i in range(4)]

@@ -43,7 +43,6 @@ model: !include:{ROOT}/hparams/models/sepmamba_s.yaml
     dim: 8
     num_blocks: 1
     d_state: 4
-    ssm_backend: torch
 modules:
     separator: !ref <model[separator]>
 """
@@ -79,9 +78,11 @@ def exported(tmp_path_factory):
         "snt_id,sdr,sdr_i,si-snr,si-snr_i\nx,1,2,3,4\navg,11.5,12.5,13.25,14.5\n"
     )
     hub = export_model(out, tmp / "hub")
-    model = MambaSeparator(modules={"separator": net},
-                           hparams={"sample_rate": 8000, "num_spks": 2},
-                           run_opts={"device": "cpu"})
+    model = MambaSeparator(
+        modules={"separator": net},
+        hparams={"sample_rate": 8000, "num_spks": 2},
+        run_opts={"device": "cpu"},
+    )
     return hub, model, tmp
 
 
@@ -114,11 +115,16 @@ class Oracle(torch.nn.Module):
 def test_export_layout_and_card(exported):
     hub, _, _ = exported
     names = sorted(p.name for p in hub.iterdir())
-    assert names == ["README.md", "config.json", "hyperparams_train.yaml",
-                     "separator.safetensors", "test_results.csv"]
+    assert names == [
+        "README.md",
+        "config.json",
+        "hyperparams_train.yaml",
+        "separator.safetensors",
+        "test_results.csv",
+    ]
     config = json.loads((hub / "config.json").read_text())
     assert config["separator_class"] == "sb_mamba.lobes.sepmamba.SepMamba"
-    assert config["separator_args"]["ssm_backend"] == "auto"  # the training run used "torch"
+    assert "ssm_backend" not in config["separator_args"]  # a run option, never stored
     assert (config["sample_rate"], config["num_spks"], config["format_version"]) == (8000, 2, 1)
     card = (hub / "README.md").read_text()
     assert "| 13.25 | 14.50 | 11.50 | 12.50 |" in card
@@ -138,10 +144,16 @@ def test_from_hparams_offline_subprocess_matches_memory(exported):
         est = m.separate_batch(torch.load({str(tmp / "mix.pt")!r}))
         torch.save(est, {str(tmp / "est.pt")!r})
     """)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9",
-               OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=120)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_ENDPOINT="http://127.0.0.1:9",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     est = torch.load(tmp / "est.pt")
     assert est.shape == (1, 8000, 2)
@@ -150,8 +162,13 @@ def test_from_hparams_offline_subprocess_matches_memory(exported):
 
 def test_fp16_raw_yaml_export_and_upload(exported, monkeypatch):
     hub, model, tmp = exported
-    hub16 = export_model(tmp / "recipe_out", tmp / "hub16", fp16=True,
-                         hparams_file=tmp / "train.yaml", test_results={"si-snr": 1.0})
+    hub16 = export_model(
+        tmp / "recipe_out",
+        tmp / "hub16",
+        fp16=True,
+        hparams_file=tmp / "train.yaml",
+        test_results={"si-snr": 1.0},
+    )
     state = load_file(str(hub16 / "separator.safetensors"))
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
     m16 = MambaSeparator.from_hparams(source=str(hub16), run_opts={"device": "cpu"})
@@ -175,10 +192,10 @@ def test_fp16_raw_yaml_export_and_upload(exported, monkeypatch):
             return "commit"
 
     import huggingface_hub
+
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     assert upload_to_hub(hub, "me/tiny", token="t") == "commit"
-    assert calls == [("init", "t"), ("create", "me/tiny"),
-                     ("upload", str(hub), "me/tiny")]
+    assert calls == [("init", "t"), ("create", "me/tiny"), ("upload", str(hub), "me/tiny")]
 
 
 def test_chunked_oracle_no_swap():
@@ -186,9 +203,11 @@ def test_chunked_oracle_no_swap():
     sisnr = lambda e: pit_metric(sources[None], e)[0].item()  # noqa: E731
     for gains in (False, True):
         oracle = Oracle(mix, sources, gains)
-        model = MambaSeparator(modules={"separator": oracle},
-                               hparams={"sample_rate": 8000, "num_spks": 2},
-                               run_opts={"device": "cpu"})
+        model = MambaSeparator(
+            modules={"separator": oracle},
+            hparams={"sample_rate": 8000, "num_spks": 2},
+            run_opts={"device": "cpu"},
+        )
         whole = model.separate_signal(mix)
         est = model.separate_signal(mix[None], chunk_seconds=0.75, overlap=0.5)
         assert est.shape == (1, *sources.shape)
@@ -204,12 +223,12 @@ def test_chunked_oracle_no_swap():
                 assert pit_metric(ref, e)[1].tolist() == perm.tolist(), a
 
 
-@pytest.mark.parametrize("T,chunk,overlap", [(1001, 300, 0.5), (5003, 640, 0.25),
-                                             (4999, 1000, 0.75), (777, 200, 0.0)])
+@pytest.mark.parametrize(
+    "T,chunk,overlap", [(1001, 300, 0.5), (5003, 640, 0.25), (4999, 1000, 0.75), (777, 200, 0.0)]
+)
 def test_ola_weights_sum_to_one(T, chunk, overlap):
     mix = torch.randn(T)
-    est = chunked_separate(lambda x: torch.stack([x, 2 * x], -1), mix, 2, chunk,
-                           overlap)
+    est = chunked_separate(lambda x: torch.stack([x, 2 * x], -1), mix, 2, chunk, overlap)
     assert torch.allclose(est, torch.stack([mix, 2 * mix], -1), atol=1e-5)
 
 
@@ -264,9 +283,13 @@ def test_bad_inputs(exported, tmp_path, caplog):
     nan = torch.zeros(800)
     nan[5] = float("nan")
     write_audio(tmp_path / "nan.wav", nan, 8000)
-    for name, msg in [("missing.wav", "not found"), ("empty.wav", "Cannot decode"),
-                      ("corrupt.wav", "Cannot decode"), ("zero_frames.wav", "empty"),
-                      ("nan.wav", "NaN")]:
+    for name, msg in [
+        ("missing.wav", "not found"),
+        ("empty.wav", "Cannot decode"),
+        ("corrupt.wav", "Cannot decode"),
+        ("zero_frames.wav", "empty"),
+        ("nan.wav", "NaN"),
+    ]:
         with pytest.raises(AudioError, match=msg):
             model.separate_file(tmp_path / name)
     write_audio(tmp_path / "zeros.wav", torch.zeros(1001), 8000)
@@ -293,6 +316,14 @@ def test_cli_folder(exported, tmp_path, capsys):
     assert made == ["a_s1.wav", "a_s2.wav", "sub/b_s1.wav", "sub/b_s2.wav"]
     err = capsys.readouterr().err
     assert "Skipped" in err and "c.wav" in err and "1 failed" in err
+    # said once: sub/b.flac (16 kHz) is written at the model's 8 kHz
+    assert err.count("written at 8000 Hz, the model's rate") == 1 and "b.flac" in err
+    assert f"-> {out}" in err
+    # nothing separated into a folder never made: no "-> folder"
+    assert cli.main(["separate", str(hub), str(data / "c.wav"), "-o", str(tmp_path / "e3")]) == 1
+    err = capsys.readouterr().err
+    assert "nothing written" in err and "e3" not in err.split("Done")[-1]
+    assert not (tmp_path / "e3").exists()
     (out / "a_s1.wav").write_bytes(b"keep")
     assert cli.main(["separate", *argv]) == 1
     assert (out / "a_s1.wav").read_bytes() == b"keep"
@@ -313,12 +344,15 @@ def test_pit_metric_aligns_three_speakers_in_every_order():
 def test_auto_chunking_only_beyond_30_s(exported, caplog, monkeypatch):
     _, model, _ = exported
     calls = []
-    monkeypatch.setattr(model, "separate_batch", lambda x: calls.append(x.shape[1]) or
-                        torch.stack([x, -x], -1))
+    monkeypatch.setattr(
+        model, "separate_batch", lambda x: calls.append(x.shape[1]) or torch.stack([x, -x], -1)
+    )
     with caplog.at_level("INFO", logger="sb_mamba.inference.separator"):
         est = model.separate_signal(torch.randn(8000 * 31))  # default "auto"
     assert est.shape == (1, 8000 * 31, 2)
-    assert "Chunked inference: 10 s chunks" in caplog.text and max(calls) <= 8000 * 10 + 256  # chunk_bounds quantum
+    assert (
+        "Chunked inference: 10 s chunks" in caplog.text and max(calls) <= 8000 * 10 + 256
+    )  # chunk_bounds quantum
     calls.clear()
     model.separate_signal(torch.randn(8000 * 29))
     assert calls == [8000 * 29]  # one pass
@@ -327,6 +361,7 @@ def test_auto_chunking_only_beyond_30_s(exported, caplog, monkeypatch):
 def test_shipped_demo_model_from_cli(tmp_path, capsys):
     """The README's command: no MODEL argument -> the shipped demo model."""
     from sb_mamba.audio import read_audio
+
     DEFAULT_MODEL = Path(pretrained_path())
 
     mix = DEFAULT_MODEL / "test_mixture.wav"

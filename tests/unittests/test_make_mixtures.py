@@ -22,15 +22,23 @@ from sb_mamba.errors import UserError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SPEECH, NOISE, RIRS = SAMPLES / "speech_8k", SAMPLES / "noise_8k", SAMPLES / "rir"
-TINY = dict(n=(2, 1, 1), segment_seconds=0.5, speaker_split=(0, 0), seed=11,
-            room_ranges={"rt60": [0.2, 0.3]})  # fmt: skip
+TINY = dict(
+    n=(2, 1, 1),
+    segment_seconds=0.5,
+    speaker_split=(0, 0),
+    seed=11,
+    room_ranges={"rt60": [0.2, 0.3]},
+)
 
 
 def wav_files(folder):
     """Relative path -> bytes of every dataset .wav (not the cache, not the bank)."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.wav"))
-            if p.relative_to(folder).parts[0] not in ("cache", "rir_bank")}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*.wav"))
+        if p.relative_to(folder).parts[0] not in ("cache", "rir_bank")
+    }
 
 
 def main(argv):
@@ -67,18 +75,34 @@ def test_whamr_layout_levels_snr_alignment(whamr, tmp_path):
     for row in rows:
         d = whamr / "wav8k" / "min" / row["split"]
         name = row["ID"] + ".wav"
-        get = {k: read(d / k / name) for k in ("mix_both_reverb", "mix_clean_reverb", "noise",
-                                               "s1_reverb", "s2_reverb", "s1_anechoic",
-                                               "s2_anechoic", "s1_early", "mix_both_anechoic")}
+        get = {
+            k: read(d / k / name)
+            for k in (
+                "mix_both_reverb",
+                "mix_clean_reverb",
+                "noise",
+                "s1_reverb",
+                "s2_reverb",
+                "s1_anechoic",
+                "s2_anechoic",
+                "s1_early",
+                "mix_both_anechoic",
+            )
+        }
         assert len(get["mix_both_reverb"]) == 4000
         # 16-bit files: the mixtures are exact sums of the written parts.
-        assert np.array_equal(get["mix_both_reverb"], get["s1_reverb"] + get["s2_reverb"] + get["noise"])
-        assert np.array_equal(get["mix_both_anechoic"],
-                              get["s1_anechoic"] + get["s2_anechoic"] + get["noise"])
+        assert np.array_equal(
+            get["mix_both_reverb"], get["s1_reverb"] + get["s2_reverb"] + get["noise"]
+        )
+        assert np.array_equal(
+            get["mix_both_anechoic"], get["s1_anechoic"] + get["s2_anechoic"] + get["noise"]
+        )
         snr = 10 * np.log10(np.sum(get["mix_clean_reverb"] ** 2) / np.sum(get["noise"] ** 2))
         assert abs(snr - float(row["snr_db"])) < 0.1, (snr, row["snr_db"])
-        levels = [10 * np.log10(np.sum(get[f"s{k}_reverb"] ** 2) / int(row[f"s{k}_length"]))
-                  for k in (1, 2)]  # fmt: skip
+        levels = [
+            10 * np.log10(np.sum(get[f"s{k}_reverb"] ** 2) / int(row[f"s{k}_length"]))
+            for k in (1, 2)
+        ]
         asked = float(row["s1_gain_db"]) - float(row["s2_gain_db"])
         assert abs((levels[0] - levels[1]) - asked) < 0.1, (levels, asked)
         for k in (1, 2):  # targets aligned with the reverberant mixture
@@ -96,8 +120,15 @@ def test_whamr_layout_levels_snr_alignment(whamr, tmp_path):
 
 def test_same_seed_same_bytes_any_workers_and_metadata_regenerates(whamr, tmp_path):
     again = tmp_path / "again"
-    make_mixtures(SPEECH, again, layout="whamr", noise_folder=NOISE, extra_targets=("early",),
-                  num_workers=2, **TINY)  # fmt: skip
+    make_mixtures(
+        SPEECH,
+        again,
+        layout="whamr",
+        noise_folder=NOISE,
+        extra_targets=("early",),
+        num_workers=2,
+        **TINY,
+    )
     a, b = wav_files(whamr), wav_files(again)
     assert a.keys() == b.keys() and len(a) == 4 * 11  # 11 folders per split
     assert all(a[k] == b[k] for k in a)
@@ -112,17 +143,45 @@ def test_same_seed_same_bytes_any_workers_and_metadata_regenerates(whamr, tmp_pa
     assert (new / "metadata.csv").read_bytes() == (whamr / "metadata.csv").read_bytes()
     # Another seed gives other mixtures.
     other = tmp_path / "other"
-    make_mixtures(SPEECH, other, layout="whamr", noise_folder=NOISE, rir_bank=whamr / "rir_bank",
-                  **{**TINY, "seed": 12})  # fmt: skip
+    make_mixtures(
+        SPEECH,
+        other,
+        layout="whamr",
+        noise_folder=NOISE,
+        rir_bank=whamr / "rir_bank",
+        **{**TINY, "seed": 12},
+    )
     d = wav_files(other)
     assert not any(d.get(k) == v for k, v in a.items() if "mix_" in k)
 
 
 def test_echo2mix_layout_from_measured_rirs_via_the_cli(tmp_path):
     out = tmp_path / "Echo2Mix"
-    assert main([str(out), "--speech", str(SPEECH), "--rir-bank", str(RIRS),
-                 "--layout", "echo2mix", "--n", "2", "1", "1", "--segment-seconds", "0.5",
-                 "--held-out", "0", "0", "--subtype", "FLOAT"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                str(out),
+                "--speech",
+                str(SPEECH),
+                "--rir-bank",
+                str(RIRS),
+                "--layout",
+                "echo2mix",
+                "--n",
+                "2",
+                "1",
+                "1",
+                "--segment-seconds",
+                "0.5",
+                "--held-out",
+                "0",
+                "0",
+                "--subtype",
+                "FLOAT",
+            ]
+        )
+        == 0
+    )
     mixes = sorted(out.rglob("mix.wav"))
     assert [m.relative_to(out).parts[0] for m in mixes] == ["test", "train", "train", "val"]
     for mix in mixes:
@@ -154,10 +213,12 @@ def test_clear_errors(tmp_path):
     with pytest.raises(UserError, match="--speech is required"):
         main([str(tmp_path / "out")])
     # bad values of the command line: one user error, before anything is written
-    for flags, message in ((["--snr", "3", "-6"], "snr_db_range must be"),
-                           (["--rt60", "0.5", "0.2"], "rt60 must be"),
-                           (["--held-out", "9", "9"], "hold out"),
-                           (["--held-out", "0", "0", "--workers", "0"], "--workers")):  # fmt: skip
+    for flags, message in (
+        (["--snr", "3", "-6"], "snr_db_range must be"),
+        (["--rt60", "0.5", "0.2"], "rt60 must be"),
+        (["--held-out", "9", "9"], "hold out"),
+        (["--held-out", "0", "0", "--workers", "0"], "--workers"),
+    ):
         with pytest.raises(UserError, match=message):
             main([str(tmp_path / "cli"), "--speech", str(SPEECH), "--n", "1", "1", "1", *flags])
     assert not (tmp_path / "cli").exists()  # not even an empty output folder
@@ -175,8 +236,11 @@ def test_output_folder_inside_an_input_is_refused(tmp_path):
     speech, noise = tmp_path / "speech", tmp_path / "noise"
     shutil.copytree(SPEECH, speech)
     shutil.copytree(NOISE, noise)
-    for out, name in ((speech / "mixtures", "speech"), (speech, "speech"),
-                      (noise / "a" / "b", "noise")):  # fmt: skip
+    for out, name in (
+        (speech / "mixtures", "speech"),
+        (speech, "speech"),
+        (noise / "a" / "b", "noise"),
+    ):
         with pytest.raises(UserError, match=f"inside the {name} folder"):
             make_mixtures(speech, out, noise_folder=noise, **QUICK)
     assert sorted(p.name for p in speech.iterdir()) == sorted(p.name for p in SPEECH.iterdir())
@@ -193,8 +257,21 @@ def test_rerun_with_other_options_is_refused_or_overwritten(tmp_path, capsys):
     make_mixtures(SPEECH, out, **QUICK)  # the same options: the same files again
     assert wav_files(out) == first
     # another --n / --seed: refused, one line and exit 2 on the command line
-    cli = ["make-mixtures", str(out), "--speech", str(SPEECH), "--rir-bank", str(RIRS),
-           "--segment-seconds", "0.5", "--held-out", "0", "0", "--seed", "11"]  # fmt: skip
+    cli = [
+        "make-mixtures",
+        str(out),
+        "--speech",
+        str(SPEECH),
+        "--rir-bank",
+        str(RIRS),
+        "--segment-seconds",
+        "0.5",
+        "--held-out",
+        "0",
+        "0",
+        "--seed",
+        "11",
+    ]
     capsys.readouterr()
     assert sb_mamba_main([*cli, "--n", "1", "1", "1"]) == 2
     err = capsys.readouterr().err.strip()
@@ -228,8 +305,11 @@ def test_folder_not_written_by_make_mixtures_is_never_cleared(tmp_path):
 
 def test_overwrite_never_removes_an_input(tmp_path):
     out = tmp_path / "data"
-    make_mixtures(SPEECH, out, **{**QUICK, "rir_bank": None, "n": (1, 1, 1),
-                                  "room_ranges": {"rt60": [0.2, 0.3]}})  # fmt: skip
+    make_mixtures(
+        SPEECH,
+        out,
+        **{**QUICK, "rir_bank": None, "n": (1, 1, 1), "room_ranges": {"rt60": [0.2, 0.3]}},
+    )
     assert (out / "rir_bank").is_dir()  # simulated: written by the run
     with pytest.raises(UserError, match="would remove .*rir_bank"):
         make_mixtures(SPEECH, out, overwrite=True, **{**QUICK, "rir_bank": out / "rir_bank"})

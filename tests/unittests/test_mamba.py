@@ -142,7 +142,7 @@ def test_mamba_learns_a_delayed_copy():
     params = [*model.parameters(), *proj_in.parameters(), *proj_out.parameters()]
     opt = torch.optim.Adam(params, lr=3e-3)
     losses = []
-    for step in range(150):
+    for _ in range(150):
         x = torch.randn(8, 64, 1)
         target = torch.nn.functional.pad(x, (0, 0, 5, 0))[:, :64]
         loss = torch.nn.functional.mse_loss(proj_out(model(proj_in(x))), target)
@@ -166,16 +166,16 @@ needs_kernel = pytest.mark.skipif(
 def _twins(d_model, d_state, conv_bias=True, bias=False, seed=0):
     """The same Mamba on the torch backend and on the fused CPU kernels."""
     torch.manual_seed(seed)
-    ref = Mamba(d_model, d_state=d_state, conv_bias=conv_bias, bias=bias,
-                ssm_backend="torch")
+    ref = Mamba(d_model, d_state=d_state, conv_bias=conv_bias, bias=bias, ssm_backend="torch")
     with torch.no_grad():  # non-trivial D, biases and A
         ref.D.normal_()
         ref.A_log.add_(0.3 * torch.randn_like(ref.A_log))
         for p in (ref.in_proj.bias, ref.out_proj.bias, ref.conv1d.bias):
             if p is not None:
                 p.normal_()
-    fused = Mamba(d_model, d_state=d_state, conv_bias=conv_bias, bias=bias,
-                  ssm_backend="cpu_kernel")
+    fused = Mamba(
+        d_model, d_state=d_state, conv_bias=conv_bias, bias=bias, ssm_backend="cpu_kernel"
+    )
     fused.load_state_dict(ref.state_dict())
     assert fused.state_dict().keys() == ref.state_dict().keys()
     return ref, fused
@@ -184,17 +184,18 @@ def _twins(d_model, d_state, conv_bias=True, bias=False, seed=0):
 def _assert_grads_close(a, b, names):
     for name, ga, gb in zip(names, a, b):
         scale = gb.abs().max().item()
-        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5 * max(scale, 1.0),
-                                   msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            ga, gb, rtol=1e-4, atol=1e-5 * max(scale, 1.0), msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 @needs_kernel
 @pytest.mark.parametrize("length", [1, 3, 255, 700])
-@pytest.mark.parametrize("d_model, d_state, conv_bias, bias",
-                         [(16, 16, True, False), (10, 5, False, True)])
+@pytest.mark.parametrize(
+    "d_model, d_state, conv_bias, bias", [(16, 16, True, False), (10, 5, False, True)]
+)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_fused_mamba_matches_torch_backend(length, d_model, d_state, conv_bias, bias,
-                                           reverse):
+def test_fused_mamba_matches_torch_backend(length, d_model, d_state, conv_bias, bias, reverse):
     """Outputs, input gradient and every parameter gradient, both directions."""
     ref, fused = _twins(d_model, d_state, conv_bias, bias, seed=length)
     assert fused.uses_fused_path(torch.randn(1, 2, d_model))
@@ -219,9 +220,15 @@ def test_fused_inner_function_matches_reference(reverse):
 
     torch.manual_seed(0)
     Di, R, S, L = 24, 2, 6, 131
-    params = [torch.randn(Di, 1, 4), torch.randn(Di), 0.5 * torch.randn(R + 2 * S, Di),
-              0.5 * torch.randn(Di, R), torch.randn(Di) - 2, 0.3 * torch.randn(Di, S),
-              torch.randn(Di)]
+    params = [
+        torch.randn(Di, 1, 4),
+        torch.randn(Di),
+        0.5 * torch.randn(R + 2 * S, Di),
+        0.5 * torch.randn(Di, R),
+        torch.randn(Di) - 2,
+        0.3 * torch.randn(Di, S),
+        torch.randn(Di),
+    ]
     params = [p.requires_grad_() for p in params]
     xz = torch.randn(2, L, 2 * Di, requires_grad=True)
     y_ref = mamba_inner_ref(xz, *params, reverse=reverse)
@@ -248,9 +255,19 @@ def test_segmented_inference_does_not_depend_on_segment(segment, reverse):
 
     _, m = _twins(16, 16, bias=True)
     x = torch.randn(2, 300, 16)
-    weights = [m.in_proj.weight, m.in_proj.bias, m.conv1d.weight, m.conv1d.bias,
-               m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D,
-               m.out_proj.weight, m.out_proj.bias]
+    weights = [
+        m.in_proj.weight,
+        m.in_proj.bias,
+        m.conv1d.weight,
+        m.conv1d.bias,
+        m.x_proj.weight,
+        m.dt_proj.weight,
+        m.dt_proj.bias,
+        m.A_log,
+        m.D,
+        m.out_proj.weight,
+        m.out_proj.bias,
+    ]
     with torch.no_grad():
         whole = mamba_mixer_inference_cpu(x, *weights, reverse=reverse, segment=10**6)
         parts = mamba_mixer_inference_cpu(x, *weights, reverse=reverse, segment=segment)

@@ -21,7 +21,9 @@ def test_pit_si_snr_matches_speechbrain():
         t = torch.randn(3, 4000, S, generator=g)
         perm = torch.randperm(S, generator=g)
         e = t[..., perm] + 0.3 * torch.randn(3, 4000, S, generator=g)
-        torch.testing.assert_close(pit_si_snr_loss(t, e), get_si_snr_with_pitwrapper(t, e), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            pit_si_snr_loss(t, e), get_si_snr_with_pitwrapper(t, e), rtol=1e-4, atol=1e-4
+        )
         _, best = pit_metric(t, e)
         assert torch.equal(perm[best[0]], torch.arange(S))
 

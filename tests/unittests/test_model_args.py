@@ -89,7 +89,11 @@ class _Wider(_Net):
 
 def test_mixin_records_bound_arguments():
     assert _Net(3, flag=True).get_model_args() == {
-        "n": 3, "sizes": [1, 2], "scale": 0.5, "flag": True}
+        "n": 3,
+        "sizes": [1, 2],
+        "scale": 0.5,
+        "flag": True,
+    }
     assert _Wider().get_model_args() == {"width": 4}  # the subclass's own arguments
     assert "_model_args" not in str(_Net(3).state_dict().keys())
 

@@ -127,8 +127,9 @@ def test_whamr(tmp_path):
 def test_librimix(tmp_path):
     data = make_librimix(tmp_path, n=(2, 1, 1))
     cols = ["ID", "duration", "mix_wav", "s1_wav", "s2_wav"]
-    tables = check_csvs(prepare_librimix(data, tmp_path / "a"), cols,
-                        {"train": 2, "valid": 1, "test": 1}, 8000)
+    tables = check_csvs(
+        prepare_librimix(data, tmp_path / "a"), cols, {"train": 2, "valid": 1, "test": 1}, 8000
+    )
     assert "/train-360/mix_clean/" in tables["train"][0]["mix_wav"]
     check_sum(tables["train"][0], ["s1_wav", "s2_wav"])
     # Libri2Mix folder given directly, both train sets, noisy mixtures
@@ -141,8 +142,9 @@ def test_librimix(tmp_path):
 def test_echo2mix(tmp_path):
     data = make_echo2mix(tmp_path, n=(2, 1, 1))
     cols = ["ID", "duration", "mix_wav", "s1_wav", "s2_wav"]
-    tables = check_csvs(prepare_echo2mix(data, tmp_path / "csv"), cols,
-                        {"train": 2, "valid": 1, "test": 1}, 16000)
+    tables = check_csvs(
+        prepare_echo2mix(data, tmp_path / "csv"), cols, {"train": 2, "valid": 1, "test": 1}, 16000
+    )
     row = tables["valid"][0]
     assert row["ID"].startswith("val_record000_room0_")
     assert row["s2_wav"].endswith("spk2_reverb.wav")

@@ -56,8 +56,10 @@ def test_measured_rt60_within_20_percent(rt60):
     out = simulate_room(params, 8000)
     for h in out["rirs"][:, 0]:
         measured = pra.experimental.measure_rt60(h, fs=8000, decay_db=30)
-        print(f"RT60 target {rt60:.2f} s, measured {measured:.3f} s "
-              f"({100 * (measured / rt60 - 1):+.1f} %)")  # fmt: skip
+        print(
+            f"RT60 target {rt60:.2f} s, measured {measured:.3f} s "
+            f"({100 * (measured / rt60 - 1):+.1f} %)"
+        )
         assert abs(measured / rt60 - 1) <= 0.2
     assert abs(out["rt60_measured"] / rt60 - 1) <= 0.2
 
@@ -92,8 +94,9 @@ def test_direct_path_is_the_start_of_the_full_rir():
 
 
 def test_bank_same_for_any_number_of_workers_and_reused(tmp_path, bank):
-    csv2 = make_rir_bank(tmp_path / "b2", 3, 8000, seed=5, ranges=SHORT,
-                         sources_per_room=3, num_workers=2)  # fmt: skip
+    csv2 = make_rir_bank(
+        tmp_path / "b2", 3, 8000, seed=5, ranges=SHORT, sources_per_room=3, num_workers=2
+    )
     assert csv2.read_bytes() == (bank / "rir_bank.csv").read_bytes()
     for f in sorted((bank / "rirs").glob("*.wav")):
         assert f.read_bytes() == (tmp_path / "b2" / "rirs" / f.name).read_bytes(), f.name
@@ -108,9 +111,16 @@ def test_bank_same_for_any_number_of_workers_and_reused(tmp_path, bank):
 
 def test_levels_snr_and_alignment_from_a_bank(bank):
     for target in ("anechoic", "early", "reverberant"):
-        ds = ReverbDynamicMixing(SPEECH, rir_bank=bank, reverb_target=target,
-                                 noise_folder=NOISE, epoch_size=3, segment_seconds=2.0,
-                                 gain_db_range=(-5, 5), return_meta=True)  # fmt: skip
+        ds = ReverbDynamicMixing(
+            SPEECH,
+            rir_bank=bank,
+            reverb_target=target,
+            noise_folder=NOISE,
+            epoch_size=3,
+            segment_seconds=2.0,
+            gain_db_range=(-5, 5),
+            return_meta=True,
+        )
         for idx in range(3):
             spec = ds.draw(idx)
             out = ds.render(spec)
@@ -132,8 +142,9 @@ def test_levels_snr_and_alignment_from_a_bank(bank):
 
 def test_measured_rirs_are_a_bank():
     rows = index_rir_folder(RIRS)
-    assert {r["room_id"] for r in rows} == {"Univ. of Surrey Room A (reverberant, Hummersone "
-                                            "BRIR set)"} and rows[0]["license"] == "MIT"
+    assert {r["room_id"] for r in rows} == {
+        "Univ. of Surrey Room A (reverberant, Hummersone BRIR set)"
+    } and rows[0]["license"] == "MIT"
     assert all(0.2 < r["rt60_measured"] < 0.4 for r in rows)  # nominal T60 0.32 s
     ds = ReverbDynamicMixing(SPEECH, rir_bank=RIRS, epoch_size=2, segment_seconds=1.0)
     spec = ds.draw(1)
@@ -144,8 +155,9 @@ def test_measured_rirs_are_a_bank():
 
 
 def test_simulated_room_per_item_and_determinism():
-    kw = dict(epoch_size=2, segment_seconds=0.5, room_ranges={"rt60": [0.15, 0.2]},
-              return_meta=True)  # fmt: skip
+    kw = dict(
+        epoch_size=2, segment_seconds=0.5, room_ranges={"rt60": [0.15, 0.2]}, return_meta=True
+    )
     a, b = ReverbDynamicMixing(SPEECH, **kw), ReverbDynamicMixing(SPEECH, **kw)
     item = a[1]
     assert set(item["meta"]["room"]) == {"room", "rt60", "mics", "sources"}
@@ -156,7 +168,10 @@ def test_simulated_room_per_item_and_determinism():
 
 def test_without_reverb_it_is_dynamic_mixing():
     kw = dict(epoch_size=3, segment_seconds=1.0, noise_folder=NOISE)
-    dry, plain = ReverbDynamicMixing(SPEECH, use_reverb=False, **kw), DynamicMixingDataset(SPEECH, **kw)
+    dry, plain = (
+        ReverbDynamicMixing(SPEECH, use_reverb=False, **kw),
+        DynamicMixingDataset(SPEECH, **kw),
+    )
     for i in range(3):
         assert all(torch.equal(dry[i][k], plain[i][k]) for k in ("mix_sig", "s1_sig", "noise_sig"))
 

@@ -76,8 +76,9 @@ def test_hippo_legs_nplr_reconstruction(N):
 
 def _perturbed_kernel(mode, rank=1, dtype=torch.double, l_max=None, **kw):
     torch.manual_seed(0)
-    kernel = S4Kernel(3, N=8, L=l_max, channels=2, rank=rank, mode=mode,
-                      dt_min=0.02, dt_max=0.3, **kw).to(dtype)
+    kernel = S4Kernel(
+        3, N=8, L=l_max, channels=2, rank=rank, mode=mode, dt_min=0.02, dt_max=0.3, **kw
+    ).to(dtype)
     with torch.no_grad():  # move away from the init: a generic (D)PLR system
         for p in kernel.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -214,8 +215,7 @@ def test_fft_conv_matches_direct(bidirectional, Lk):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_layer_convolution_and_causality(bidirectional):
     torch.manual_seed(0)
-    layer = S4(4, d_state=8, bidirectional=bidirectional, activation=None,
-               postact=None).double()
+    layer = S4(4, d_state=8, bidirectional=bidirectional, activation=None, postact=None).double()
     u = torch.randn(2, 4, 30, dtype=torch.double)
     y, state = layer(u)
     assert state is None and y.shape == u.shape
@@ -260,7 +260,8 @@ def test_s4m_parameter_layout_and_optim_hints():
     hinted = S4(8, d_state=16, lr={"dt": 1e-3, "A": 0.0})
     assert hinted.kernel.kernel.log_dt._optim == {"weight_decay": 0.0, "lr": 1e-3}
     assert {n for n, _ in hinted.named_buffers()} == {
-        "kernel.kernel." + n for n in ("L", "P", "inv_w_real", "w_imag")}
+        "kernel.kernel." + n for n in ("L", "P", "inv_w_real", "w_imag")
+    }
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])

@@ -5,7 +5,6 @@ Authors
  * sb_mamba developers
 """
 
-
 import pytest
 import torch
 
@@ -92,8 +91,9 @@ def test_kernel_cache_keeps_gradients(monkeypatch):
     model, x = S4M(decoder_s4=True, **{**SMALL, "num_blocks": 3}), torch.randn(2, 900)
     computed = []
     ssm_kernel = S4.ssm_kernel
-    monkeypatch.setattr(S4, "ssm_kernel",
-                        lambda self, *a, **k: computed.append(1) or ssm_kernel(self, *a, **k))
+    monkeypatch.setattr(
+        S4, "ssm_kernel", lambda self, *a, **k: computed.append(1) or ssm_kernel(self, *a, **k)
+    )
 
     def run():
         computed.clear()
@@ -106,8 +106,9 @@ def test_kernel_cache_keeps_gradients(monkeypatch):
     # one kernel per S4 layer (coarsest scale + 3 top-down steps), not per iteration
     assert len(computed) == 4
     forward = s4m_module._ResidualBlock.forward  # no cache: each call computes its kernel
-    monkeypatch.setattr(s4m_module._ResidualBlock, "forward",
-                        lambda self, x, kernels=None: forward(self, x))
+    monkeypatch.setattr(
+        s4m_module._ResidualBlock, "forward", lambda self, x, kernels=None: forward(self, x)
+    )
     y0, g0 = run()
     assert len(computed) == 4 * 3
     assert torch.allclose(y1, y0, atol=1e-6)

@@ -35,13 +35,15 @@ def marker(tmp_path):
 
 
 PAYLOADS = [
-    ("pwn: !apply:os.system [\"touch {m}\"]", "!apply:os.system"),
-    ("pwn: !new:subprocess.Popen [[\"touch\", \"{m}\"]]", "!new:subprocess.Popen"),
+    ('pwn: !apply:os.system ["touch {m}"]', "!apply:os.system"),
+    ('pwn: !new:subprocess.Popen [["touch", "{m}"]]', "!new:subprocess.Popen"),
     ("pwn: !apply:builtins.eval [\"open('{m}', 'w')\"]", "!apply:builtins.eval"),
     ("pwn: !name:os.system", "!name:os.system"),
-    ("pwn: !new:sb_mamba.lobes.sepmamba.os.system [\"touch {m}\"]", "sepmamba.os.system"),
-    ("pwn: !new:speechbrain.utils.parameter_transfer.os.system [\"touch {m}\"]",
-     "parameter_transfer.os.system"),
+    ('pwn: !new:sb_mamba.lobes.sepmamba.os.system ["touch {m}"]', "sepmamba.os.system"),
+    (
+        'pwn: !new:speechbrain.utils.parameter_transfer.os.system ["touch {m}"]',
+        "parameter_transfer.os.system",
+    ),
 ]
 
 
@@ -58,10 +60,11 @@ def test_old_layout_payloads_never_run(tmp_path, marker, payload, named):
 
 def test_payload_through_the_cli_exits_2(tmp_path, marker, capsys):
     folder = tmp_path / "model"
-    tiny_model_folder(folder, "old", f"\npwn: !apply:os.system [\"touch {marker}\"]\n")
+    tiny_model_folder(folder, "old", f'\npwn: !apply:os.system ["touch {marker}"]\n')
     write_audio(tmp_path / "in" / "a.wav", make_mixture(0.5)[0][0], 8000)
-    assert cli.main(["separate", str(folder), str(tmp_path / "in"), "-o",
-                     str(tmp_path / "out")]) == 2
+    assert (
+        cli.main(["separate", str(folder), str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unexpected key 'pwn'" in err[0]
 
@@ -69,17 +72,24 @@ def test_payload_through_the_cli_exits_2(tmp_path, marker, capsys):
 def test_includes_and_links_that_leave_the_folder(tmp_path, marker):
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "evil.yaml").write_text(f"x: !apply:os.system [\"touch {marker}\"]\n")
-    for extra in ("leak: !include:/etc/passwd", "leak: !include:../outside/evil.yaml",
-                  "more: !include:more.yaml"):
+    (outside / "evil.yaml").write_text(f'x: !apply:os.system ["touch {marker}"]\n')
+    for extra in (
+        "leak: !include:/etc/passwd",
+        "leak: !include:../outside/evil.yaml",
+        "more: !include:more.yaml",
+    ):
         folder = tmp_path / f"m{len(extra)}"
         tiny_model_folder(folder, "old", "\n" + extra + "\n")
         (folder / "more.yaml").write_text("note: 1\n")
         with pytest.raises(UserError, match="unexpected key"):
             MambaSeparator.from_hparams(source=str(folder))
     # any file of either layout as a link out of the folder
-    for layout, name in [("old", "hyperparams.yaml"), ("old", "separator.ckpt"),
-                         ("new", "config.json"), ("new", "separator.safetensors")]:
+    for layout, name in [
+        ("old", "hyperparams.yaml"),
+        ("old", "separator.ckpt"),
+        ("new", "config.json"),
+        ("new", "separator.safetensors"),
+    ]:
         folder = tmp_path / f"link_{name}"
         tiny_model_folder(folder, layout)
         shutil.move(folder / name, outside / name)
@@ -105,7 +115,7 @@ def test_weights_that_pickle_code_are_refused(tmp_path, marker):
 
 def test_trust_remote_code_has_no_effect(tmp_path, caplog, marker):
     folder = tmp_path / "model"
-    tiny_model_folder(folder, "old", f"\nran: !apply:os.system [\"touch {marker}\"]\n")
+    tiny_model_folder(folder, "old", f'\nran: !apply:os.system ["touch {marker}"]\n')
     with caplog.at_level("WARNING"), pytest.raises(UserError, match="unexpected key 'ran'"):
         MambaSeparator.from_hparams(source=str(folder), trust_remote_code=True)
     assert "has no effect" in caplog.text
@@ -120,12 +130,24 @@ def test_the_shipped_model_loads_as_data():
 
 
 def test_export_resolves_the_class_not_the_string(tmp_path, marker):
-    for path in ("torch.utils.cpp_extension.subprocess.Popen",
-                 "sb_mamba.lobes.sepmamba.subprocess.Popen", "os.system"):
+    for path in (
+        "torch.utils.cpp_extension.subprocess.Popen",
+        "sb_mamba.lobes.sepmamba.subprocess.Popen",
+        "os.system",
+    ):
         text = f"modules:\n    separator: !new:{path}\n        args: [touch, {marker}]\n"
         (tmp_path / "h.yaml").write_text(text)
         with pytest.raises(UserError, match="not a separator of sb_mamba"):
             read_run_hparams(tmp_path / "h.yaml")
+
+
+def test_run_yaml_without_sample_rate_is_refused(tmp_path):
+    """Export never assumes a rate: a run YAML without one is refused, naming the fix."""
+    (tmp_path / "h.yaml").write_text(
+        "modules:\n    separator: !new:sb_mamba.lobes.sepmamba.SepMamba\n        dim: 8\n"
+    )
+    with pytest.raises(UserError, match="has no sample_rate .*add e.g. `sample_rate: 8000`"):
+        read_run_hparams(tmp_path / "h.yaml")
 
 
 # ---------------------------------------------------------------- outputs
@@ -156,7 +178,10 @@ def test_outputs_never_follow_links(tmp_path, model_folder):
     assert not (outside / "dangling.wav").exists() and not (outside / "b_s1.wav").exists()
     assert not (out / "a_s1.wav").is_symlink() and read_audio(out / "a_s1.wav").shape == (4000,)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "a_s1.wav", "a_s2.wav", "sub"]
+        "a_s1.wav",
+        "a_s2.wav",
+        "sub",
+    ]
 
 
 def test_partial_sets_errors_mid_folder_and_output_folders(tmp_path, model_folder, capsys):
@@ -188,20 +213,43 @@ def test_shipped_model_outputs_stay_within_full_scale(tmp_path):
 
 
 def test_sample_rate_input_writes_the_input_rate(tmp_path, model_folder):
-    write_audio(tmp_path / "in" / "a.flac", make_mixture(0.5)[0][0].repeat(2), 16000,
-                subtype="PCM_16")
-    assert _separate(model_folder, tmp_path / "in" / "a.flac", "-o", tmp_path / "out",
-                     "--sample-rate", "input") == 0
+    write_audio(
+        tmp_path / "in" / "a.flac", make_mixture(0.5)[0][0].repeat(2), 16000, subtype="PCM_16"
+    )
+    assert (
+        _separate(
+            model_folder,
+            tmp_path / "in" / "a.flac",
+            "-o",
+            tmp_path / "out",
+            "--sample-rate",
+            "input",
+        )
+        == 0
+    )
     assert read_audio(tmp_path / "out" / "a_s1.wav", 16000).shape == (8000,)
 
 
 # ----------------------------------------------------------------- inputs
 def _wav_header(sample_rate, frames, channels=1, bits=16):
     data = frames * channels * bits // 8
-    return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate,
-                          sample_rate * channels * bits // 8, channels * bits // 8, bits)
-            + b"data" + struct.pack("<I", data))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data)
+        + b"WAVEfmt "
+        + struct.pack(
+            "<IHHIIHH",
+            16,
+            1,
+            channels,
+            sample_rate,
+            sample_rate * channels * bits // 8,
+            channels * bits // 8,
+            bits,
+        )
+        + b"data"
+        + struct.pack("<I", data)
+    )
 
 
 def test_one_hertz_and_oversized_files_are_refused(tmp_path):
@@ -234,10 +282,24 @@ def test_cli_memory_stays_bounded_on_huge_headers_and_long_files(tmp_path, model
     (tmp_path / "in" / "huge.wav").write_bytes(_wav_header(8000, 2**30 - 64) + os.urandom(4096))
     write_audio(tmp_path / "in" / "long.wav", torch.zeros(8000 * 10), 8000)
     code = PEAK_RSS_CLI
-    proc = subprocess.run([sys.executable, "-c", code, "separate", "--model", str(model_folder),
-                           str(tmp_path / "in"), "-o", str(tmp_path / "out"),
-                           "--max-hours", "0.0001"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "separate",
+            "--model",
+            str(model_folder),
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / "out"),
+            "--max-hours",
+            "0.0001",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "long.wav" in proc.stderr and "over the limit" in proc.stderr
     rss_mb = int(proc.stdout.split("VmHWM:")[1].split()[0]) / 1024
@@ -262,7 +324,7 @@ def test_hub_models_refresh_savedir_from_the_source(tmp_path, marker, monkeypatc
 
     monkeypatch.setattr(fetching, "fetch", fake_fetch)
     savedir = tmp_path / "savedir"
-    tiny_model_folder(savedir, "old", f"\npwn: !apply:os.system [\"touch {marker}\"]\n")
+    tiny_model_folder(savedir, "old", f'\npwn: !apply:os.system ["touch {marker}"]\n')
     (savedir / "separator.safetensors").write_bytes(b"planted")
     model = MambaSeparator.from_hparams(source="owner/tiny", savedir=str(savedir))
     assert fetched == ["config.json", "separator.safetensors"]
@@ -304,6 +366,10 @@ def test_export_over_an_old_layout_folder_replaces_it(tmp_path):
     config = ModelConfig("sb_mamba.lobes.sepmamba.SepMamba", net.get_model_args(), 8000, 2)
     write_folder(folder, config, net.state_dict(), card="# card\n", fp16=True)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "config.json", "separator.safetensors", "train_log.txt"]
+        "README.md",
+        "config.json",
+        "separator.safetensors",
+        "train_log.txt",
+    ]
     model = MambaSeparator.from_hparams(source=str(folder))
     assert next(model.mods.parameters()).dtype == torch.float32

@@ -55,7 +55,8 @@ def _rel_err(a, b):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("b_shape", ["bnl", "bgnl", "dn"])
 @pytest.mark.parametrize(
-    "use_z,use_bias,softplus", [(True, True, True), (False, False, False), (True, False, True), (False, True, False)]
+    "use_z,use_bias,softplus",
+    [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
 )
 def test_matches_reference_values_and_grads(backend, b_shape, use_z, use_bias, softplus):
     t = _inputs(b_shape=b_shape)
@@ -93,9 +94,7 @@ def test_lengths_and_last_state(backend, length):
     t = _inputs(b=1, d=3, n=5, length=length)
     ref, ref_last = selective_scan_ref(**t, delta_softplus=True, return_last_state=True)
     t32 = {k: v.float() for k, v in t.items()}
-    out, last = selective_scan(
-        **t32, delta_softplus=True, return_last_state=True, backend=backend
-    )
+    out, last = selective_scan(**t32, delta_softplus=True, return_last_state=True, backend=backend)
     assert last.shape == (1, 3, 5) and last.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(last.double(), ref_last, rtol=1e-4, atol=1e-5)
@@ -106,9 +105,7 @@ def test_half_precision_keeps_fp32_state(backend):
     t = {k: v.float() for k, v in _inputs(length=300).items()}
     ref = selective_scan(**t, delta_softplus=True, backend=backend)
     t16 = {k: v.bfloat16() for k, v in t.items()}
-    out, last = selective_scan(
-        **t16, delta_softplus=True, return_last_state=True, backend=backend
-    )
+    out, last = selective_scan(**t16, delta_softplus=True, return_last_state=True, backend=backend)
     assert out.dtype == torch.bfloat16 and last.dtype == torch.float32
     # Only the inputs were rounded to bf16: the error stays at bf16's level.
     assert _rel_err(out.float(), ref) < 3e-2
@@ -186,10 +183,12 @@ def test_no_top_level_mamba_ssm_import():
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
+
 # ---------------------------------------------------------------------------
 # The fused scan of sb_mamba.nnet.fused (time-major, with the step-size
 # projection, softplus, D skip and silu(z) gate) against its definition.
 # ---------------------------------------------------------------------------
+
 
 def reference_mamba_scan(u, z, xdbl, w_dt, dt_bias, A, D, reverse):
     """The fused scan's definition, sequential, float64, with autograd.
@@ -247,9 +246,7 @@ def test_mamba_scan_matches_reference(L, Di, S, R, reverse):
     u32, z32 = xz32[..., :Di], xz32[..., Di:]
     chunk = 64 if L > 3 else 2
     y = torch.empty(2, L, Di)
-    ckpt = kernel.mamba_scan_fwd(
-        u32, z32, xdbl32, w32, b32, A32, D32, y, reverse, chunk, True
-    )
+    ckpt = kernel.mamba_scan_fwd(u32, z32, xdbl32, w32, b32, A32, D32, y, reverse, chunk, True)
     tol = dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(y.double(), y_ref.detach(), **tol)
     assert ckpt.shape == (2, -(-L // chunk) + 1, S, Di)
@@ -258,8 +255,20 @@ def test_mamba_scan_matches_reference(L, Di, S, R, reverse):
     gxz = torch.full((2, L, 2 * Di), float("nan"))
     gxdbl = torch.full((2, L, R + 2 * S), float("nan"))
     g_wdt, g_bias, g_A, g_D = kernel.mamba_scan_bwd(
-        u32, z32, xdbl32, w32, b32, A32, D32, ckpt, gy.float(), gxz[..., :Di],
-        gxz[..., Di:], gxdbl, reverse, chunk,
+        u32,
+        z32,
+        xdbl32,
+        w32,
+        b32,
+        A32,
+        D32,
+        ckpt,
+        gy.float(),
+        gxz[..., :Di],
+        gxz[..., Di:],
+        gxdbl,
+        reverse,
+        chunk,
     )
     grads = [gxz, gxdbl, g_wdt, g_bias, g_A, g_D]
     names = ["xz", "xdbl", "w_dt", "dt_bias", "A", "D"]
@@ -267,6 +276,9 @@ def test_mamba_scan_matches_reference(L, Di, S, R, reverse):
         assert g.shape == gr.shape and g.dtype == torch.float32, name
         scale = gr.abs().max().item()
         torch.testing.assert_close(
-            g.double(), gr, rtol=1e-4, atol=1e-5 * max(scale, 1.0),
+            g.double(),
+            gr,
+            rtol=1e-4,
+            atol=1e-5 * max(scale, 1.0),
             msg=lambda m, n=name: f"{n}: {m}",
         )

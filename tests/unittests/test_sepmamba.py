@@ -5,14 +5,13 @@ Authors
  * sb_mamba developers
 """
 
-
 import pytest
 import torch
 
 from sb_mamba.lobes.sepmamba import SepMamba, causal_lookahead
 from tests.helpers import load_fragment
 
-SMALL = dict(dim=16, num_blocks=1, d_state=4, ssm_backend="auto")
+SMALL = dict(dim=16, num_blocks=1, d_state=4)
 
 
 def n_params(model):
@@ -33,7 +32,7 @@ def test_fragment_param_count(name, target, blocks_fwd, bidirectional):
     model = hp["separator"]
     assert isinstance(model, SepMamba)
     assert hp["sample_rate"] == 8000 and hp["num_spks"] == 2
-    assert hp["ssm_backend"] == "auto"
+    assert "ssm_backend" not in hp and "ssm_backend" not in model.get_model_args()
     assert abs(n_params(model) - target) / target < 0.03
     layer = model.down[0].mamba
     assert len(layer.forward_blocks) == blocks_fwd

@@ -14,7 +14,7 @@ from sb_mamba.inference.streaming import StreamingSeparator
 from sb_mamba.lobes.sepmamba import SepMamba, causal_lookahead
 from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
 from sb_mamba.nnet.bimamba import BiMamba
-from sb_mamba.nnet.mamba import Mamba
+from sb_mamba.nnet.mamba import Mamba, set_ssm_backend
 from sb_mamba.nnet.scan import selective_scan
 from sb_mamba.nnet.scan_torch import selective_scan_ref
 
@@ -25,8 +25,9 @@ BACKENDS = ["torch"] + ["cpu_kernel"] * CPU_KERNEL
 def causal_net(kernel_size=16, output="mask", backend="auto", seed=0, **kwargs):
     torch.manual_seed(seed)
     args = dict(num_spks=2, dim=8, num_blocks=1, d_state=4, stride=4, num_levels=3)
-    return SepMamba(kernel_size=kernel_size, causal=True, output=output,
-                    ssm_backend=backend, **(args | kwargs)).eval()
+    net = SepMamba(kernel_size=kernel_size, causal=True, output=output, **(args | kwargs))
+    set_ssm_backend(net, backend)
+    return net.eval()
 
 
 def offline(net, mix):
@@ -38,7 +39,7 @@ def streamed(net, mix, sizes):
     """Feed ``mix`` in chunks of ``sizes`` (cycled), then flush."""
     stream, parts, a, i = StreamingSeparator(net), [], 0, 0
     while a < mix.shape[0]:
-        parts.append(stream.feed(mix[a:a + sizes[i % len(sizes)]]))
+        parts.append(stream.feed(mix[a : a + sizes[i % len(sizes)]]))
         a, i = a + sizes[i % len(sizes)], i + 1
     parts.append(stream.flush())
     return torch.cat(parts)
@@ -60,15 +61,37 @@ def test_scan_initial_state_continues_the_sequence(backend):
     y, last = selective_scan(u, delta, A, B, C, return_last_state=True, backend=backend)
     h, parts = None, []
     for a, b in ((0, 1), (1, 8), (8, 40)):
-        yp, h = selective_scan(u[..., a:b], delta[..., a:b], A, B[..., a:b], C[..., a:b],
-                               return_last_state=True, backend=backend, initial_state=h)
+        yp, h = selective_scan(
+            u[..., a:b],
+            delta[..., a:b],
+            A,
+            B[..., a:b],
+            C[..., a:b],
+            return_last_state=True,
+            backend=backend,
+            initial_state=h,
+        )
         parts.append(yp)
     assert torch.allclose(torch.cat(parts, -1), y, rtol=1e-5, atol=1e-5)
     assert torch.allclose(h, last, rtol=1e-5, atol=1e-5)
-    h8 = selective_scan(u[..., :8], delta[..., :8], A, B[..., :8], C[..., :8],
-                        return_last_state=True, backend=backend)[1]
-    ref, ref_last = selective_scan_ref(u[..., 8:], delta[..., 8:], A, B[..., 8:], C[..., 8:],
-                                       return_last_state=True, initial_state=h8)
+    h8 = selective_scan(
+        u[..., :8],
+        delta[..., :8],
+        A,
+        B[..., :8],
+        C[..., :8],
+        return_last_state=True,
+        backend=backend,
+    )[1]
+    ref, ref_last = selective_scan_ref(
+        u[..., 8:],
+        delta[..., 8:],
+        A,
+        B[..., 8:],
+        C[..., 8:],
+        return_last_state=True,
+        initial_state=h8,
+    )
     assert torch.allclose(parts[-1], ref, rtol=1e-4, atol=1e-5)
     assert torch.allclose(h, ref_last, rtol=1e-4, atol=1e-5)
 
@@ -76,13 +99,19 @@ def test_scan_initial_state_continues_the_sequence(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_scan_gradients_with_initial_state(backend):
     g = torch.Generator().manual_seed(1)
-    args = [torch.randn(1, 4, 12, generator=g), torch.rand(1, 4, 12, generator=g),
-            -torch.rand(4, 3, generator=g), torch.randn(1, 3, 12, generator=g),
-            torch.randn(1, 3, 12, generator=g)]
+    args = [
+        torch.randn(1, 4, 12, generator=g),
+        torch.rand(1, 4, 12, generator=g),
+        -torch.rand(4, 3, generator=g),
+        torch.randn(1, 3, 12, generator=g),
+        torch.randn(1, 3, 12, generator=g),
+    ]
     h0 = torch.randn(1, 4, 3, generator=g)
     grads = []
-    for fn in (lambda *a: selective_scan(*a, backend=backend, initial_state=h0),
-               lambda *a: selective_scan_ref(*a, initial_state=h0)):
+    for fn in (
+        lambda *a: selective_scan(*a, backend=backend, initial_state=h0),
+        lambda *a: selective_scan_ref(*a, initial_state=h0),
+    ):
         leaves = [t.clone().requires_grad_() for t in args]
         fn(*leaves).pow(2).sum().backward()
         grads.append([t.grad for t in leaves])
@@ -102,8 +131,10 @@ def test_mamba_forward_chunk_paths(path):
     assert (st["kernel"] is not None) == (path == "cpu_kernel")
     with torch.no_grad():
         if path == "steps":  # what the cuda backend runs: step() per frame
-            parts = [m._chunk_by_steps(x[:, a:b], st["hist"], st["ssm"])
-                     for a, b in ((0, 1), (1, 5), (5, 37))]
+            parts = [
+                m._chunk_by_steps(x[:, a:b], st["hist"], st["ssm"])
+                for a, b in ((0, 1), (1, 5), (5, 37))
+            ]
         else:
             parts = [m.forward_chunk(x[:, a:b], st) for a, b in ((0, 1), (1, 5), (5, 37))]
         assert torch.allclose(torch.cat(parts, 1), m(x), rtol=1e-4, atol=1e-5)
@@ -120,8 +151,9 @@ FRAME = 4**3  # one bottleneck frame for stride 4, 3 levels
 
 @pytest.mark.parametrize("kernel_size", [16, 8])
 @pytest.mark.parametrize("output", ["mask", "mapping"])
-@pytest.mark.parametrize("sizes", [[1], [7], [FRAME], [8000], "random"],
-                         ids=["1", "7", "frame", "1s", "random"])
+@pytest.mark.parametrize(
+    "sizes", [[1], [7], [FRAME], [8000], "random"], ids=["1", "7", "frame", "1s", "random"]
+)
 def test_streamed_equals_offline(kernel_size, output, sizes):
     net = causal_net(kernel_size, output)
     T = {8000: 9001, 1: 700}.get(sizes[0], 1503) if sizes != "random" else 1503
@@ -161,7 +193,7 @@ def test_causality(kernel_size, lookahead):
     ref = offline(net, mix)
     for t in (0, 500, 1283, 2048, 3000):
         changed = mix.clone()
-        changed[t + lookahead + 1:] = torch.randn(4000 - t - lookahead - 1, generator=g)
+        changed[t + lookahead + 1 :] = torch.randn(4000 - t - lookahead - 1, generator=g)
         assert torch.equal(offline(net, changed)[: t + 1], ref[: t + 1])
     # and the bound is tight: an output t at a multiple of stride ** levels
     # reads input t + lookahead (weakly with random weights, and not through
@@ -197,8 +229,9 @@ def test_non_causal_models_are_refused():
 
 def test_separator_stream_and_separate_signal(tmp_path):
     net = causal_net(8, "mask")
-    model = MambaSeparator({"separator": net}, {"sample_rate": 8000, "num_spks": 2},
-                           run_opts={"device": "cpu"})
+    model = MambaSeparator(
+        {"separator": net}, {"sample_rate": 8000, "num_spks": 2}, run_opts={"device": "cpu"}
+    )
     mix = 0.1 * torch.randn(2345)
     stream = model.stream()
     assert stream.frame == FRAME and stream.lookahead == 147
@@ -206,7 +239,10 @@ def test_separator_stream_and_separate_signal(tmp_path):
     a = model.separate_signal(mix, chunk_seconds=None)
     b = model.separate_signal(mix, stream=True)
     assert_close(b, a)
-    model = MambaSeparator({"separator": SepMamba(dim=8, num_blocks=1, d_state=4)},
-                           {"sample_rate": 8000, "num_spks": 2}, run_opts={"device": "cpu"})
+    model = MambaSeparator(
+        {"separator": SepMamba(dim=8, num_blocks=1, d_state=4)},
+        {"sample_rate": 8000, "num_spks": 2},
+        run_opts={"device": "cpu"},
+    )
     with pytest.raises(UserError, match="not causal"):
         model.stream()

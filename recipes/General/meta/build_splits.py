@@ -32,10 +32,20 @@ from pathlib import Path
 import numpy as np
 
 L2_HELD_OUT = {"test": 10, "valid": 5}  # speakers per age group (children, adults)
-NOISE_TEST_SOURCES = ["blanket_coffee_shop", "blanket_train", "spcmd_exercise_bike",
-                      "ambeng_city_traffic_hum", "jtg_rain"]  # fmt: skip
-RIR_TEST = ["surreyA_azm090_L", "surreyA_azp060_L", "surreyA_azp090_L",
-            "bbcLR_Bm045_R", "bbcLR_Mp180_R"]  # fmt: skip
+NOISE_TEST_SOURCES = [
+    "blanket_coffee_shop",
+    "blanket_train",
+    "spcmd_exercise_bike",
+    "ambeng_city_traffic_hum",
+    "jtg_rain",
+]
+RIR_TEST = [
+    "surreyA_azm090_L",
+    "surreyA_azp060_L",
+    "surreyA_azp090_L",
+    "bbcLR_Bm045_R",
+    "bbcLR_Mp180_R",
+]
 SIMULATED = {"train": {"seed": 1234, "rooms": 100}, "test": {"seed": 9001, "rooms": 20}}
 
 
@@ -49,7 +59,10 @@ def l2_split(rows, seed=1234):
     age = {r["speaker"]: int(r["age"]) for r in rows}
     rng = np.random.default_rng(seed)
     split = {"train": [], "valid": [], "test": []}
-    for group in ([s for s in sorted(age) if age[s] < 16], [s for s in sorted(age) if age[s] >= 16]):
+    for group in (
+        [s for s in sorted(age) if age[s] < 16],
+        [s for s in sorted(age) if age[s] >= 16],
+    ):
         order = [group[i] for i in rng.permutation(len(group))]
         n_test, n_valid = L2_HELD_OUT["test"], L2_HELD_OUT["valid"]
         split["test"] += order[:n_test]
@@ -63,18 +76,26 @@ def main(shared):
     l2 = l2_split(read_tsv(shared / "speech-l2" / "utterances.tsv"))
     clips = [r["clip_id"] for r in read_tsv(shared / "noise" / "noise.tsv")]
     source = {r["clip_id"]: r["source_id"] for r in read_tsv(shared / "noise" / "noise.tsv")}
-    noise = {"train": sorted(c for c in clips if source[c] not in NOISE_TEST_SOURCES),
-             "test": sorted(c for c in clips if source[c] in NOISE_TEST_SOURCES)}
+    noise = {
+        "train": sorted(c for c in clips if source[c] not in NOISE_TEST_SOURCES),
+        "test": sorted(c for c in clips if source[c] in NOISE_TEST_SOURCES),
+    }
     rirs = [r["rir_id"] for r in read_tsv(shared / "rir" / "rir.tsv")]
     if missing := set(RIR_TEST) - set(rirs):
         raise SystemExit(f"RIRs {sorted(missing)} are not in {shared / 'rir'}.")
     rir = {"train": sorted(set(rirs) - set(RIR_TEST)), "test": sorted(RIR_TEST)}
     out = Path(__file__).with_name("splits.json")
-    out.write_text(json.dumps({"speech-l2": l2, "noise": noise, "rir": rir,
-                               "simulated_rooms": SIMULATED}, indent=1) + "\n")  # fmt: skip
-    print(f"Wrote {out}: speech-l2 {[len(v) for v in l2.values()]} train/valid/test speakers, "
-          f"noise {len(noise['train'])}/{len(noise['test'])} clips, "
-          f"RIRs {len(rir['train'])}/{len(rir['test'])}.")
+    out.write_text(
+        json.dumps(
+            {"speech-l2": l2, "noise": noise, "rir": rir, "simulated_rooms": SIMULATED}, indent=1
+        )
+        + "\n"
+    )
+    print(
+        f"Wrote {out}: speech-l2 {[len(v) for v in l2.values()]} train/valid/test speakers, "
+        f"noise {len(noise['train'])}/{len(noise['test'])} clips, "
+        f"RIRs {len(rir['train'])}/{len(rir['test'])}."
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Authors
 """
 
 from sb_mamba.dataio.manifests import prepare_wham, prepare_whamr
+from sb_mamba.errors import UserError
 from sb_mamba.training.recipe import main
 
 PREPARERS = {"wham": prepare_wham, "whamr": prepare_whamr}
@@ -23,8 +24,10 @@ PREPARERS = {"wham": prepare_wham, "whamr": prepare_whamr}
 def prepare(dataset="wham", **kwargs):
     """Run ``prepare_wham`` or ``prepare_whamr`` (``dataset``) with ``kwargs``."""
     if dataset not in PREPARERS:
-        raise ValueError(f"prepare_kwargs.dataset must be one of {list(PREPARERS)}; "
-                         f"got {dataset!r}.")
+        raise UserError(
+            f"prepare_kwargs.dataset must be one of {list(PREPARERS)}, not "
+            f"{dataset!r}: pass e.g. --prepare_kwargs={{dataset: whamr}}."
+        )
     return PREPARERS[dataset](**kwargs)
 
 

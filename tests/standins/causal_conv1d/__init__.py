@@ -6,8 +6,16 @@ from mamba_ssm import CALLS
 __version__ = "0.0.0+standin"
 
 
-def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
-                     return_final_states=False, final_states_out=None, activation=None):
+def causal_conv1d_fn(
+    x,
+    weight,
+    bias=None,
+    seq_idx=None,
+    initial_states=None,
+    return_final_states=False,
+    final_states_out=None,
+    activation=None,
+):
     """Depthwise causal convolution: x (b, d, l), weight (d, w) -> (b, d, l)."""
     CALLS["causal_conv1d_fn"] += 1
     if activation not in (None, "silu", "swish"):
@@ -17,8 +25,13 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None,
     if x.stride(2) != 1 and x.stride(1) != 1:
         raise RuntimeError("causal_conv1d stand-in: x must be contiguous in time or channels")
     width = weight.shape[1]
-    out = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
-                   padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    out = F.conv1d(
+        x,
+        weight.unsqueeze(1).to(x.dtype),
+        None if bias is None else bias.to(x.dtype),
+        padding=width - 1,
+        groups=x.shape[1],
+    )[..., : x.shape[-1]]
     return out if activation is None else F.silu(out)
 
 

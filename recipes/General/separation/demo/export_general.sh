@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Evaluates the general run's best checkpoint and exports it to
-# pretrained/sepmamba-8k: fp16 weights, model card with the robustness table
-# (benchmarks/bench_robustness.py, beside the LibriMini demo model), learning
-# curve, training log and a test mixture for the README.
+# Evaluates a General run's best checkpoint and exports it to
+# pretrained/sepmamba-8k (VARIANT=general, the default) or
+# pretrained/sepmamba-causal-8k (VARIANT=causal, with the run's KERNEL): fp16
+# weights, model card with the robustness table (benchmarks/bench_robustness.py,
+# beside the model it is compared with), learning curve, training log and a
+# test mixture for the README.
 #
 #   bash demo/export_general.sh [RUN_FOLDER]     (from recipes/General/separation)
 #
@@ -13,31 +15,38 @@ set -euo pipefail
 RUN=${1:-results/general}
 DATA=${DATA:-../../../../shared/data}
 EVAL="$RUN/eval"
-TARGET=${TARGET:-../../../pretrained/sepmamba-8k}
 ROOT=../../..
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source "$(dirname "$0")/recipe_args.sh"  # the layout that was trained
+TARGET=${TARGET:-$ROOT/pretrained/$MODEL_NAME}
+MIXING="dynamic mixing of 251 speakers (LibriMini's 156 LibriSpeech readers and 95 speechocean762 children and non-native adults) at 8 kHz, half of the mixtures in a room (measured RIRs and simulated rooms), half with real noise at -6 to 10 dB SNR, relative levels up to 10 dB, 10 % single talkers"
+if [ "$VARIANT" = general ]; then
+    CARD=card.md DATA_NOTE="$MIXING; warm-started from the LibriMini demo model (its curve comes first)"
+    PEER="sepmamba-librimini-8k=$ROOT/pretrained/sepmamba-librimini-8k"
+else
+    CARD=card_causal.md DATA_NOTE="$MIXING; trained from scratch"
+    PEER="sepmamba-8k=$ROOT/pretrained/sepmamba-8k"
+fi
 
 BEST=$(python -c "import sys; from sb_mamba.inference.export import find_best_checkpoint as f; print(f(sys.argv[1]).path)" "$RUN/save")
 rm -rf "$EVAL" && mkdir -p "$EVAL/save"
 cp -r "$BEST" "$EVAL/save/"
 for d in links rooms mixtures cache; do ln -s "$(cd "$RUN/save/$d" && pwd)" "$EVAL/save/$d"; done
 cp "$RUN"/save/*.csv "$RUN/save/general_prep.json" "$EVAL/save/"
-source "$(dirname "$0")/recipe_args.sh"  # the layout that was trained
 python train.py hparams/sepmamba.yaml --data_folder="$DATA" --output_folder="$EVAL" \
     "${GENERAL_MODEL_ARGS[@]}" "${GENERAL_TRAIN_ARGS[@]}" --test_only --n_audio_to_save=3
-python -m sb_mamba.training.notes "$RUN" "$EVAL" --name sepmamba-8k \
+python -m sb_mamba.training.notes "$RUN" "$EVAL" --name "$MODEL_NAME" \
     --recipe-dir recipes/General/separation --train-script demo/train_general.sh \
     --export-script demo/export_general.sh --run-label "general $(basename "$RUN")" --own-curve yes \
-    --data "dynamic mixing of 251 speakers (LibriMini's 156 LibriSpeech readers and 95 speechocean762 children and non-native adults) at 8 kHz, half of the mixtures in a room (measured RIRs and simulated rooms), half with real noise at -6 to 10 dB SNR, relative levels up to 10 dB, 10 % single talkers; warm-started from the LibriMini demo model (its curve comes first)" \
+    --data "$DATA_NOTE" \
     --eval "Validation: 60 fixed 4 s mixtures of 30 held-out speakers in the training conditions (the LibriMini part of the curve: 50 clean mixtures of LibriMini readers); test: 100 mixtures of 40 other held-out speakers, held-out noise recordings and rooms."
-# a first export, scored on the robustness test sets beside the LibriMini demo model
-sb-mamba export "$EVAL" "$EVAL/model" --fp16 --name sepmamba-8k --hparams-file "$RUN/hyperparams.yaml"
+# a first export, scored on the robustness test sets beside the model it is compared with
+sb-mamba export "$EVAL" "$EVAL/model" --fp16 --name "$MODEL_NAME" --hparams-file "$RUN/hyperparams.yaml"
 python "$ROOT/benchmarks/bench_robustness.py" --data "$DATA" \
-    --model "sepmamba-8k=$EVAL/model" --model "sepmamba-librimini-8k=$ROOT/pretrained/sepmamba-librimini-8k" \
-    --out "$EVAL/robustness"
-{ cat "$(dirname "$0")/card.md"; echo; tail -n +2 "$EVAL/robustness.md"; echo; \
+    --model "$MODEL_NAME=$EVAL/model" --model "$PEER" --out "$EVAL/robustness"
+{ cat "$(dirname "$0")/$CARD"; echo; tail -n +2 "$EVAL/robustness.md"; echo; \
   echo "![robustness](robustness.png)"; echo; cat "$EVAL/notes.md"; } > "$EVAL/card.md"
-sb-mamba export "$EVAL" "$TARGET" --fp16 --name sepmamba-8k --license cc-by-sa-4.0 \
+sb-mamba export "$EVAL" "$TARGET" --fp16 --name "$MODEL_NAME" --license cc-by-sa-4.0 \
     --notes "$EVAL/card.md" --hparams-file "$RUN/hyperparams.yaml"
 cp "$RUN/train_log.txt" "$EVAL/learning_curve.csv" "$EVAL/learning_curve.png" "$TARGET/"
 cp "$EVAL/robustness.json" "$EVAL/robustness.png" "$TARGET/"

@@ -1,11 +1,29 @@
-# The shipped general model's recipe (pretrained/sepmamba-8k): sourced by
-# train_general.sh and export_general.sh, so that the evaluation rebuilds
-# exactly the layout that was trained.
+# The recipes of the shipped General models, sourced by train_general.sh and
+# export_general.sh, so that the evaluation rebuilds exactly the layout that
+# was trained. VARIANT picks the model:
 #
-# SepMamba dim 32, one Mamba block per direction, stride 4, mask output
-# (0.75M parameters, the layout of the LibriMini demo model, whose weights it
-# starts from), batch 4 x 2 s, lr 2e-3 halved when the validation loss stalls,
-# epochs of 1000 steps. The data: hparams/sepmamba.yaml's defaults.
-GENERAL_MODEL_ARGS=(--model_dim=32 --model_blocks=1 --model_stride=4 --model_output=mask)
+#   general (pretrained/sepmamba-8k): SepMamba dim 32, one Mamba block per
+#     direction, stride 4, mask output (0.75M parameters, the layout of the
+#     LibriMini demo model, whose weights it starts from).
+#   causal (pretrained/sepmamba-causal-8k): the same U-Net with forward-only
+#     Mamba layers (two blocks per layer, 0.58M parameters) and kernel KERNEL
+#     (default 8: a look-ahead of 147 samples = 18.4 ms; 16: 39.4 ms), for
+#     sb-mamba stream; trained from scratch (the bidirectional weights do not fit).
+#
+# Both: batch 4 x 2 s, lr 2e-3 halved when the validation loss stalls, epochs
+# of 1000 steps. LR overrides the starting lr (a run warm-started after the
+# plateau schedule had halved it: LR=0.0005). The data: hparams/sepmamba.yaml's
+# defaults.
+VARIANT=${VARIANT:-general}
+case "$VARIANT" in
+    general)
+        MODEL_NAME=sepmamba-8k
+        GENERAL_MODEL_ARGS=(--model_dim=32 --model_blocks=1 --model_stride=4 --model_output=mask) ;;
+    causal)
+        MODEL_NAME=sepmamba-causal-8k
+        GENERAL_MODEL_ARGS=(--model_dim=32 --model_blocks=1 --model_stride=4 --model_output=mask
+                            --model_causal=True --model_kernel_size="${KERNEL:-8}") ;;
+    *) echo "VARIANT must be general or causal, not '$VARIANT'." >&2; exit 2 ;;
+esac
 GENERAL_TRAIN_ARGS=(--segment_seconds=2.0 --batch_size=4 --epoch_size=4000
-                    --lr=0.002 --lr_schedule=plateau)
+                    --lr="${LR:-0.002}" --lr_schedule=plateau)

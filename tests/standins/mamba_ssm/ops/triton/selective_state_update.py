@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from mamba_ssm import CALLS
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                           dt_softplus=False, state_batch_indices=None):
+def selective_state_update(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, state_batch_indices=None
+):
     """One step: state (b, d, n) updated in place; x, dt, z (b, d); B, C (b, n); returns (b, d)."""
     CALLS["selective_state_update"] += 1
     if state.dim() != 3 or x.dim() != 2 or B.dim() != 2 or A.dim() != 2:
