@@ -112,8 +112,10 @@ def model_card(
             "```python",
             "from sb_mamba.inference import MambaSeparator",
             "",
-            f'model = MambaSeparator.from_hparams(source="<this repo or folder>", '
-            f'savedir="pretrained_models/{name}")',
+            "model = MambaSeparator.from_hparams(",  # as ruff formats it (CI checks)
+            '    source="<this repo or folder>",',
+            f'    savedir="pretrained_models/{name}",',
+            ")",
             'est = model.separate_file("mixture.wav", output_dir="separated")  '
             f"# [1, T, {num_spks}]",
             "# long recordings: chunked overlap-add with speaker alignment",

@@ -129,6 +129,13 @@ def test_export_layout_and_card(exported):
     card = (hub / "README.md").read_text()
     assert "| 13.25 | 14.50 | 11.50 | 12.50 |" in card
     assert "pip install .  # in a clone of sb_mamba" in card
+    # a shipped card sits in the repository, whose CI runs `ruff format --check .`
+    fmt = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", str(hub / "README.md")],
+        capture_output=True,
+        text=True,
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
 def test_from_hparams_offline_subprocess_matches_memory(exported):
