@@ -6,7 +6,7 @@ a Mamba mixer used by :mod:`sb_mamba.nnet.fused`) are compiled on first use with
 folder (:func:`build_folder`) is
 ``<TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions>/sb_mamba/<name>-torch<version>-env<hash>-src<hash>``,
 keyed by the torch build, the Python environment (``sys.prefix``) and a hash
-of the kernel sources and flags, so two environments on one machine (two
+of the kernel sources (their paths and contents) and flags, so two environments or source trees on one machine (two
 clones, a venv and CI) never rebuild over each other or wait on each other's
 lock, and an edited source gets a fresh folder. An INFO message says so
 before the compilation (a minute or two) starts. Processes of one
@@ -73,7 +73,11 @@ _state = {"tried": False, "module": None}
 
 
 def source_hash(paths, flags=()):
-    """A hash of the kernel sources (names and contents) and compiler flags.
+    """A hash of the kernel sources (paths and contents) and compiler flags.
+
+    The paths count: torch's own build versioning follows them, so two
+    source trees used from one environment (a clone and a wheel, two
+    worktrees) would otherwise rebuild one build folder over each other.
 
     Arguments
     ---------
@@ -89,7 +93,7 @@ def source_hash(paths, flags=()):
     """
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(os.path.basename(path).encode() + b"\0")
+        digest.update(os.path.abspath(path).encode() + b"\0")
         with open(path, "rb") as f:
             digest.update(f.read() + b"\0")
     digest.update("\0".join(flags).encode())

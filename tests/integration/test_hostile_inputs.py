@@ -632,8 +632,12 @@ def test_ctrl_c_inside_a_write_is_not_swallowed(tmp_path, monkeypatch, capfd):
 def test_ctrl_c_ends_with_one_line(tmp_path):
     folder = tmp_path / "model"
     tiny_model_folder(folder)
-    for i in range(100):
-        write_audio(tmp_path / "in" / f"{i:03d}.wav", make_mixture(3.0)[0][0], 8000)
+    # ~20 s of work for the tiny model: the run must outlast a loaded machine's delay
+    # between the first output and the signal (100 files of 3 s took 6 s and, once,
+    # ended before the signal arrived)
+    mix = make_mixture(3.0)[0][0].repeat(5)
+    for i in range(60):
+        write_audio(tmp_path / "in" / f"{i:03d}.wav", mix, 8000)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [

@@ -436,6 +436,12 @@ def test_source_hash_follows_contents_and_flags(tmp_path):
     assert first != source_hash([a, b], ["-O2"])
     a.write_text("int g();")
     assert first != source_hash([a, b], ["-O3"])
+    # the same files in another tree (a second clone or a wheel used from this venv)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.cpp").write_text("int g();")
+    (other / "b.h").write_text("#pragma once")
+    assert source_hash([a, b], ["-O3"]) != source_hash([other / "a.cpp", other / "b.h"], ["-O3"])
 
 
 def test_each_environment_has_its_own_build_folder(monkeypatch, tmp_path):
