@@ -209,7 +209,6 @@ class MambaSeparator(Pretrained):
             set_ssm_backend(self.mods.separator, backend)
         except ValueError as e:
             raise UserError(f"run_opts: {e}") from None
-        self.ssm_backend = backend
 
     @classmethod
     def from_hparams(

@@ -357,7 +357,6 @@ class Separation(sb.Brain):
                 )
             self.test_results = self._write_test_results()
 
-    @torch.no_grad()
     def _add_test_rows(self, ids, mix, targets, est):
         """Rows of ``test_results.csv`` for a test batch (batch size 1: no padding)."""
         n_audio = getattr(self.hparams, "n_audio_to_save", 5)

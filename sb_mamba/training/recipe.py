@@ -366,14 +366,18 @@ def pop_run_options(argv):
     return rest, opts
 
 
-def set_run_backend(hparams, run_opts, device):
-    """Set the run's ``ssm_backend`` on every module, once; log and record it.
+def set_run_backend(hparams, run_opts):
+    """Set the run's ``ssm_backend`` on every module, once (before any data work).
 
     The run option wins; an old YAML's ``ssm_backend`` key is used with a
-    deprecation warning; else ``auto``.
+    deprecation warning; else ``auto``. A wrong name is a :class:`UserError`.
+
+    Returns
+    -------
+    str or None
+        The backend set, None for a model without Mamba (e.g. S4M).
     """
     from sb_mamba.nnet.mamba import set_ssm_backend
-    from sb_mamba.nnet.scan import BACKENDS, resolve_backend
 
     backend = run_opts.get("ssm_backend")
     if backend is None and "ssm_backend" in hparams:
@@ -384,18 +388,26 @@ def set_run_backend(hparams, run_opts, device):
             backend,
         )
     backend = backend or "auto"
-    if backend not in BACKENDS:
-        raise UserError(f"--ssm_backend={backend} is not a backend: choose one of {BACKENDS}.")
-    n = sum(
-        set_ssm_backend(m, backend) for m in hparams["modules"].values() if hasattr(m, "modules")
-    )
-    if n:
-        used = resolve_backend(backend, device)
-        out = hparams.get("output_folder")
-        if out and if_main_process():
-            with open(os.path.join(out, "env.log"), "a") as f:
-                f.write(f"sb_mamba ssm_backend: {backend} -> {used} ({device})\n")
-    return backend
+    try:
+        mixers = sum(
+            set_ssm_backend(m, backend)
+            for m in hparams["modules"].values()
+            if hasattr(m, "modules")
+        )
+    except ValueError as e:  # set_ssm_backend names the backends
+        raise UserError(f"--ssm_backend: {e}") from None
+    return backend if mixers else None
+
+
+def record_run_backend(hparams, backend, device):
+    """Resolve the run's backend on its device (logged once) and note it in ``env.log``."""
+    from sb_mamba.nnet.scan import resolve_backend
+
+    used = resolve_backend(backend, device)
+    out = hparams.get("output_folder")
+    if out and if_main_process():
+        with open(os.path.join(out, "env.log"), "a") as f:
+            f.write(f"sb_mamba ssm_backend: {backend} -> {used} ({device})\n")
 
 
 def load_hparams(hparams_file, overrides=None, defaults=None, read_keys=()):
@@ -479,9 +491,13 @@ def main(prepare, argv=None, defaults=None):
     defaults : dict, optional
         Values of YAML keys that the command line does not set.
     """
+
+    def run():
+        run_recipe(prepare, argv, defaults)
+        return 0
+
     status = run_with_policy(
-        lambda: run_recipe(prepare, argv, defaults) and 0,
-        lambda e, message: logger.error("%s: %s", type(e).__name__, message),
+        run, lambda e, message: logger.error("%s: %s", type(e).__name__, message)
     )
     if status:
         sys.exit(status)
@@ -516,6 +532,7 @@ def run_recipe(prepare, argv=None, defaults=None):
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"])
     if if_main_process():
         save_hparams(hparams_file, overrides, hparams["output_folder"])
+    backend = set_run_backend(hparams, own_opts)  # a wrong name fails before any data work
     save_folder = hparams["save_folder"]
     if prepare is not None:
         check_prepare_kwargs(prepare, hparams.get("prepare_kwargs", {}), hparams_file)
@@ -563,7 +580,8 @@ def run_recipe(prepare, argv=None, defaults=None):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    set_run_backend(hparams, own_opts, brain.device)
+    if backend is not None:
+        record_run_backend(hparams, backend, brain.device)
     loader_opts = hparams["dataloader_opts"]
     # SpeechBrain parses --test_only itself (a run option); the YAML key works too
     if not (hparams.get("test_only", False) or run_opts.get("test_only", False)):

@@ -3,9 +3,11 @@
 import json
 import re
 
+import pytest
 import torch
 
 from sb_mamba.dataio.librimini import prepare_librimini
+from sb_mamba.errors import UserError
 from sb_mamba.inference.export import export_model
 from sb_mamba.nnet.mamba import Mamba
 from sb_mamba.training.brain import Separation
@@ -93,3 +95,18 @@ def test_old_yaml_key_still_loads_with_a_warning(tmp_path):
     log = (tmp_path / "log.txt").read_text()  # SpeechBrain's log of the run
     warnings = [line for line in log.splitlines() if "deprecated" in line]
     assert len(warnings) == 1 and "--ssm_backend=torch" in warnings[0], warnings
+
+
+def test_a_wrong_backend_fails_before_any_data_work(tmp_path):
+    with pytest.raises(UserError, match=r"--ssm_backend: Unknown ssm_backend 'gpu'"):
+        run_recipe(
+            prepare_librimini,
+            [
+                str(RECIPE / "hparams" / "sepmamba.yaml"),
+                f"--output_folder={tmp_path}",
+                *ONE_STEP,
+                "--ssm_backend=gpu",
+            ],
+            defaults={"data_folder": str(RECIPES / "LibriMini" / "data")},
+        )
+    assert not (tmp_path / "save" / "valid.csv").exists()  # nothing prepared
