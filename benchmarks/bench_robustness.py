@@ -28,6 +28,9 @@ Usage (from the repository root)::
     python benchmarks/bench_robustness.py --model shipped=pretrained/sepmamba-8k \\
         --model demo=pretrained/sepmamba-librimini-8k --out benchmarks/results/robustness
 
+``--model int8=pretrained/sepmamba-8k@int8`` scores a folder in another
+inference precision (:mod:`sb_mamba.inference.precision`).
+
 ``--data`` is the shared data folder (default ``../shared/data``); ``--prep``
 the folder of the prepared test sets (default ``results/robustness_data``;
 a General run's ``save/`` folder is reused as it is).
@@ -159,7 +162,8 @@ def main(argv=None):
         "--model",
         action="append",
         required=True,
-        help="NAME=FOLDER (or FOLDER) of a model folder; repeat to compare",
+        help="NAME=FOLDER (or FOLDER) of a model folder, FOLDER@PRECISION to run it in "
+        "another precision (e.g. @int8); repeat to compare",
     )
     parser.add_argument(
         "--data",
@@ -197,9 +201,13 @@ def main(argv=None):
     results, start = {}, time.time()
     for spec in args.model:
         name, _, folder = spec.rpartition("=")
-        name = name or Path(folder).name
-        model = MambaSeparator.from_hparams(source=folder, run_opts={"device": "cpu"})
-        results[name] = {"folder": folder}
+        folder, _, precision = folder.partition("@")
+        name = name or Path(folder).name + (f"@{precision}" if precision else "")
+        precision = precision or "fp32"
+        model = MambaSeparator.from_hparams(
+            source=folder, run_opts={"device": "cpu", "precision": precision}
+        )
+        results[name] = {"folder": folder, "precision": precision}
         for cond in conditions:
             scores = score_folder(
                 model,

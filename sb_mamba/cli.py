@@ -48,6 +48,7 @@ from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from sb_mamba.errors import USER_ERROR, UserError, run_with_policy
+from sb_mamba.inference.precision import PRECISIONS
 from sb_mamba.logs import ALWAYS_INFO, setup_cli_logging
 from sb_mamba.nnet.scan import BACKENDS
 
@@ -88,6 +89,25 @@ def find_inputs(paths, exts):
     return found, missing
 
 
+def add_run_options(p):
+    """The run options of a command that loads a model: --device, --backend, --precision."""
+    p.add_argument("-d", "--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="selective scan of the Mamba layers (default auto: the CUDA kernels on "
+        "a GPU, the C++ kernel on a CPU)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32 (default); int8: the Mamba projections in int8 on the CPU (faster, "
+        "a small loss); bf16/fp16 where the device computes them natively",
+    )
+
+
 def add_arguments(p):
     """The arguments of ``sb-mamba separate``."""
     p.add_argument(
@@ -105,14 +125,7 @@ def add_arguments(p):
         help="the model (folder or hub id); then every positional is an input",
     )
     p.add_argument("-o", "--output-dir", required=True, help="output folder")
-    p.add_argument("-d", "--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=BACKENDS,
-        help="selective scan of the Mamba layers (default auto: the CUDA kernels on "
-        "a GPU, the C++ kernel on a CPU)",
-    )
+    add_run_options(p)
     p.add_argument(
         "--chunk-seconds",
         default="auto",
@@ -255,7 +268,11 @@ def _separate(args):
         model = MambaSeparator.from_hparams(
             source=args.model,
             savedir=args.savedir,
-            run_opts={"device": args.device, "ssm_backend": args.backend},
+            run_opts={
+                "device": args.device,
+                "ssm_backend": args.backend,
+                "precision": args.precision,
+            },
             trust_remote_code=args.trust_model,
         )
     except UserError:

@@ -25,6 +25,7 @@ from sb_mamba import modelfolder
 from sb_mamba.audio import AudioError, audio_info, read_audio, resample, write_audio
 from sb_mamba.errors import UserError
 from sb_mamba.inference.chunking import chunked_separate
+from sb_mamba.inference.precision import apply_precision, check_precision
 from sb_mamba.nnet.mamba import set_ssm_backend
 
 logger = get_logger(__name__)
@@ -183,7 +184,8 @@ class MambaSeparator(Pretrained):
     hparams : dict
         With ``sample_rate`` and ``num_spks``.
     run_opts : dict, optional
-        ``device``, ``precision`` (``fp32`` | ``bf16`` | ``fp16``),
+        ``device``, ``precision`` (``fp32`` | ``int8`` | ``bf16`` | ``fp16``,
+        what the device supports: :mod:`sb_mamba.inference.precision`),
         ``ssm_backend`` (``auto`` | ``torch`` | ``cpu_kernel`` | ``cuda``: the
         selective scan's path, set on every Mamba of the model, never
         stored with it), ...
@@ -204,11 +206,16 @@ class MambaSeparator(Pretrained):
     def __init__(self, modules=None, hparams=None, run_opts=None, **kwargs):
         run_opts = dict(run_opts or {})
         backend = run_opts.pop("ssm_backend", "auto")  # sb_mamba's own run option
+        precision = run_opts.get("precision", "fp32")
+        if precision == "int8":  # sb_mamba's own precision; SpeechBrain's autocast stays off
+            run_opts.pop("precision")
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, **kwargs)
         try:
             set_ssm_backend(self.mods.separator, backend)
         except ValueError as e:
             raise UserError(f"run_opts: {e}") from None
+        self.precision = check_precision(precision, self.device)
+        apply_precision(self.mods.separator, precision)
 
     @classmethod
     def from_hparams(

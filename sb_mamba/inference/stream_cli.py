@@ -31,8 +31,8 @@ import sys
 import numpy as np
 from speechbrain.utils.logger import get_logger
 
+from sb_mamba.cli import add_run_options
 from sb_mamba.errors import UserError
-from sb_mamba.nnet.scan import BACKENDS
 
 logger = get_logger(__name__)
 
@@ -71,13 +71,7 @@ def add_arguments(p):
         help="factor applied to the outputs before the 16-bit rounding "
         "(default 1; they are clipped to full scale)",
     )
-    p.add_argument("-d", "--device", default="cpu", help="cpu (default), cuda, ...")
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=BACKENDS,
-        help="selective scan of the Mamba layers (default auto)",
-    )
+    add_run_options(p)
     p.add_argument("--savedir", default=None, help="where a hub model is stored")
     p.add_argument("-v", "--verbose", action="store_true", help="log the set-up")
 
@@ -115,7 +109,11 @@ def _stream(args, fd_in, out):
         model = MambaSeparator.from_hparams(
             source=args.model,
             savedir=args.savedir,
-            run_opts={"device": args.device, "ssm_backend": args.backend},
+            run_opts={
+                "device": args.device,
+                "ssm_backend": args.backend,
+                "precision": args.precision,
+            },
         )
     except UserError:
         raise

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from sb_mamba.nnet._cpu_kernel import load_cpu_kernel
+from sb_mamba.nnet.int8 import linear, out_features
 from sb_mamba.nnet.scan import selective_scan
 
 # Time steps between the fused scan's state checkpoints, which the training
@@ -358,11 +359,12 @@ def mamba_mixer_inference_cpu(
     hidden_states : torch.Tensor
         [B, L, N].
     in_proj_weight, in_proj_bias : torch.Tensor
-        [2 * Di, N] and [2 * Di] (or None).
+        [2 * Di, N] and [2 * Di] (or None); or an int8
+        :class:`~sb_mamba.nnet.int8.PackedLinear` and None.
     conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D
         As in :func:`mamba_inner_ref`.
     out_proj_weight, out_proj_bias : torch.Tensor
-        [N_out, Di] and [N_out] (or None).
+        [N_out, Di] and [N_out] (or None); or a ``PackedLinear`` and None.
     reverse : bool
         Run on the time-reversed sequence (output in the original order).
     segment : int, optional
@@ -413,7 +415,7 @@ def mamba_mixer_inference_cpu(
         w2 = conv_weight.reshape(Di, K).contiguous()
         A = -torch.exp(A_log)
         wdt, bdt, Dc = dt_proj_weight.contiguous(), dt_proj_bias.contiguous(), D.contiguous()
-        out = hidden_states.new_empty(B, L, out_proj_weight.shape[0])
+        out = hidden_states.new_empty(B, L, out_features(out_proj_weight))
         hist_out = hist
         if hist is None:
             hist = hidden_states.new_zeros(B, K - 1, Di)  # last inputs of the conv
@@ -424,7 +426,7 @@ def mamba_mixer_inference_cpu(
         starts = list(range(0, L, segment))
         for t0 in reversed(starts) if reverse else starts:
             t1 = min(L, t0 + segment)
-            xz = F.linear(hidden_states[:, t0:t1], in_proj_weight, in_proj_bias)
+            xz = linear(hidden_states[:, t0:t1], in_proj_weight, in_proj_bias)
             x, z = xz[..., :Di], xz[..., Di:]
             if K > 1:  # the segment's last K - 1 inputs, in processing order
                 last = x[:, : K - 1].flip(1) if reverse else x[:, -(K - 1) :]
@@ -435,7 +437,7 @@ def mamba_mixer_inference_cpu(
             k.mamba_scan_fwd(
                 x, z, xdbl, wdt, bdt, A, Dc, x, reverse, FUSED_CHECKPOINT_STEPS, False, state
             )
-            out[:, t0:t1] = F.linear(x, out_proj_weight, out_proj_bias)
+            out[:, t0:t1] = linear(x, out_proj_weight, out_proj_bias)
         if hist_out is not None and hist_out is not hist:
             hist_out.copy_(hist)
         return out
@@ -470,7 +472,8 @@ def mamba_mixer_chunk_cpu(
         [B, L, N] float32, the next L >= 1 frames.
     in_proj_weight, in_proj_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, D,
     out_proj_weight, out_proj_bias : torch.Tensor
-        As in :func:`mamba_mixer_inference_cpu` (contiguous).
+        As in :func:`mamba_mixer_inference_cpu` (contiguous; the projections
+        may be int8 ``PackedLinear`` weights).
     conv_weight2d : torch.Tensor
         [Di, K] contiguous, the depthwise convolution's weight.
     conv_bias : torch.Tensor or None
@@ -509,7 +512,7 @@ def mamba_mixer_chunk_cpu(
     """
     k = _kernels()
     L, Di, K = hidden_states.shape[1], conv_weight2d.shape[0], conv_weight2d.shape[1]
-    xz = F.linear(hidden_states, in_proj_weight, in_proj_bias)  # [B, L, 2 Di]
+    xz = linear(hidden_states, in_proj_weight, in_proj_bias)  # [B, L, 2 Di]
     x, z = xz[..., :Di], xz[..., Di:]
     if K > 1:  # the next hist: the last K - 1 inputs, read before x is overwritten
         last = x[:, L - K + 1 :] if L >= K - 1 else torch.cat([hist, x], 1)[:, L:]
@@ -532,7 +535,7 @@ def mamba_mixer_chunk_cpu(
         False,
         state,
     )
-    return F.linear(x, out_proj_weight, out_proj_bias)
+    return linear(x, out_proj_weight, out_proj_bias)
 
 
 def _inner_inference(

@@ -44,6 +44,7 @@ from sb_mamba.nnet.fused import (
     mamba_mixer_chunk_cpu,
     mamba_mixer_inference_cpu,
 )
+from sb_mamba.nnet.int8 import PackedLinear, linear
 from sb_mamba.nnet.scan import BACKENDS, mamba_ssm_ops, resolve_backend
 
 
@@ -204,6 +205,44 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self._int8 = None  # in_proj and out_proj packed by pack_int8 (inference)
+
+    def pack_int8(self):
+        """Run ``in_proj`` and ``out_proj`` in int8 from now on (CPU inference).
+
+        Their weights are quantized per output channel and packed once
+        (:class:`~sb_mamba.nnet.int8.PackedLinear`); the inputs are quantized
+        per call. The convolution, ``x_proj``, the step sizes and the scan
+        and its state stay float32. The parameters are kept (the state_dict
+        is unchanged); pack again after changing them. Inference only: a
+        forward that needs gradients raises.
+
+        Example
+        -------
+        >>> m = Mamba(16, d_state=4).eval()
+        >>> x = torch.randn(1, 40, 16)
+        >>> with torch.no_grad():
+        ...     ref = m(x)
+        ...     m.pack_int8()
+        ...     y = m(x)
+        >>> bool((y - ref).norm() / ref.norm() < 0.05), y.shape
+        (True, torch.Size([1, 40, 16]))
+        """
+        self._int8 = (
+            PackedLinear(self.in_proj.weight, self.in_proj.bias),
+            PackedLinear(self.out_proj.weight, self.out_proj.bias),
+        )
+
+    def _projections(self):
+        """(in weight, in bias, out weight, out bias): float, or int8 packed."""
+        if self._int8 is None:
+            return self.in_proj.weight, self.in_proj.bias, self.out_proj.weight, self.out_proj.bias
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            raise RuntimeError(
+                "This Mamba runs its projections in int8 (pack_int8), which is for "
+                "inference: run it under torch.no_grad(), or load it again in fp32 to train."
+            )
+        return self._int8[0], None, self._int8[1], None
 
     def uses_fused_path(self, x):
         """Whether :meth:`forward` on ``x`` runs the fused CPU kernels.
@@ -248,6 +287,8 @@ class Mamba(nn.Module):
             [B, L, N].
         """
         if resolve_backend(self.ssm_backend, hidden_states.device) == "cuda":
+            if self._int8 is not None:
+                raise RuntimeError("int8 projections (pack_int8) run on the CPU only.")
             if reverse:
                 return self._forward_cuda(hidden_states.flip(1)).flip(1)
             return self._forward_cuda(hidden_states)
@@ -320,28 +361,25 @@ class Mamba(nn.Module):
 
     def _forward_fused(self, hidden_states, reverse):
         """The fused CPU kernels: with autograd on the inner path, else the whole mixer."""
-        if torch.is_grad_enabled() and (
-            hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())
+        if self._int8 is None and (
+            torch.is_grad_enabled()
+            and (hidden_states.requires_grad or any(p.requires_grad for p in self.parameters()))
         ):
             xz = self.in_proj(hidden_states)  # [B, L, 2 * Di]
             y = mamba_inner_cpu(xz, *self._inner_params(), reverse=reverse, inplace=True)
             return self.out_proj(y)  # [B, L, N]
+        w_in, b_in, w_out, b_out = self._projections()
         return mamba_mixer_inference_cpu(
-            hidden_states,
-            self.in_proj.weight,
-            self.in_proj.bias,
-            *self._inner_params(),
-            self.out_proj.weight,
-            self.out_proj.bias,
-            reverse=reverse,
+            hidden_states, w_in, b_in, *self._inner_params(), w_out, b_out, reverse=reverse
         )  # [B, L, N]
 
     def _forward_ref(self, hidden_states, reverse):
         """The step-by-step PyTorch path (any device, dtype and backend)."""
         x = hidden_states.flip(1) if reverse else hidden_states
-        xz = self.in_proj(x)  # [B, L, 2 * Di]
+        w_in, b_in, w_out, b_out = self._projections()
+        xz = linear(x, w_in, b_in)  # [B, L, 2 * Di]
         y = mamba_inner_ref(xz, *self._inner_params(), backend=self.ssm_backend)
-        y = self.out_proj(y)  # [B, L, N]
+        y = linear(y, w_out, b_out)  # [B, L, N]
         return y.flip(1) if reverse else y
 
     def allocate_chunk_state(self, batch_size, device=None):
@@ -370,11 +408,12 @@ class Mamba(nn.Module):
         }
         if self.uses_fused_path(state["ssm"]):
             with torch.no_grad():
+                w_in, b_in, w_out, b_out = self._projections()
                 w = [
-                    t if t is None else t.detach().contiguous()
+                    t if t is None or isinstance(t, PackedLinear) else t.detach().contiguous()
                     for t in (
-                        self.in_proj.weight,
-                        self.in_proj.bias,
+                        w_in,
+                        b_in,
                         self.conv1d.weight.reshape(self.d_inner, -1),
                         self.conv1d.bias,
                         self.x_proj.weight,
@@ -382,8 +421,8 @@ class Mamba(nn.Module):
                         self.dt_proj.bias,
                         -torch.exp(self.A_log),
                         self.D,
-                        self.out_proj.weight,
-                        self.out_proj.bias,
+                        w_out,
+                        b_out,
                     )
                 ]
             state["kernel"] = tuple(w)
@@ -431,11 +470,12 @@ class Mamba(nn.Module):
             return mamba_mixer_chunk_cpu(hidden_states, *kernel, hist, ssm)  # [B, L, N]
         if resolve_backend(self.ssm_backend, hidden_states.device) == "cuda":
             return self._chunk_by_steps(hidden_states, hist, ssm)
-        xz = self.in_proj(hidden_states)  # [B, L, 2 * Di]
+        w_in, b_in, w_out, b_out = self._projections()
+        xz = linear(hidden_states, w_in, b_in)  # [B, L, 2 * Di]
         y = mamba_inner_ref(
             xz, *self._inner_params(), backend=self.ssm_backend, hist=hist, state=ssm
         )
-        return self.out_proj(y)  # [B, L, N]
+        return linear(y, w_out, b_out)  # [B, L, N]
 
     def _chunk_by_steps(self, hidden_states, hist, ssm):
         """:meth:`forward_chunk` as one :meth:`step` per frame (the cuda path)."""

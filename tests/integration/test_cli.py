@@ -59,3 +59,23 @@ def test_bugs_keep_their_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "run", broken)  # what "separate" runs
     with pytest.raises(KeyError):
         cli.main(["separate", "a.wav", "-o", str(tmp_path)])
+
+
+def test_separate_in_int8_and_refused_precisions(tmp_path):
+    import soundfile as sf
+
+    from tests.helpers import make_mixture, tiny_model_folder
+
+    folder = tmp_path / "model"
+    tiny_model_folder(folder, ssm_backend="auto")
+    wav = tmp_path / "mix.wav"
+    sf.write(wav, make_mixture(1.0)[0][0].numpy(), 8000)
+    sep = [str(BIN / "sb-mamba"), "separate", str(folder), str(wav)]
+    proc = _run([*sep, "-o", str(tmp_path / "int8"), "--precision", "int8"])
+    assert proc.returncode == 0, proc.stderr
+    outs = sorted((tmp_path / "int8").rglob("*.wav"))
+    assert len(outs) == 2 and all(sf.info(o).frames == 8000 for o in outs)
+    proc = _run([*sep, "-o", str(tmp_path / "fp16"), "--precision", "fp16"])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "fp16 is for GPUs" in lines[0]
+    assert not (tmp_path / "fp16").exists()

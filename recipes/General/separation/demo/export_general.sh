@@ -19,9 +19,10 @@ ROOT=../../..
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 source "$(dirname "$0")/recipe_args.sh"  # the layout that was trained
 TARGET=${TARGET:-$ROOT/pretrained/$MODEL_NAME}
-MIXING="dynamic mixing of 251 speakers (LibriMini's 156 LibriSpeech readers and 95 speechocean762 children and non-native adults) at 8 kHz, half of the mixtures in a room (measured RIRs and simulated rooms), half with real noise at -6 to 10 dB SNR, relative levels up to 10 dB, 10 % single talkers"
+SPEAKERS="dynamic mixing of 251 speakers (LibriMini's 156 LibriSpeech readers and 95 speechocean762 children and non-native adults) at 8 kHz, half of the mixtures in a room (measured RIRs and simulated rooms)"
+MIXING="$SPEAKERS, half with real noise at -6 to 10 dB SNR, relative levels up to 10 dB, 10 % single talkers"
 if [ "$VARIANT" = general ]; then
-    CARD=card.md DATA_NOTE="$MIXING; warm-started from the LibriMini demo model (its curve comes first)"
+    CARD=card.md DATA_NOTE="$SPEAKERS, real noise in 70 % of them at -6 to 6 dB SNR (run 1: half, at -6 to 10 dB), relative levels up to 10 dB, 10 % single talkers; warm-started from the LibriMini demo model (its curve comes first)"
     PEER="sepmamba-librimini-8k=$ROOT/pretrained/sepmamba-librimini-8k"
 else
     CARD=card_causal.md DATA_NOTE="$MIXING; trained from scratch"
