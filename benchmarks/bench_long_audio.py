@@ -16,6 +16,7 @@ Usage::
     python benchmarks/bench_long_audio.py --seconds 30 --chunk-seconds 4
     python benchmarks/bench_long_audio.py --model pretrained/sepmamba-librimini-8k
     python benchmarks/bench_long_audio.py --chunk-seconds 0    # one pass (memory!)
+    python benchmarks/bench_long_audio.py --fragment spmamba --precision int8 --threads 1
 
 ``--model`` defaults to ``pretrained/sepmamba-librimini-8k`` when it exists,
 else a freshly initialised SepMamba-S-shaped small model (the LibriMini
@@ -39,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "pretrained" / "sepmamba-librimini-8k"
 SPEECH = ROOT / "recipes" / "LibriMini" / "data" / "test"
+SMALL = {"dim": 32, "num_blocks": 1}  # the fresh default: the LibriMini recipe's size
 
 
 def _peak_rss_mb():
@@ -68,19 +70,21 @@ def speech_streams(seconds, sample_rate=8000):
     return streams
 
 
-def load_model(model, device):
-    """MambaSeparator from a folder / hub id, or a fresh small SepMamba."""
+def load_model(model, device, precision="fp32", fragment=None):
+    """MambaSeparator from a folder / hub id, or a fresh model of a fragment
+    (default: a small SepMamba)."""
     import torch
 
     from sb_mamba.inference import MambaSeparator
     from sb_mamba.resources import load_fragment
 
+    run_opts = {"device": device, "precision": precision}
     if model:
-        return MambaSeparator.from_hparams(source=model, run_opts={"device": device})
+        return MambaSeparator.from_hparams(source=model, run_opts=run_opts)
     torch.manual_seed(0)
-    hp = load_fragment("sepmamba_s", {"dim": 32, "num_blocks": 1})
+    hp = load_fragment(fragment) if fragment else load_fragment("sepmamba_s", SMALL)
     hparams = {"sample_rate": hp["sample_rate"], "num_spks": hp["num_spks"]}
-    return MambaSeparator({"separator": hp["separator"]}, hparams, run_opts={"device": device})
+    return MambaSeparator({"separator": hp["separator"]}, hparams, run_opts=run_opts)
 
 
 def main(argv=None):
@@ -98,6 +102,13 @@ def main(argv=None):
         default=10.0,
         help="0: one pass (default 10: what chunk_seconds='auto' uses)",
     )
+    p.add_argument(
+        "--fragment",
+        default=None,
+        help="instead of --model: a fresh, untrained model of hparams/models/NAME.yaml "
+        "(e.g. spmamba, sepmamba_s): time and memory only",
+    )
+    p.add_argument("--precision", default="fp32", help="fp32 (default), int8, ...")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -113,7 +124,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     s1, s2 = speech_streams(args.seconds)
     mix = s1 + s2
-    model = load_model(args.model, args.device)
+    model = load_model(
+        None if args.fragment else args.model, args.device, args.precision, args.fragment
+    )
     sr = model.sample_rate
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "long_mixture.wav"
@@ -130,7 +143,12 @@ def main(argv=None):
     si = pit_metric(refs, est)[0].item()
     base = pit_metric(refs, mix[None, :, None].expand_as(refs), si_snr)[0].item()
     res = {
-        "model": args.model or "fresh SepMamba (dim 32, 1 block), untrained",
+        "model": (f"fresh {args.fragment}, untrained" if args.fragment else args.model)
+        or "fresh SepMamba (dim 32, 1 block), untrained",
+        "precision": args.precision,
+        "date": time.strftime("%Y-%m-%dT%H:%M"),
+        "command": "python benchmarks/bench_long_audio.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "params_M": sum(q.numel() for q in model.mods.parameters()) / 1e6,
         "audio_s": mix.numel() / sr,
         "chunk_s": args.chunk_seconds,

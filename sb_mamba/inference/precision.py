@@ -154,6 +154,9 @@ def apply_precision(model, precision):
     if precision != "int8":
         return 0
     mixers = [m for m in model.modules() if isinstance(m, Mamba)]
+    if not mixers:
+        logger.warning("precision int8: this model has no Mamba mixers; it runs in fp32.")
+        return 0
     for m in mixers:
         m.pack_int8()
     logger.info(

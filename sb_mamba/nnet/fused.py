@@ -434,10 +434,13 @@ def mamba_mixer_inference_cpu(
             k.conv_silu_fwd(x, w2, conv_bias, x, reverse, hist)
             hist = new_hist if K > 1 else hist
             xdbl = F.linear(x, x_proj_weight).contiguous()
+            # y over x (in place), or into a contiguous buffer for an int8
+            # out_proj, which would otherwise copy the strided view
+            y = x if isinstance(out_proj_weight, torch.Tensor) else x.new_empty(x.shape)
             k.mamba_scan_fwd(
-                x, z, xdbl, wdt, bdt, A, Dc, x, reverse, FUSED_CHECKPOINT_STEPS, False, state
+                x, z, xdbl, wdt, bdt, A, Dc, y, reverse, FUSED_CHECKPOINT_STEPS, False, state
             )
-            out[:, t0:t1] = linear(x, out_proj_weight, out_proj_bias)
+            out[:, t0:t1] = linear(y, out_proj_weight, out_proj_bias)
         if hist_out is not None and hist_out is not hist:
             hist_out.copy_(hist)
         return out
