@@ -103,8 +103,8 @@ def add_run_options(p):
         "--precision",
         default="fp32",
         choices=PRECISIONS,
-        help="fp32 (default); int8: the Mamba projections in int8 on the CPU (faster, "
-        "a small loss); bf16/fp16 where the device computes them natively",
+        help="fp32 (default); int8: the Mamba projections in int8 on the CPU (a small "
+        "loss; faster on CPUs with VNNI); bf16/fp16 where the device computes them natively",
     )
 
 

@@ -110,13 +110,13 @@ on cuda use bf16 or fp16, or run on --device cpu.
     elif kind == "cpu" and precision == "fp16":
         raise UserError(
             "precision fp16 is for GPUs: a CPU emulates it, slower than fp32; on the CPU "
-            "use int8 (faster, small loss) or fp32."
+            "use fp32, or int8 (a small loss; faster on CPUs with VNNI)."
         )
     elif kind == "cpu" and precision == "bf16" and native_cpu_bf16() is False:
         raise UserError(
             "precision bf16: this CPU has no native bf16 products (AVX512-BF16, AMX or "
-            "ARM BF16), so bf16 would run about 10x slower than fp32 here; use int8 "
-            "(faster, small loss) or fp32."
+            "ARM BF16), so bf16 would run about 10x slower than fp32 here; use fp32, "
+            "or int8 (a small loss; faster on CPUs with VNNI)."
         )
     return precision
 
