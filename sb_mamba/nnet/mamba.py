@@ -25,7 +25,9 @@ The backend is a run option, not part of a model: :func:`set_ssm_backend`
 sets it once on every mixer of a model (recipes: ``--ssm_backend``;
 ``MambaSeparator.from_hparams(run_opts={"ssm_backend": ...})``; the CLI:
 ``--backend``), and :func:`~sb_mamba.nnet.scan.resolve_backend` decides what
-it means on a device once per process.
+it means on a device once per process. :meth:`Mamba.pack_int8` (the inference precision
+``int8``, :mod:`sb_mamba.inference.precision`) runs ``in_proj`` and ``out_proj`` as int8
+products on the CPU paths.
 
 Authors
 -------
