@@ -48,9 +48,8 @@ from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from sb_mamba.errors import USER_ERROR, UserError, run_with_policy
-from sb_mamba.inference.precision import PRECISIONS
+from sb_mamba.inference.run_options import add_run_options
 from sb_mamba.logs import ALWAYS_INFO, setup_cli_logging
-from sb_mamba.nnet.scan import BACKENDS
 
 logger = get_logger(__name__)
 
@@ -87,25 +86,6 @@ def find_inputs(paths, exts):
         else:
             missing.append(arg)
     return found, missing
-
-
-def add_run_options(p):
-    """The run options of a command that loads a model: --device, --backend, --precision."""
-    p.add_argument("-d", "--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=BACKENDS,
-        help="selective scan of the Mamba layers (default auto: the CUDA kernels on "
-        "a GPU, the C++ kernel on a CPU)",
-    )
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=PRECISIONS,
-        help="fp32 (default); int8: the Mamba projections in int8 on the CPU (a small "
-        "loss; faster on CPUs with VNNI); bf16/fp16 where the device computes them natively",
-    )
 
 
 def add_arguments(p):

@@ -31,8 +31,8 @@ import sys
 import numpy as np
 from speechbrain.utils.logger import get_logger
 
-from sb_mamba.cli import add_run_options
 from sb_mamba.errors import UserError
+from sb_mamba.inference.run_options import add_run_options
 
 logger = get_logger(__name__)
 

@@ -1,0 +1,32 @@
+"""The run options of a command that loads a model: ``--device``, ``--backend``, ``--precision``.
+
+Shared by ``sb-mamba separate`` (:mod:`sb_mamba.cli`) and ``sb-mamba stream``
+(:mod:`sb_mamba.inference.stream_cli`); what they mean is owned by
+:func:`sb_mamba.nnet.mamba.set_ssm_backend` and :mod:`sb_mamba.inference.precision`.
+
+Authors
+-------
+ * sb_mamba developers
+"""
+
+from sb_mamba.inference.precision import PRECISIONS
+from sb_mamba.nnet.scan import BACKENDS
+
+
+def add_run_options(p):
+    """The run options of a command that loads a model: --device, --backend, --precision."""
+    p.add_argument("-d", "--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="selective scan of the Mamba layers (default auto: the CUDA kernels on "
+        "a GPU, the C++ kernel on a CPU)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32 (default); int8: the Mamba projections in int8 on the CPU (a small "
+        "loss; faster on CPUs with VNNI); bf16/fp16 where the device computes them natively",
+    )
