@@ -257,7 +257,8 @@ def worker(args):
     assert est.shape == (1, T, 2), est.shape
     # one second of audio; an int8 model counts as its fp32 layout (packed
     # products are invisible to the counter)
-    macs = count_macs(build(args.model.partition("@")[0])[0], torch.randn(1, sr) * 0.1)
+    counted = build(args.model.partition("@")[0])[0] if "@" in args.model else model
+    macs = count_macs(counted, torch.randn(1, sr) * 0.1)
 
     row = {
         "model": args.model,

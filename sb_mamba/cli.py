@@ -48,7 +48,7 @@ from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from sb_mamba.errors import USER_ERROR, UserError, run_with_policy
-from sb_mamba.inference.run_options import add_run_options
+from sb_mamba.inference.run_options import add_run_options, run_opts_of
 from sb_mamba.logs import ALWAYS_INFO, setup_cli_logging
 
 logger = get_logger(__name__)
@@ -248,11 +248,7 @@ def _separate(args):
         model = MambaSeparator.from_hparams(
             source=args.model,
             savedir=args.savedir,
-            run_opts={
-                "device": args.device,
-                "ssm_backend": args.backend,
-                "precision": args.precision,
-            },
+            run_opts=run_opts_of(args),
             trust_remote_code=args.trust_model,
         )
     except UserError:

@@ -30,3 +30,8 @@ def add_run_options(p):
         help="fp32 (default); int8: the Mamba projections in int8 on the CPU (a small "
         "loss; faster on CPUs with VNNI); bf16/fp16 where the device computes them natively",
     )
+
+
+def run_opts_of(args):
+    """The ``run_opts`` of :class:`~sb_mamba.inference.MambaSeparator` from the parsed options."""
+    return {"device": args.device, "ssm_backend": args.backend, "precision": args.precision}

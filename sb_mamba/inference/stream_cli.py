@@ -32,7 +32,7 @@ import numpy as np
 from speechbrain.utils.logger import get_logger
 
 from sb_mamba.errors import UserError
-from sb_mamba.inference.run_options import add_run_options
+from sb_mamba.inference.run_options import add_run_options, run_opts_of
 
 logger = get_logger(__name__)
 
@@ -109,11 +109,7 @@ def _stream(args, fd_in, out):
         model = MambaSeparator.from_hparams(
             source=args.model,
             savedir=args.savedir,
-            run_opts={
-                "device": args.device,
-                "ssm_backend": args.backend,
-                "precision": args.precision,
-            },
+            run_opts=run_opts_of(args),
         )
     except UserError:
         raise
