@@ -28,17 +28,17 @@ else  # the shipped causal model once there is one (kernel 8), else from scratch
     fi
     INIT=${INIT-}
 fi
-if [ -n "${PREP_FROM:-}" ] && [ ! -d "$OUT/save" ]; then
-    mkdir -p "$OUT/save"
-    for d in links rooms mixtures cache; do ln -s "$(cd "$PREP_FROM/save/$d" && pwd)" "$OUT/save/$d"; done
-    cp "$PREP_FROM"/save/*.csv "$PREP_FROM/save/general_prep.json" "$OUT/save/"
-fi
 INIT_ARG=()
 if [ -n "$INIT" ]; then
     INIT_ARG=(--init_from="$INIT")
     if [ ! -d "$OUT/save" ] && [ ! -f "$OUT/history.csv" ] && [ -f "$INIT/learning_curve.csv" ]; then
         mkdir -p "$OUT" && cp "$INIT/learning_curve.csv" "$OUT/history.csv"
     fi
+fi
+if [ -n "${PREP_FROM:-}" ] && [ ! -d "$OUT/save" ]; then
+    mkdir -p "$OUT/save"
+    for d in links rooms mixtures cache; do ln -s "$(cd "$PREP_FROM/save/$d" && pwd)" "$OUT/save/$d"; done
+    cp "$PREP_FROM"/save/*.csv "$PREP_FROM/save/general_prep.json" "$OUT/save/"
 fi
 exec python train.py hparams/sepmamba.yaml --data_folder="$DATA" \
     --output_folder="$OUT" "${INIT_ARG[@]}" "${GENERAL_MODEL_ARGS[@]}" "${GENERAL_TRAIN_ARGS[@]}" \
