@@ -131,7 +131,7 @@ def export_model(
         config.num_spks,
         origin=f"{hparams_file.name} and {ckpt.path.name}",
     )  # no local paths
-    state = modelfolder.read_weights(ckpt.paramfiles["separator"])
+    state, averaged = modelfolder.read_checkpoint_weights(ckpt.paramfiles)
 
     files = {modelfolder.TRAIN_HPARAMS: hparams_file}
     if isinstance(test_results, dict):
@@ -145,6 +145,8 @@ def export_model(
             files[modelfolder.RESULTS] = csv_file
     params = sum(p.numel() for p in net.parameters())
     note = f"{ckpt.path.name}, validation SI-SNR {ckpt.meta['si-snr']:.2f} dB"
+    if averaged:
+        note += " (weights averaged over training steps, ema_decay)"
     card = model_card(
         model_name or target.resolve().name,
         config.separator_class,

@@ -32,6 +32,7 @@ Authors
 
 from sb_mamba.modelfolder._card import model_card, read_test_results
 from sb_mamba.modelfolder._config import (
+    AVERAGE_KEY,
     CARD,
     CONFIG,
     FORMAT,
@@ -55,6 +56,7 @@ from sb_mamba.modelfolder._legacy import read_old_layout, read_run_hparams
 from sb_mamba.modelfolder._read import (
     layout,
     load_separator,
+    read_checkpoint_weights,
     read_config,
     read_folder,
     read_pickled_weights,
@@ -64,6 +66,7 @@ from sb_mamba.modelfolder._read import (
 from sb_mamba.modelfolder._write import add_arguments, migrate, run, write_folder
 
 __all__ = [
+    "AVERAGE_KEY",
     "CARD",
     "CONFIG",
     "FORMAT",
@@ -84,6 +87,7 @@ __all__ = [
     "without_run_options",
     "layout",
     "load_separator",
+    "read_checkpoint_weights",
     "read_config",
     "read_folder",
     "read_pickled_weights",

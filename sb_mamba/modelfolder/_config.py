@@ -29,6 +29,7 @@ RESULTS = "test_results.csv"
 TRAIN_HPARAMS = "hyperparams_train.yaml"
 OLD_YAML = "hyperparams.yaml"  # the old layout (read by read_old_layout only)
 OLD_WEIGHTS = "separator.ckpt"
+AVERAGE_KEY = "weight_average"  # a run's checkpoint: weight_average.ckpt (ema_decay)
 FORMAT = "sb_mamba-model"
 FORMAT_VERSION = 1
 RATE_RANGE = (1000, 384000)  # Hz a model may run at

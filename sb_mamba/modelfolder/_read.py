@@ -16,6 +16,7 @@ from speechbrain.utils.logger import get_logger
 from sb_mamba.audio import inside
 from sb_mamba.errors import UserError
 from sb_mamba.modelfolder._config import (
+    AVERAGE_KEY,
     CONFIG,
     MAX_TEXT_BYTES,
     OLD_WEIGHTS,
@@ -174,6 +175,47 @@ def read_weights(path):
             "model folder or a separator.ckpt of a run."
         )
     return state
+
+
+def read_checkpoint_weights(paramfiles):
+    """The separator's weights in a run's checkpoint, and whether they are averaged.
+
+    A run trained with ``ema_decay`` keeps the average of its weights beside
+    them (``weight_average.ckpt``, PyTorch's ``AveragedModel``: ``n_averaged``
+    and ``module.*``); its validation ranked that average, so it is what
+    the checkpoint stands for. Otherwise, or before the average's first
+    step, ``separator.ckpt``.
+
+    Arguments
+    ---------
+    paramfiles : dict
+        Recoverable name -> file, as a SpeechBrain ``Checkpoint`` has them.
+
+    Returns
+    -------
+    state : dict
+        Parameter name -> tensor, under the separator's names.
+    averaged : bool
+        Whether ``state`` is the weight average.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> torch.save({"w": torch.zeros(2)}, folder / "separator.ckpt")
+    >>> avg = {"n_averaged": torch.tensor(5), "module.w": torch.ones(2)}
+    >>> torch.save(avg, folder / "weight_average.ckpt")
+    >>> files = {"separator": folder / "separator.ckpt", AVERAGE_KEY: folder / "weight_average.ckpt"}
+    >>> state, averaged = read_checkpoint_weights(files)
+    >>> averaged, state["w"].shape
+    (True, torch.Size([2]))
+    """
+    if AVERAGE_KEY in paramfiles:
+        avg = read_weights(paramfiles[AVERAGE_KEY])
+        if int(avg.get("n_averaged", torch.zeros(()))) > 0:
+            prefix = "module."
+            return {k[len(prefix) :]: v for k, v in avg.items() if k.startswith(prefix)}, True
+    return read_weights(paramfiles["separator"]), False
 
 
 def read_folder(folder, migrate_hint=True):

@@ -31,6 +31,7 @@ from speechbrain.utils.logger import get_logger
 from sb_mamba.audio import write_audio
 from sb_mamba.errors import UserError
 from sb_mamba.metrics import pit_metric, pit_si_snr_loss, sdr, si_snr
+from sb_mamba.training.averaging import AVERAGE_KEY, is_started, weight_average
 
 logger = get_logger(__name__)
 CPU_META = "epoch_cpu_minutes"  # intra-epoch checkpoints: the epoch's CPU time so far
@@ -41,6 +42,7 @@ CPU_META = "epoch_cpu_minutes"  # intra-epoch checkpoints: the epoch's CPU time 
 HPARAMS_READ = frozenset(
     {
         "dataloader_opts",
+        "ema_decay",
         "epoch_counter",
         "limit_training_signal_len",
         "loss",
@@ -79,8 +81,21 @@ class Separation(sb.Brain):
     ReduceLROnPlateau, called per epoch, or any scheduler with
     ``per_step = True``, called per optimizer step), ``epoch_counter``,
     ``train_logger``, ``checkpointer``, ``output_folder``,
-    ``n_audio_to_save``.
+    ``n_audio_to_save``, ``ema_decay`` (weight averaging, see
+    :mod:`sb_mamba.training.averaging`: validation, test and checkpoint
+    ranking use the averaged weights).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight_average = None
+        decay = getattr(self.hparams, "ema_decay", None)
+        if decay is not None:
+            self.weight_average = weight_average(self.modules.separator, decay)
+            if self.checkpointer is not None:  # optional: older checkpoints lack it
+                self.checkpointer.add_recoverable(
+                    AVERAGE_KEY, self.weight_average, optional_load=True
+                )
 
     # ------------------------------------------------------------- data
     def _signals(self, batch):
@@ -141,11 +156,18 @@ class Separation(sb.Brain):
         return mix, targets
 
     # ------------------------------------------------------------ model
-    def compute_forward(self, mix, targets, stage, noise=None):
-        """Separate ``mix``; returns (estimates [B, T, S], targets [B, T, S])."""
+    def compute_forward(self, mix, targets, stage, noise=None, averaged=True):
+        """Separate ``mix``; returns (estimates [B, T, S], targets [B, T, S]).
+
+        Outside training, the averaged weights separate once there are any
+        (``ema_decay``), unless ``averaged=False``.
+        """
+        separator = self.modules.separator
         if stage == sb.Stage.TRAIN:
             mix, targets = self.augment(mix, targets, noise)
-        est = self.modules.separator(mix)  # [B, T, S]
+        elif averaged and is_started(self.weight_average):
+            separator = self.weight_average.module
+        est = separator(mix)  # [B, T, S]
         T = targets.shape[1]
         if est.shape[1] != T:  # separators keep T; guard third-party ones
             est = torch.nn.functional.pad(est, (0, 0, 0, max(0, T - est.shape[1])))[:, :T]
@@ -181,6 +203,7 @@ class Separation(sb.Brain):
                 self.scaler.scale(loss / self.grad_accumulation_factor).backward()
                 if should_step:
                     self.optimizers_step()
+                    self._update_average()
             else:
                 self.skipped_steps = getattr(self, "skipped_steps", 0) + 1
                 if not local_ok and (not finite or loss.numel() > 0):
@@ -201,6 +224,14 @@ class Separation(sb.Brain):
                 loss = torch.zeros((), device=self.device)
         self.on_fit_batch_end(batch, est, loss, should_step)
         return loss.detach().cpu()
+
+    def _update_average(self):
+        """Move the weight average (``ema_decay``) towards the new weights."""
+        if self.weight_average is not None:
+            sep = self.modules.separator
+            if isinstance(sep, torch.nn.parallel.DistributedDataParallel):
+                sep = sep.module
+            self.weight_average.update_parameters(sep)
 
     def _all_ranks_agree(self, usable):
         """True only if every DDP rank can use its loss (an all-reduce of the flag)."""
@@ -273,13 +304,18 @@ class Separation(sb.Brain):
         loss = self.compute_objectives(est, targets, stage)  # [B]
         base = pit_si_snr_loss(targets, mix.unsqueeze(-1).expand_as(targets))
         self._sisnri.append((base - loss).detach().cpu())
+        if stage == sb.Stage.VALID and is_started(self.weight_average):
+            with self.evaluation_ctx:  # the weights as trained, for the log
+                raw, _ = self.compute_forward(mix, targets, stage, averaged=False)
+            raw_loss = self.compute_objectives(raw, targets, stage)
+            self._sisnri_raw.append((base - raw_loss).detach().cpu())
         if stage == sb.Stage.TEST:
             self._add_test_rows(batch.id, mix, targets, est.float())
         return loss.mean().detach().cpu()
 
     def on_stage_start(self, stage, epoch=None):
         """Reset the SI-SNRi accumulator; tell dynamic mixing the epoch."""
-        self._sisnri, self._rows = [], []
+        self._sisnri, self._sisnri_raw, self._rows = [], [], []
         # an epoch resumed from an intra-epoch checkpoint keeps the CPU time
         # spent in it before the kill (see _save_intra_epoch_ckpt)
         carried = getattr(self, "_cpu_carried", 0.0) if stage == sb.Stage.TRAIN else 0.0
@@ -333,6 +369,8 @@ class Separation(sb.Brain):
             return
         if self._sisnri:
             stats["si-snri"] = torch.cat(self._sisnri).mean().item()
+        if self._sisnri_raw:  # with ema_decay: si-snri is the average's
+            stats["si-snri-raw"] = torch.cat(self._sisnri_raw).mean().item()
         if stage == sb.Stage.VALID:
             sched = getattr(self.hparams, "lr_scheduler", None)
             lr = self.optimizer.param_groups[0]["lr"]

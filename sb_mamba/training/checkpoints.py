@@ -326,8 +326,11 @@ class KillSafeCheckpointer(Checkpointer):
         """(file, why) of a checkpoint that cannot be loaded, or None.
 
         A file the checkpoint lacks counts only where other checkpoints of
-        the folder have it (a save cut between two files); a recoverable
-        added since (e.g. a grad scaler) is left to SpeechBrain's own check.
+        the folder have it (a save cut between two files) and the
+        recoverable is not optional (``add_recoverable(...,
+        optional_load=True)``, e.g. a weight average switched on since); a
+        recoverable added since (e.g. a grad scaler) is left to SpeechBrain's
+        own check.
         """
         found = broken_file(checkpoint.path)
         if found is not None:
@@ -336,7 +339,8 @@ class KillSafeCheckpointer(Checkpointer):
             k for c in self.list_checkpoints() if c.path != checkpoint.path for k in c.paramfiles
         }
         for key in self.recoverables:
-            if key in others and key not in checkpoint.paramfiles and "dataloader" not in key:
+            optional = self.optional_recoverables.get(key, False) or "dataloader" in key
+            if key in others and key not in checkpoint.paramfiles and not optional:
                 return checkpoint.path / f"{key}{PARAMFILE_EXT}", "missing"
         return None
 

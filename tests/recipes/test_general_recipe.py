@@ -6,7 +6,10 @@ Authors
 """
 
 import pytest
+import torch
 
+from sb_mamba.inference.export import export_model, find_best_checkpoint
+from sb_mamba.modelfolder import WEIGHTS, read_checkpoint_weights, read_weights
 from tests.helpers import make_shared_data, read_results, run_train_py
 
 TINY = [
@@ -42,7 +45,16 @@ def test_debug_epoch_trains_on_rooms_noise_and_single_talkers(tmp_path, shared):
     assert len(rows) == 3  # 2 test mixtures + avg
     save = out / "save"
     assert (save / "test_single.csv").is_file() and (save / "test_noisy.csv").is_file()
-    assert "valid si-snr" in (out / "train_log.txt").read_text()
+    log = (out / "train_log.txt").read_text()
+    assert "valid si-snr" in log and "valid si-snri-raw" in log  # ema_decay: both scores
+    # the export holds the weight average that validation ranked, not the last weights
+    best = find_best_checkpoint(save)
+    averaged, is_average = read_checkpoint_weights(best.paramfiles)
+    last = read_weights(best.paramfiles["separator"])
+    exported = read_weights(export_model(out, tmp_path / "model") / WEIGHTS)
+    assert is_average and exported.keys() == averaged.keys() == last.keys()
+    assert all(torch.equal(exported[k], averaged[k]) for k in exported)
+    assert not all(torch.equal(exported[k], last[k]) for k in exported)
     assert (
         sorted(p.name[:3] for p in (save / "links" / "speech" / "train").iterdir())
         == ["l2-"] * 4 + ["ls-"] * 156
