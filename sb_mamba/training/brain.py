@@ -275,6 +275,14 @@ class Separation(sb.Brain):
             self.optimizer_step,
             " - resumed from a checkpoint" if self.optimizer_step else "",
         )
+        if self.optimizer_step and self.weight_average is not None:
+            if is_started(self.weight_average):
+                logger.info("Weight average (ema_decay) resumed from the checkpoint.")
+            else:
+                logger.info(
+                    "The checkpoint holds no weight average (written before ema_decay was "
+                    "set): the average starts from the current weights."
+                )
         if str(self.device).startswith("cpu"):
             warn_if_cores_busy()  # 2 threads beside a busy process: many times slower
         world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -20,13 +20,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 source "$(dirname "$0")/recipe_args.sh"  # the layout that was trained
 TARGET=${TARGET:-$ROOT/pretrained/$MODEL_NAME}
 SPEAKERS="dynamic mixing of 251 speakers (LibriMini's 156 LibriSpeech readers and 95 speechocean762 children and non-native adults) at 8 kHz, half of the mixtures in a room (measured RIRs and simulated rooms)"
+AVERAGE="the weights are a moving average over the training steps (ema_decay 0.999) once the run used it (train_log.txt: valid si-snri is the average's, valid si-snri-raw the last weights')"
 MIXING="$SPEAKERS, half with real noise at -6 to 10 dB SNR, relative levels up to 10 dB, 10 % single talkers"
 if [ "$VARIANT" = general ]; then
-    CARD=card.md DATA_NOTE="$SPEAKERS, real noise in 70 % of them at -6 to 6 dB SNR (run 1: half, at -6 to 10 dB), relative levels up to 10 dB, 10 % single talkers; warm-started from the LibriMini demo model (its curve comes first)"
+    CARD=card.md DATA_NOTE="$SPEAKERS, real noise in 70 % of them at -6 to 6 dB SNR (run 1: half, at -6 to 10 dB), relative levels up to 10 dB, 10 % single talkers; warm-started from the LibriMini demo model (its curve comes first); $AVERAGE"
     PEER="sepmamba-librimini-8k=$ROOT/pretrained/sepmamba-librimini-8k"
+    TARGET_DB=8  # the general model's target (clean held-out speakers)
 else
-    CARD=card_causal.md DATA_NOTE="$MIXING; trained from scratch"
+    CARD=card_causal.md DATA_NOTE="$MIXING; trained from scratch; $AVERAGE"
     PEER="sepmamba-8k=$ROOT/pretrained/sepmamba-8k"
+    TARGET_DB=6  # the causal model's target (clean held-out speakers)
 fi
 
 BEST=$(python -c "import sys; from sb_mamba.inference.export import find_best_checkpoint as f; print(f(sys.argv[1]).path)" "$RUN/save")
@@ -39,7 +42,7 @@ python train.py hparams/sepmamba.yaml --data_folder="$DATA" --output_folder="$EV
 python -m sb_mamba.training.notes "$RUN" "$EVAL" --name "$MODEL_NAME" \
     --recipe-dir recipes/General/separation --train-script demo/train_general.sh \
     --export-script demo/export_general.sh --run-label "general $(basename "$RUN")" --own-curve yes \
-    --data "$DATA_NOTE" \
+    --target-db "$TARGET_DB" --data "$DATA_NOTE" \
     --eval "Validation: 60 fixed 4 s mixtures of 30 held-out speakers in the training conditions (the LibriMini part of the curve: 50 clean mixtures of LibriMini readers); test: 100 mixtures of 40 other held-out speakers, held-out noise recordings and rooms."
 # a first export, scored on the robustness test sets beside the model it is compared with
 sb-mamba export "$EVAL" "$EVAL/model" --fp16 --name "$MODEL_NAME" --hparams-file "$RUN/hyperparams.yaml"
