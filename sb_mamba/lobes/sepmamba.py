@@ -27,6 +27,8 @@ Authors
  * sb_mamba developers
 """
 
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -301,6 +303,49 @@ class SepMamba(ModelArgsMixin, nn.Module):
         """
         length = max(length, self.min_length)
         return length + (-(length - self.kernel_size)) % self.stride
+
+    def load_shallower_state_dict(self, state):
+        """Load the weights of a SepMamba with fewer Mamba blocks per layer.
+
+        Every weight of ``state`` goes where it was (the blocks of each stack
+        keep their places, first to last); each block beyond them starts as
+        an identity (:meth:`~sb_mamba.nnet.bimamba.MambaBlock.make_identity`),
+        so the deeper model first computes exactly what the shallower one did,
+        then trains its new blocks: a trained model grows in depth without
+        losing what it learnt (``init_from`` with a larger ``num_blocks``).
+
+        Arguments
+        ---------
+        state : dict
+            A state_dict of a SepMamba with the same arguments except a
+            smaller ``num_blocks``.
+
+        Returns
+        -------
+        list of str
+            The blocks that start as identities.
+
+        Example
+        -------
+        >>> small = SepMamba(dim=8, num_blocks=1, d_state=4, stride=4)
+        >>> deep = SepMamba(dim=8, num_blocks=2, d_state=4, stride=4)
+        >>> new = deep.load_shallower_state_dict(small.state_dict())
+        >>> len(new), new[0]
+        (10, 'down.0.mamba.backward_blocks.1')
+        >>> x = torch.randn(1, 800)
+        >>> torch.allclose(deep(x), small(x), atol=1e-6)
+        True
+        """
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        blocks = sorted({re.sub(r"(_blocks\.\d+)\..*", r"\1", k) for k in missing})
+        if unexpected or any(not re.search(r"_blocks\.\d+$", b) for b in blocks):
+            raise ValueError(
+                "Not the weights of a SepMamba that differs only by fewer Mamba blocks: "
+                f"unexpected {sorted(unexpected)[:3]}, missing {sorted(missing)[:3]}."
+            )
+        for name in blocks:
+            self.get_submodule(name).make_identity()
+        return blocks
 
     def forward(self, mix):
         """Separate ``mix`` [B, T] into the sources [B, T, num_spks].

@@ -61,6 +61,27 @@ class MambaBlock(nn.Module):
         self.mixer = Mamba(d_model, **mamba_kwargs)
         self.residual_in_fp32 = residual_in_fp32
 
+    @torch.no_grad()
+    def make_identity(self):
+        """Zero the mixer's output projection: the block then maps ``x`` to ``x``.
+
+        How a block added to a trained stack starts (see
+        :meth:`sb_mamba.lobes.sepmamba.SepMamba.load_shallower_state_dict`):
+        the stack computes what it did, and the block's output projection
+        gets gradients from the first step (its other weights from the next).
+
+        Example
+        -------
+        >>> blk = MambaBlock(8, d_state=4)
+        >>> blk.make_identity()
+        >>> x = torch.randn(1, 5, 8)
+        >>> torch.equal(blk(x), x)
+        True
+        """
+        self.mixer.out_proj.weight.zero_()
+        if self.mixer.out_proj.bias is not None:
+            self.mixer.out_proj.bias.zero_()
+
     def reverses_without_flip(self, x):
         """Whether ``forward(x, reverse=True)`` reads time backwards without copies.
 

@@ -609,7 +609,10 @@ def warm_start(separator, source):
         model's dtype), read as data by :func:`sb_mamba.modelfolder.read_folder`
         (an old-layout folder too), whose config must describe the same class
         and layout (e.g. ``stride``): weights of the same shapes trained for
-        another layout are refused. Or a weights file (a run's
+        another layout are refused, except that a SepMamba with more Mamba
+        blocks per layer than the folder's grows from it (the new blocks start
+        as identities: ``SepMamba.load_shallower_state_dict``). Or a weights
+        file (a run's
         ``separator.ckpt``, read with ``torch.load(weights_only=True)``, or a
         ``.safetensors`` file).
 
@@ -626,6 +629,17 @@ def warm_start(separator, source):
     path = Path(source)
     if path.is_dir() and modelfolder.layout(path) is not None:
         config, state = modelfolder.read_folder(path)
+        if _deeper(separator, config):
+            grown = separator.load_shallower_state_dict(state)
+            logger.info(
+                "Warm start: separator initialised from %s, grown from num_blocks=%s to %s: "
+                "%d new Mamba blocks start as identities.",
+                path,
+                config.separator_args["num_blocks"],
+                separator.get_model_args()["num_blocks"],
+                len(grown),
+            )
+            return
         check_same_layout(separator, config, source)
     elif path.is_file():
         state = modelfolder.read_weights(path)
@@ -642,6 +656,21 @@ def warm_start(separator, source):
             f"keys, e.g. model_dim / model_stride / model_output, to the ones it was trained with): {e}"
         ) from None
     logger.info("Warm start: separator initialised from %s.", path)
+
+
+def _deeper(separator, config):
+    """Whether ``separator`` is the model of ``config`` with more Mamba blocks per
+    layer, and can load its weights (``load_shallower_state_dict``)."""
+    if not hasattr(separator, "load_shallower_state_dict"):
+        return False
+    ours = f"{type(separator).__module__}.{type(separator).__name__}"
+    args, theirs = separator.get_model_args(), config.separator_args
+    diff = {k for k, v in theirs.items() if k in args and args[k] != v}
+    return (
+        config.separator_class == ours
+        and diff == {"num_blocks"}
+        and args["num_blocks"] > theirs["num_blocks"]
+    )
 
 
 def check_same_layout(separator, config, source):

@@ -9,11 +9,14 @@ import csv
 import math
 import shutil
 
+import pytest
 import torch
 
+from sb_mamba.errors import UserError
 from sb_mamba.lobes.sepmamba import SepMamba
 from sb_mamba.modelfolder import ModelConfig, write_folder
 from sb_mamba.training import notes
+from sb_mamba.training.recipe import warm_start
 from tests.helpers import old_layout_yaml, run_train_py
 
 TINY = [
@@ -27,11 +30,11 @@ TINY = [
 ]
 
 
-def tiny_model_folder(folder, seed, stride=4, layout="new"):
+def tiny_model_folder(folder, seed, stride=4, layout="new", num_blocks=1):
     """An exported model folder (fp16 weights) of the SepMamba the recipe builds with
     TINY; ``layout="old"``: as exported before model folders became data."""
     torch.manual_seed(seed)
-    kwargs = dict(num_spks=2, dim=8, num_blocks=1, stride=stride, output="mask")
+    kwargs = dict(num_spks=2, dim=8, num_blocks=num_blocks, stride=stride, output="mask")
     model = SepMamba(**kwargs)
     if layout == "new":
         write_folder(
@@ -142,6 +145,33 @@ def test_init_from_errors_are_clear(tmp_path):
     )
     assert proc.returncode == 2
     assert "was trained with stride=2 (the recipe builds 4)" in proc.stdout
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_init_from_grows_a_model_in_depth(tmp_path, causal):
+    """A model folder with one Mamba block per layer starts a model with two: the
+    deeper model separates exactly as the folder's model, then its new blocks train."""
+    kwargs = dict(num_spks=2, dim=8, stride=4, output="mask", causal=causal)
+    torch.manual_seed(0)
+    small = SepMamba(num_blocks=1, **kwargs)
+    config = ModelConfig("sb_mamba.lobes.sepmamba.SepMamba", {**kwargs, "num_blocks": 1}, 8000, 2)
+    write_folder(tmp_path / "small", config, small.state_dict())
+    deep = SepMamba(num_blocks=2, **kwargs)
+    warm_start(deep, tmp_path / "small")
+    x = torch.randn(2, 1600)
+    torch.testing.assert_close(deep(x), small(x), rtol=1e-5, atol=1e-6)
+    # the new blocks learn: one step moves their output projections off zero
+    new = "down.0.mamba.forward_blocks." + ("3" if causal else "1")
+    assert deep.get_submodule(new).mixer.out_proj.weight.abs().max() == 0
+    opt = torch.optim.SGD(deep.parameters(), lr=0.1)
+    deep(x).pow(2).mean().backward()
+    opt.step()
+    assert deep.get_submodule(new).mixer.out_proj.weight.abs().max() > 0
+    # a model with fewer blocks than the folder's is refused, as any other layout
+    config = ModelConfig("sb_mamba.lobes.sepmamba.SepMamba", {**kwargs, "num_blocks": 2}, 8000, 2)
+    write_folder(tmp_path / "deep", config, deep.state_dict())
+    with pytest.raises(UserError, match="was trained with num_blocks=2 .the recipe builds 1"):
+        warm_start(SepMamba(num_blocks=1, **kwargs), tmp_path / "deep")
 
 
 def test_demo_learning_curve_continues_the_history(tmp_path):

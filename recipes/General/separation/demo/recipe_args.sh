@@ -10,6 +10,10 @@
 #     (default 8: a look-ahead of 147 samples = 18.4 ms; 16: 39.4 ms), for
 #     sb-mamba stream; trained from scratch (the bidirectional weights do not fit).
 #
+# BLOCKS (general; default 1) sets the Mamba blocks per direction and layer: a
+# run with more blocks than the weights it starts from grows them in depth
+# (the new blocks start as identities), and its export needs the same BLOCKS.
+#
 # Both: batch 4 x 2 s, lr 2e-3 halved when the validation loss stalls, epochs
 # of 1000 steps. LR overrides the starting lr (a run warm-started after the
 # plateau schedule had halved it: LR=0.0005). The data: hparams/sepmamba.yaml's
@@ -20,7 +24,7 @@ VARIANT=${VARIANT:-general}
 case "$VARIANT" in
     general)
         MODEL_NAME=sepmamba-8k
-        GENERAL_MODEL_ARGS=(--model_dim=32 --model_blocks=1 --model_stride=4 --model_output=mask)
+        GENERAL_MODEL_ARGS=(--model_dim=32 --model_blocks="${BLOCKS:-1}" --model_stride=4 --model_output=mask)
         GENERAL_DATA_ARGS=(--train_noise_prob=0.7 "--train_snr_db_range=[-6.0, 6.0]") ;;
     causal)
         MODEL_NAME=sepmamba-causal-8k
