@@ -182,33 +182,45 @@ def notes(rows, hp_text, test_db=None, target_db=8.0, card=None):
         f"{card['eval']} `learning_curve.csv` and `train_log.txt` hold the full record.",
         "",
     ]
-    # a run validated on another set than its history's is fitted on its own epochs
-    own = [r for r in rows if r["run"] == last["run"]] if card["own_curve"] else rows
+    # runs validated on another set than the history's first runs are fitted on
+    # their own epochs: those whose label starts with own_curve
+    prefix = card["own_curve"]
+    own = [r for r in rows if r["run"].startswith(prefix)] if prefix else rows
     best = max(own, key=lambda r: float(r["valid_si_snri"]))
     gap = float(best["valid_si_snri"]) - test_db if test_db is not None else 0.0
     per_doubling, hours = extrapolate(own, target_db + gap)
-    out += [
-        f"How far from {target_db:g} dB? A straight line through the curve against log2 of "
-        f"the CPU-hours (epochs after the steep start) gains {per_doubling:.2f} dB per "
-        "doubling of the CPU time."
-        + (
+    if not math.isfinite(per_doubling):
+        how = "The curve has too few epochs on this validation set for a fit yet."
+    else:
+        how = (
+            "A straight line through the curve against log2 of the CPU-hours (epochs after "
+            f"the steep start) gains {per_doubling:.2f} dB per doubling of the CPU time."
+        )
+    needs = f"{target_db:g} dB"
+    if test_db is not None:
+        how += (
             f" The test speakers score {gap:.2f} dB below the validation speakers (best "
             f"epoch: valid {float(best['valid_si_snri']):.2f}, test {test_db:.2f} dB), so "
             f"{target_db:g} dB on the test speakers needs about "
-            f"{target_db + gap:.1f} dB on validation:"
-            if test_db is not None
-            else ""
+            f"{target_db + gap:.1f} dB on validation."
         )
-        + (
-            f" the fit reaches it after about **{hours:,.0f} CPU-hours** of this recipe "
-            f"({max(0.0, hours - float(last['cpu_hours'])):,.0f} more)."
-            if math.isfinite(hours) and hours < 1000
-            else " the fit rises too slowly (the curve is still short and flat) to give a useful "
-            "estimate."
-            if math.isfinite(hours)
-            else " the fit does not rise, so it gives no estimate."
-        )
-        + " A rough guide, not a promise: the curve is noisy and each run changed the recipe.",
+        needs = f"{target_db + gap:.1f} dB on validation"
+    if math.isfinite(per_doubling):
+        if math.isfinite(hours) and hours < 1000:
+            how += (
+                f" The fit reaches {needs} after about **{hours:,.0f} CPU-hours** of this "
+                f"recipe ({max(0.0, hours - float(last['cpu_hours'])):,.0f} more)."
+            )
+        elif math.isfinite(hours):
+            how += (
+                " The fit rises too slowly (the curve is still short and flat) to give a "
+                "useful estimate."
+            )
+        else:
+            how += " The fit does not rise, so it gives no estimate."
+    out += [
+        f"How far from {target_db:g} dB? {how} A rough guide, not a promise: the curve is "
+        "noisy and each run changed the recipe.",
         "",
         "| run | epoch | steps | CPU-hours | lr | valid SI-SNRi (dB) |",
         "|---|---|---|---|---|---|",
@@ -230,7 +242,8 @@ CARD_DEFAULTS = {  # the LibriMini demo model's
     "eval": "Validation: 50 fixed 4 s mixtures of 20 held-out speakers; test: 100 mixtures "
     "of 20 other held-out speakers.",
     "run_label": "",  # the curve's label of this run; empty: "run N" after the history's
-    "own_curve": "",  # non-empty: fit only this run's epochs (its validation set differs)
+    "own_curve": "",  # non-empty: fit only the runs whose label starts with it (their
+    #                   validation set differs from the history's first runs')
 }
 
 

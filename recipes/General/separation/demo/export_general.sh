@@ -23,7 +23,7 @@ SPEAKERS="dynamic mixing of 251 speakers (LibriMini's 156 LibriSpeech readers an
 AVERAGE="the weights are a moving average over the training steps (ema_decay 0.999) once the run used it (train_log.txt: valid si-snri is the average's, valid si-snri-raw the last weights')"
 MIXING="$SPEAKERS, half with real noise at -6 to 10 dB SNR, relative levels up to 10 dB, 10 % single talkers"
 if [ "$VARIANT" = general ]; then
-    CARD=card.md DATA_NOTE="$SPEAKERS, real noise in 70 % of them at -6 to 6 dB SNR (run 1: half, at -6 to 10 dB), relative levels up to 10 dB, 10 % single talkers; warm-started from the LibriMini demo model (its curve comes first); $AVERAGE"
+    CARD=card.md DATA_NOTE="$SPEAKERS, real noise in 70 % of them at -6 to 6 dB SNR (run 1: half, at -6 to 10 dB), relative levels up to 10 dB, 10 % single talkers; warm-started from the LibriMini demo model (its curve comes first); run 3 grew the model from one to two Mamba blocks per direction (the new blocks started as identities); $AVERAGE"
     PEER="sepmamba-librimini-8k=$ROOT/pretrained/sepmamba-librimini-8k"
     TARGET_DB=8  # the general model's target (clean held-out speakers)
 else
@@ -41,7 +41,7 @@ python train.py hparams/sepmamba.yaml --data_folder="$DATA" --output_folder="$EV
     "${GENERAL_MODEL_ARGS[@]}" "${GENERAL_TRAIN_ARGS[@]}" --test_only --n_audio_to_save=3
 python -m sb_mamba.training.notes "$RUN" "$EVAL" --name "$MODEL_NAME" \
     --recipe-dir recipes/General/separation --train-script demo/train_general.sh \
-    --export-script demo/export_general.sh --run-label "general $(basename "$RUN")" --own-curve yes \
+    --export-script demo/export_general.sh --run-label "general $(basename "$RUN")" --own-curve general \
     --target-db "$TARGET_DB" --data "$DATA_NOTE" \
     --eval "Validation: 60 fixed 4 s mixtures of 30 held-out speakers in the training conditions (the LibriMini part of the curve: 50 clean mixtures of LibriMini readers); test: 100 mixtures of 40 other held-out speakers, held-out noise recordings and rooms."
 # a first export, scored on the robustness test sets beside the model it is compared with

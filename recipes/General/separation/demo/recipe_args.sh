@@ -2,17 +2,18 @@
 # export_general.sh, so that the evaluation rebuilds exactly the layout that
 # was trained. VARIANT picks the model:
 #
-#   general (pretrained/sepmamba-8k): SepMamba dim 32, one Mamba block per
-#     direction, stride 4, mask output (0.75M parameters, the layout of the
-#     LibriMini demo model, whose weights it starts from).
+#   general (pretrained/sepmamba-8k): SepMamba dim 32, stride 4, mask output,
+#     two Mamba blocks per direction (1.2M parameters): runs 1 and 2 trained the
+#     LibriMini demo model's layout (one block, 0.75M), warm-started from its
+#     weights; run 3 grew it to two blocks (BLOCKS).
 #   causal (pretrained/sepmamba-causal-8k): the same U-Net with forward-only
 #     Mamba layers (two blocks per layer, 0.58M parameters) and kernel KERNEL
 #     (default 8: a look-ahead of 147 samples = 18.4 ms; 16: 39.4 ms), for
 #     sb-mamba stream; trained from scratch (the bidirectional weights do not fit).
 #
-# BLOCKS (general; default 1) sets the Mamba blocks per direction and layer: a
-# run with more blocks than the weights it starts from grows them in depth
-# (the new blocks start as identities), and its export needs the same BLOCKS.
+# BLOCKS (general; default 2) sets the Mamba blocks per direction and layer: a
+# run with more blocks than the weights it starts from grows them in depth (the
+# new blocks start as identities); its export needs the same BLOCKS.
 #
 # Both: batch 4 x 2 s, lr 2e-3 halved when the validation loss stalls, epochs
 # of 1000 steps. LR overrides the starting lr (a run warm-started after the
@@ -24,7 +25,7 @@ VARIANT=${VARIANT:-general}
 case "$VARIANT" in
     general)
         MODEL_NAME=sepmamba-8k
-        GENERAL_MODEL_ARGS=(--model_dim=32 --model_blocks="${BLOCKS:-1}" --model_stride=4 --model_output=mask)
+        GENERAL_MODEL_ARGS=(--model_dim=32 --model_blocks="${BLOCKS:-2}" --model_stride=4 --model_output=mask)
         GENERAL_DATA_ARGS=(--train_noise_prob=0.7 "--train_snr_db_range=[-6.0, 6.0]") ;;
     causal)
         MODEL_NAME=sepmamba-causal-8k
