@@ -33,6 +33,7 @@ from pathlib import Path
 
 import ruamel.yaml
 import speechbrain as sb
+import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.utils.distributed import if_main_process, run_on_main
@@ -493,7 +494,14 @@ def main(prepare, argv=None, defaults=None):
     """
 
     def run():
-        run_recipe(prepare, argv, defaults)
+        try:
+            run_recipe(prepare, argv, defaults)
+        finally:
+            # DDP: a process group left to the interpreter's exit can abort
+            # there ("terminate called without an active exception", gloo's
+            # threads) after a run that succeeded
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
         return 0
 
     status = run_with_policy(
