@@ -13,6 +13,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from sb_mamba import cli
 from tests.helpers import make_mixture, tiny_model_folder
 
 BIN = [sys.executable, "-m", "sb_mamba.cli"]
@@ -58,6 +59,17 @@ def _stream(folder, data, extra=(), pieces=True, stdout=subprocess.PIPE):
     return proc.wait(timeout=300), out, err
 
 
+def _stream_in_process(folder, data, extra, tmp_path, capsysbinary, monkeypatch):
+    """``sb-mamba stream`` through ``cli.main`` in this process, stdin read from a file."""
+    feed = tmp_path / "stdin.raw"
+    feed.write_bytes(data)
+    with open(feed) as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        status = cli.main(["stream", str(folder), *extra])
+    out, err = capsysbinary.readouterr()
+    return status, out, err.decode()
+
+
 def test_stream_pipe_equals_offline(tmp_path):
     folder, net = _model(tmp_path)
     pcm = _pcm(tmp_path)
@@ -69,20 +81,24 @@ def test_stream_pipe_equals_offline(tmp_path):
     assert np.abs(got.astype(int) - want).max() <= 1  # 16-bit rounding of float noise
 
 
-def test_stream_errors_are_one_line(tmp_path):
+def test_stream_errors_are_one_line(tmp_path, capsysbinary, monkeypatch):
     folder, net = _model(tmp_path)
     pcm = _pcm(tmp_path, 0.5)
+
+    def stream(folder, data, extra=()):  # in this process (the pipe itself: tests above)
+        return _stream_in_process(folder, data, extra, tmp_path, capsysbinary, monkeypatch)
+
     # an odd number of bytes: everything before the last byte is written, exit 2
-    rc, out, err = _stream(folder, pcm.tobytes() + b"\x01", pieces=False)
+    rc, out, err = stream(folder, pcm.tobytes() + b"\x01")
     assert rc == 2 and "odd number of bytes" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert len(out) == 2 * 2 * len(pcm)
     # a rate other than the model's
-    rc, out, err = _stream(folder, pcm.tobytes(), ["--rate", "16000"], pieces=False)
+    rc, out, err = stream(folder, pcm.tobytes(), ["--rate", "16000"])
     assert rc == 2 and "8000 Hz" in err and len(err.strip().splitlines()) == 1
     # a model that cannot stream
     bidir, _ = _model(tmp_path, causal=False)
-    rc, out, err = _stream(bidir, pcm.tobytes(), pieces=False)
+    rc, out, err = stream(bidir, pcm.tobytes())
     assert rc == 2 and "not causal" in err and len(err.strip().splitlines()) == 1
     assert out == b""
 
@@ -107,42 +123,18 @@ def test_stream_broken_pipe(tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_separate_stream_equals_offline(tmp_path):
+def test_separate_stream_equals_offline(tmp_path, capsys):
     folder, _ = _model(tmp_path)
     sf.write(tmp_path / "mix.wav", make_mixture(1.2)[0][0].numpy() * 0.5, 8000)
+    mix = str(tmp_path / "mix.wav")
     outs = {}
     for name, flags in (("offline", ["--chunk-seconds", "0"]), ("stream", ["--stream"])):
-        proc = subprocess.run(
-            [
-                *BIN,
-                "separate",
-                str(folder),
-                str(tmp_path / "mix.wav"),
-                "-o",
-                str(tmp_path / name),
-                *flags,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
+        status = cli.main(["separate", str(folder), mix, "-o", str(tmp_path / name), *flags])
+        assert status == 0, capsys.readouterr().err
         outs[name] = [sf.read(tmp_path / name / f"mix_s{i}.wav")[0] for i in (1, 2)]
     for a, b in zip(outs["offline"], outs["stream"]):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
     bidir, _ = _model(tmp_path, causal=False)
-    proc = subprocess.run(
-        [
-            *BIN,
-            "separate",
-            str(bidir),
-            str(tmp_path / "mix.wav"),
-            "-o",
-            str(tmp_path / "x"),
-            "--stream",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2 and "not causal" in proc.stderr
+    capsys.readouterr()
+    status = cli.main(["separate", str(bidir), mix, "-o", str(tmp_path / "x"), "--stream"])
+    assert status == 2 and "not causal" in capsys.readouterr().err
