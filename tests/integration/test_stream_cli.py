@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -59,15 +60,20 @@ def _stream(folder, data, extra=(), pieces=True, stdout=subprocess.PIPE):
     return proc.wait(timeout=300), out, err
 
 
-def _stream_in_process(folder, data, extra, tmp_path, capsysbinary, monkeypatch):
+@pytest.fixture
+def stream_in_process(tmp_path, capsysbinary, monkeypatch):
     """``sb-mamba stream`` through ``cli.main`` in this process, stdin read from a file."""
-    feed = tmp_path / "stdin.raw"
-    feed.write_bytes(data)
-    with open(feed) as stdin:
-        monkeypatch.setattr(sys, "stdin", stdin)
-        status = cli.main(["stream", str(folder), *extra])
-    out, err = capsysbinary.readouterr()
-    return status, out, err.decode()
+
+    def run(folder, data, extra=()):
+        feed = tmp_path / "stdin.raw"
+        feed.write_bytes(data)
+        with open(feed) as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            status = cli.main(["stream", str(folder), *extra])
+        out, err = capsysbinary.readouterr()
+        return status, out, err.decode()
+
+    return run
 
 
 def test_stream_pipe_equals_offline(tmp_path):
@@ -81,13 +87,11 @@ def test_stream_pipe_equals_offline(tmp_path):
     assert np.abs(got.astype(int) - want).max() <= 1  # 16-bit rounding of float noise
 
 
-def test_stream_errors_are_one_line(tmp_path, capsysbinary, monkeypatch):
+def test_stream_errors_are_one_line(tmp_path, stream_in_process):
+    """In this process (the pipe itself: tests above and below)."""
+    stream = stream_in_process
     folder, net = _model(tmp_path)
     pcm = _pcm(tmp_path, 0.5)
-
-    def stream(folder, data, extra=()):  # in this process (the pipe itself: tests above)
-        return _stream_in_process(folder, data, extra, tmp_path, capsysbinary, monkeypatch)
-
     # an odd number of bytes: everything before the last byte is written, exit 2
     rc, out, err = stream(folder, pcm.tobytes() + b"\x01")
     assert rc == 2 and "odd number of bytes" in err and "Traceback" not in err
