@@ -17,7 +17,9 @@
 #
 # Both: batch 4 x 2 s, lr 2e-3 halved when the validation loss stalls, epochs
 # of 1000 steps. LR overrides the starting lr (a run warm-started after the
-# plateau schedule had halved it: LR=0.0005). The data: hparams/sepmamba.yaml's
+# plateau schedule had halved it: LR=0.0005). SCHEDULE=warmup_cosine instead
+# decays it (after 50 steps of warmup) to 1 % over the run's N_EPOCHS, for a
+# last run from the best weights. The data: hparams/sepmamba.yaml's
 # defaults, except that the general variant's training mixtures (from its run 2
 # on) are noisier than its valid/test ones: noise in 70 % of them at -6 to 6 dB
 # SNR (valid/test: 50 %, -6 to 10 dB), since noise is its weakest condition.
@@ -35,4 +37,4 @@ case "$VARIANT" in
     *) echo "VARIANT must be general or causal, not '$VARIANT'." >&2; exit 2 ;;
 esac
 GENERAL_TRAIN_ARGS=(--segment_seconds=2.0 --batch_size=4 --epoch_size=4000
-                    --lr="${LR:-0.002}" --lr_schedule=plateau "${GENERAL_DATA_ARGS[@]}")
+                    --lr="${LR:-0.002}" --lr_schedule="${SCHEDULE:-plateau}" "${GENERAL_DATA_ARGS[@]}")
