@@ -213,8 +213,9 @@ def notes(rows, hp_text, test_db=None, target_db=8.0, card=None):
             )
         elif math.isfinite(hours):
             how += (
-                " The fit rises too slowly (the curve is still short and flat) to give a "
-                "useful estimate."
+                f" The fit reaches {needs} only after about {hours:,.0f} CPU-hours of this "
+                "recipe: far beyond a CPU budget (a larger model and GPU-scale training, "
+                "not more of the same)."
             )
         else:
             how += " The fit does not rise, so it gives no estimate."
