@@ -102,7 +102,7 @@ def add_arguments(p):
         "-m",
         "--model",
         default=None,
-        help="the model (folder or hub id); then every positional is an input",
+        help="the model (folder, hub id or shipped name); then every positional is an input",
     )
     p.add_argument("-o", "--output-dir", required=True, help="output folder")
     add_run_options(p)
@@ -256,7 +256,7 @@ def _separate(args):
     except Exception as e:  # a folder, a hub id or a URL: many ways to fail
         raise UserError(
             f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
-            "give a folder written by `sb-mamba export` or a hub id."
+            "give a folder written by `sb-mamba export`, a hub id or a shipped model's name."
         ) from e
     if args.stream:
         model.stream()  # a model that cannot stream is refused here, once

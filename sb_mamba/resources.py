@@ -96,6 +96,22 @@ def load_fragment(name, overrides=None):
         return load_hyperpyyaml(f, overrides)
 
 
+def shipped_models():
+    """Names of the models shipped inside the package (folders under ``pretrained/``).
+
+    Returns
+    -------
+    list of str
+
+    Example
+    -------
+    >>> DEFAULT_MODEL in shipped_models() and "sepmamba-causal-8k" in shipped_models()
+    True
+    """
+    root = _package_root("sb_mamba.pretrained")
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+
+
 def pretrained_path(name=DEFAULT_MODEL):
     """Folder of a shipped model (hub layout), for ``MambaSeparator.from_hparams``.
 

@@ -126,9 +126,11 @@ def source_gains(est, mix, silent_db=60.0):
 
 
 def _model_folder(source, savedir):
-    """The local folder of a model: ``source`` itself, or a fresh copy of a
-    remote model's files in ``savedir`` (the current layout's, else the old
-    layout's, which is then read as data by the migration path)."""
+    """The local folder of a model: ``source`` itself, a shipped model's
+    packaged folder (``source`` its name, e.g. ``sepmamba-causal-8k``, when no
+    local folder has that name), or a fresh copy of a remote model's files in
+    ``savedir`` (the current layout's, else the old layout's, which is then
+    read as data by the migration path)."""
     src = os.path.expanduser(str(source))
     if os.path.isdir(src):
         if modelfolder.layout(src) is None:
@@ -136,8 +138,17 @@ def _model_folder(source, savedir):
                 2, f"Not a model folder (no {modelfolder.CONFIG}; see sb-mamba export)", src
             )
         return Path(src).absolute()
+    from sb_mamba.resources import pretrained_path, shipped_models
+
+    if src in shipped_models():
+        return Path(pretrained_path(src))  # a shipped model's name (no such local folder)
     if not modelfolder.hub_source(source):
-        raise FileNotFoundError(2, "Model folder not found (nor an owner/name hub id)", src)
+        raise FileNotFoundError(
+            2,
+            "Model folder not found (nor a shipped model: "
+            f"{', '.join(shipped_models())}; nor an owner/name hub id)",
+            src,
+        )
     from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
     folder = Path(savedir or os.path.join("pretrained_models", src.replace("/", "--")))

@@ -41,7 +41,10 @@ READ_BYTES = 1 << 16  # largest single read from stdin
 
 def add_arguments(p):
     """The arguments of ``sb-mamba stream``."""
-    p.add_argument("model", help="a causal model folder (sb-mamba export) or hub id")
+    p.add_argument(
+        "model",
+        help="a causal model: a folder (sb-mamba export), a hub id or a shipped name (sepmamba-causal-8k)",
+    )
     p.add_argument(
         "--chunk",
         type=int,

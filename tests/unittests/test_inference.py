@@ -378,3 +378,16 @@ def test_shipped_demo_model_from_cli(tmp_path, capsys):
     assert all(o.shape == wav.shape and torch.isfinite(o).all() for o in outs)
     assert not torch.allclose(outs[0], outs[1])
     assert cli.main(["separate", str(tmp_path / "nothing_here.wav"), "-o", str(tmp_path)]) == 2
+
+
+def test_shipped_model_by_name(tmp_path, monkeypatch):
+    """A shipped model's name loads its packaged folder (a pip user has no
+    path to it); an unknown name's error lists the shipped ones."""
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    by_name = MambaSeparator.from_hparams(source="sepmamba-causal-8k")
+    by_path = MambaSeparator.from_hparams(source=pretrained_path("sepmamba-causal-8k"))
+    mix = torch.randn(1, 800)
+    assert torch.equal(by_name.separate_batch(mix), by_path.separate_batch(mix))
+    assert by_name.hparams.separator.causal
+    with pytest.raises(FileNotFoundError, match="nor a shipped model: .*sepmamba-causal-8k"):
+        MambaSeparator.from_hparams(source="sepmamba-8khz")
