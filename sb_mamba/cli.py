@@ -48,7 +48,7 @@ from speechbrain.utils.logger import get_logger
 from tqdm import tqdm
 
 from sb_mamba.errors import USER_ERROR, UserError, run_with_policy
-from sb_mamba.inference.run_options import add_run_options, run_opts_of
+from sb_mamba.inference.run_options import add_run_options, load_model
 from sb_mamba.logs import ALWAYS_INFO, setup_cli_logging
 
 logger = get_logger(__name__)
@@ -218,7 +218,7 @@ def run(args):
 
 def _separate(args):
     from sb_mamba.audio import inside
-    from sb_mamba.inference.separator import MambaSeparator, source_paths
+    from sb_mamba.inference.separator import source_paths
 
     exts = {e.strip().lower().lstrip(".") for e in args.ext.split(",") if e.strip()}
     files, missing = find_inputs(args.inputs, exts)
@@ -244,20 +244,7 @@ def _separate(args):
             )
     for arg in missing:
         logger.error("Skipped %s: no such file or folder.", arg)
-    try:
-        model = MambaSeparator.from_hparams(
-            source=args.model,
-            savedir=args.savedir,
-            run_opts=run_opts_of(args),
-            trust_remote_code=args.trust_model,
-        )
-    except UserError:
-        raise
-    except Exception as e:  # a folder, a hub id or a URL: many ways to fail
-        raise UserError(
-            f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
-            "give a folder written by `sb-mamba export`, a hub id or a shipped model's name."
-        ) from e
+    model = load_model(args, trust_remote_code=args.trust_model)
     if args.stream:
         model.stream()  # a model that cannot stream is refused here, once
     done, skipped, failed, seen, told_rate = 0, 0, len(missing), set(), False

@@ -9,6 +9,7 @@ Authors
  * sb_mamba developers
 """
 
+from sb_mamba.errors import UserError
 from sb_mamba.inference.precision import PRECISIONS
 from sb_mamba.nnet.scan import BACKENDS
 
@@ -35,3 +36,26 @@ def add_run_options(p):
 def run_opts_of(args):
     """The ``run_opts`` of :class:`~sb_mamba.inference.MambaSeparator` from the parsed options."""
     return {"device": args.device, "ssm_backend": args.backend, "precision": args.precision}
+
+
+def load_model(args, **kwargs):
+    """The model of a command: ``args.model`` with the run options, or one clear error.
+
+    ``kwargs`` go to :meth:`~sb_mamba.inference.MambaSeparator.from_hparams`
+    (e.g. ``trust_remote_code``). A :class:`~sb_mamba.errors.UserError` passes
+    as it is; any other failure (a folder, a hub id or a URL: many ways to
+    fail) becomes one naming the model and what to give instead.
+    """
+    from sb_mamba.inference import MambaSeparator
+
+    try:
+        return MambaSeparator.from_hparams(
+            source=args.model, savedir=args.savedir, run_opts=run_opts_of(args), **kwargs
+        )
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(
+            f"Cannot load the model {args.model}: {type(e).__name__}: {e}; give a folder "
+            "written by `sb-mamba export`, a hub id or a shipped model's name."
+        ) from e

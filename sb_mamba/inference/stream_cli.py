@@ -32,7 +32,7 @@ import numpy as np
 from speechbrain.utils.logger import get_logger
 
 from sb_mamba.errors import UserError
-from sb_mamba.inference.run_options import add_run_options, run_opts_of
+from sb_mamba.inference.run_options import add_run_options, load_model
 
 logger = get_logger(__name__)
 
@@ -106,21 +106,7 @@ def run(args):
 def _stream(args, fd_in, out):
     import torch
 
-    from sb_mamba.inference.separator import MambaSeparator
-
-    try:
-        model = MambaSeparator.from_hparams(
-            source=args.model,
-            savedir=args.savedir,
-            run_opts=run_opts_of(args),
-        )
-    except UserError:
-        raise
-    except Exception as e:  # a folder, a hub id or a URL: many ways to fail
-        raise UserError(
-            f"Cannot load the model {args.model}: {type(e).__name__}: {e}; "
-            "give a folder written by `sb-mamba export` or a hub id."
-        ) from e
+    model = load_model(args)
     stream = model.stream()
     if os.isatty(fd_in):
         raise UserError(
