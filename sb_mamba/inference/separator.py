@@ -176,7 +176,7 @@ def _model_folder(source, savedir):
     raise UserError(
         f"{src} is not a local folder, and fetching it as a hub id failed "
         f"({type(error).__name__}: {' '.join(str(error).split())[:300]}). Check the "
-        "path (a shipped model: sb_mamba.pretrained_path(NAME)) or the hub id and "
+        "path (or a shipped model's name, e.g. sepmamba-causal-8k) or the hub id and "
         "your connection."
     ) from error
 
